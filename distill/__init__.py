@@ -1,0 +1,7 @@
+"""distill: distil large language models into small ones through synthetic data.
+
+Importing this package is cheap: torch, transformers, vLLM and lm-eval are imported
+inside the functions that need them.
+"""
+
+__version__ = "0.1.0"

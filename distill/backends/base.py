@@ -1,0 +1,104 @@
+"""The backend protocol: requests in, generations out.
+
+A request holds chat messages (rendered with the model's chat template) or a raw prompt
+(sent as is: the Self-Instruct numbered-list prompt is a raw completion), sampling
+parameters and `n`. A backend returns one `Generation` per sample, tagged with the
+request id and the sample index, in request order.
+
+Backends are named in recipes (`hf`, `vllm`, `openai`) and imported only when used, so
+`import distill` never imports vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+# name -> "module:Class"; the only plugin machinery there is.
+BACKENDS: dict[str, str] = {
+    "hf": "distill.backends.hf:HFBackend",
+    "vllm": "distill.backends.vllm:VLLMBackend",
+    "openai": "distill.backends.openai:OpenAIBackend",
+}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters shared by every backend (OpenAI / vLLM names and meanings)."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-dict form, for lineage and fingerprints."""
+        data = asdict(self)
+        data["stop"] = list(self.stop)
+        return data
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to complete: chat `messages` or a raw `prompt`, never both."""
+
+    id: str
+    sampling: Sampling
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError(f"request {self.id}: give exactly one of messages or prompt")
+
+
+@dataclass
+class Generation:
+    """One sampled completion of one request."""
+
+    request_id: str
+    index: int
+    text: str
+    finish_reason: str  # "stop" or "length" (truncated), as OpenAI and vLLM report it
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Called with the number of finished requests so far; drives progress bars.
+ProgressFn = Callable[[int], None]
+
+
+class Backend(Protocol):
+    """What the generation stages need from a model server."""
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this model's outputs what they are (model, weights hash, template)."""
+        ...
+
+    def generate(
+        self, requests: list[GenerationRequest], progress: ProgressFn | None = None
+    ) -> list[Generation]:
+        """Complete every request; return `n` generations per request, in request order."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (GPU memory above all) before the next stage needs it."""
+        ...
+
+
+def load_backend(name: str, **options: Any) -> Backend:
+    """Instantiate a backend by its recipe name, importing its module only now."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+    module_name, class_name = BACKENDS[name].split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)(**options)

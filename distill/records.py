@@ -1,0 +1,140 @@
+"""Record types that flow between stages, and atomic JSONL I/O.
+
+An `Example` is one instruction-following record in Alpaca form (instruction, input,
+output) that also carries chat `messages`, so the same file trains with TRL's
+`SFTTrainer` and reads like Alpaca's data. Every record keeps its lineage (where it came
+from) and the scores filters gave it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Lineage(BaseModel):
+    """Where a record came from: enough to reproduce or audit it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    round: int = 0
+    method: str = ""
+    teacher: str = ""
+    template_hash: str = ""
+    sampling: dict[str, Any] = Field(default_factory=dict)
+
+
+class Example(BaseModel):
+    """An instruction / input / output record with its chat form and lineage."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    instruction: str
+    input: str = ""
+    output: str = ""
+    lineage: Lineage = Field(default_factory=Lineage)
+    scores: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def prompt_text(self) -> str:
+        """The user turn: the instruction, followed by its input when there is one."""
+        return f"{self.instruction}\n\n{self.input}" if self.input.strip() else self.instruction
+
+    def messages(self) -> list[dict[str, str]]:
+        """The record as a user / assistant chat."""
+        return [
+            {"role": "user", "content": self.prompt_text},
+            {"role": "assistant", "content": self.output},
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form: model fields plus `messages`, which TRL trains on directly."""
+        data = self.model_dump(mode="json")
+        data["messages"] = self.messages()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Example:
+        """Read the on-disk form back (the derived `messages` field is dropped)."""
+        data = {k: v for k, v in data.items() if k != "messages"}
+        return cls.model_validate(data)
+
+
+class Rejected(BaseModel):
+    """A record some step refused, kept on disk with the reason: nothing is silently lost."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    stage: str
+    reason: str
+    record: dict[str, Any] = Field(default_factory=dict)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line raises ValueError naming the file and line."""
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Iterate a JSONL file's records; blank lines are skipped."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any] | BaseModel]) -> int:
+    """Atomically write records as JSONL; returns how many were written."""
+    lines = []
+    for record in records:
+        if isinstance(record, Example):
+            record = record.to_json()
+        elif isinstance(record, BaseModel):
+            record = record.model_dump(mode="json")
+        lines.append(json.dumps(record, ensure_ascii=False))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Atomically write pretty JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Read a JSONL file of examples."""
+    return [Example.from_json(row) for row in iter_jsonl(path)]
