@@ -1,0 +1,1 @@
+"""Quality filters. Each is named in recipes and built lazily from its config."""
