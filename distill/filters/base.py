@@ -86,7 +86,7 @@ def run_funnel(filters: list[Filter], records: list[Example],
         survivors: list[Example] = []
         reasons: Counter[str] = Counter()
         examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for record, verdict in zip(kept, verdicts):
+        for record, verdict in zip(kept, verdicts, strict=True):
             if verdict.scores:
                 record.scores[flt.name] = verdict.scores
             if verdict.keep:

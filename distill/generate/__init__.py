@@ -1,0 +1,1 @@
+"""Synthetic data generation methods (Self-Instruct / Alpaca, ...)."""

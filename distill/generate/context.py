@@ -1,0 +1,105 @@
+"""Checkpointed, rank-sharded generation: what every generation method calls.
+
+A method builds requests and calls `GenerationContext.generate(key, requests)`. The
+context answers from the checkpoint what earlier (possibly killed) runs already
+generated, splits the rest across accelerate ranks, saves each finished chunk as an
+append-only shard file, and returns every request's generations in request order.
+
+Each request carries its own seed, so a request's output does not depend on which chunk,
+rank or run produced it: a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.backends.base import Backend, Generation, GenerationRequest
+from distill.records import atomic_write_text, iter_jsonl
+
+
+@dataclass
+class GenerationStats:
+    """Token and request counts for the report."""
+
+    requests: int = 0
+    generations: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    resumed_requests: int = 0
+
+    def add(self, generations: list[Generation]) -> None:
+        """Count newly produced generations."""
+        self.generations += len(generations)
+        self.prompt_tokens += sum(g.prompt_tokens for g in generations if g.index == 0)
+        self.completion_tokens += sum(g.completion_tokens for g in generations)
+
+
+@dataclass
+class GenerationContext:
+    """Checkpoint directory, rank layout and backend for one generation stage."""
+
+    backend: Backend
+    checkpoint_dir: Path
+    round: int = 0
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    chunk_size: int = 64
+    barrier: Callable[[], None] = lambda: None
+    progress: Callable[[str, int, int], None] | None = None  # (key, done, total)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    def _shard_path(self, key: str, chunk: int) -> Path:
+        return self.checkpoint_dir / key / f"chunk-{chunk:05d}.jsonl"
+
+    def _load_chunk(self, key: str, chunk: int) -> list[Generation] | None:
+        path = self._shard_path(key, chunk)
+        if not path.exists():
+            return None
+        return [Generation(**row) for row in iter_jsonl(path)]
+
+    def generate(self, key: str, requests: list[GenerationRequest]) -> list[Generation]:
+        """Generate (or reload) all requests under a checkpoint `key`; results in order.
+
+        Chunks are fixed slices of `requests`, so the same call after a crash finds the
+        same chunks; chunk i is produced by rank i % world_size.
+        """
+        ids = [r.id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"generation {key}: request ids are not unique")
+        chunks = [requests[i:i + self.chunk_size]
+                  for i in range(0, len(requests), self.chunk_size)]
+        done = {i for i in range(len(chunks)) if self._shard_path(key, i).exists()}
+        self.stats.requests += len(requests)
+        self.stats.resumed_requests += sum(len(chunks[i]) for i in done)
+        finished = sum(len(chunks[i]) for i in done)
+        for index, chunk in enumerate(chunks):
+            if index in done or index % self.world_size != self.rank:
+                continue
+            generations = self.backend.generate(chunk)
+            self.stats.add(generations)
+            rows = [json.dumps(asdict(g), ensure_ascii=False) for g in generations]
+            atomic_write_text(self._shard_path(key, index), "".join(r + "\n" for r in rows))
+            finished += len(chunk) * self.world_size
+            if self.progress is not None:
+                self.progress(key, min(finished, len(requests)), len(requests))
+        self.barrier()  # every rank's chunks are on disk before anyone reads them
+        by_request: dict[str, list[Generation]] = {}
+        for index in range(len(chunks)):
+            loaded = self._load_chunk(key, index)
+            if loaded is None:
+                raise RuntimeError(f"generation {key}: chunk {index} missing after barrier")
+            for generation in loaded:
+                by_request.setdefault(generation.request_id, []).append(generation)
+        return [g for rid in ids for g in sorted(by_request.get(rid, []), key=lambda g: g.index)]
+
+    def request_seed(self, *parts: Any) -> int:
+        """A stable per-request seed from the stage seed and the request's identity."""
+        import hashlib
+
+        text = json.dumps([self.seed, self.round, *parts], default=str)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
