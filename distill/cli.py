@@ -1,0 +1,199 @@
+"""The `distill` command line.
+
+    distill run recipes/quickstart.yaml [key.sub=value ...] [--force STAGE] [--quiet]
+    distill validate recipes/x.yaml        check a recipe without running it
+    distill show runs/<name>               rounds, stages, fingerprints, counts, scores
+    distill report runs/<name>             (re)write runs/<name>/report.md
+    distill schema                         the recipe's JSON Schema, for editors
+    distill microworld build               build the microworld teacher and student
+
+Bad input exits with code 2 and one line per problem; nothing is printed as a traceback
+unless the failure is a bug, and then the traceback goes to the run's log file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Distil large language models into small ones through synthetic data.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _load(recipe_path: Path, overrides: list[str] | None):
+    from distill.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe_path, overrides)
+    except RecipeError as error:
+        raise _fail(str(error)) from None
+
+
+def _setup_logging(run_dir: Path, quiet: bool, rank: int) -> Path:
+    from rich.logging import RichHandler
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / ("distill.log" if rank == 0 else f"distill.rank{rank}.log")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    file_handler = logging.FileHandler(log_path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    if rank == 0:
+        console_handler = RichHandler(console=console, show_path=False, markup=False)
+        console_handler.setLevel(logging.WARNING if quiet else logging.INFO)
+        root.addHandler(console_handler)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return log_path
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Dotted overrides, e.g. rounds.count=2 filters.1.threshold=0.6")] = None,
+    force: Annotated[list[str] | None, typer.Option(
+        "--force", help="Redo this stage (and everything after it) even if it is done.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+) -> None:
+    """Run a recipe end to end; re-running resumes where it stopped."""
+    from distill.runner import STAGES, Runner, RunOptions
+
+    loaded = _load(recipe, overrides)
+    unknown = sorted(set(force or []) - set(STAGES))
+    if unknown:
+        raise _fail(f"--force: unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    rank = int(os.environ.get("RANK", "0"))
+    run_dir = Path(loaded.output_dir) / loaded.name
+    log_path = _setup_logging(run_dir, quiet, rank)
+    progress = None if quiet or rank != 0 else _progress_bars()
+    options = RunOptions(force=set(force or []), quiet=quiet,
+                         progress=progress.update if progress else None)
+    try:
+        if progress:
+            progress.start()
+        Runner(loaded, options).run()
+    except Exception as error:  # one readable line here; the traceback goes to the log
+        with log_path.open("a", encoding="utf-8") as handle:
+            handle.write(traceback.format_exc())
+        raise _fail(f"{type(error).__name__}: {error}\n(full traceback in {log_path})",
+                    code=_exit_code(error)) from None
+    finally:
+        if progress:
+            progress.stop()
+    if rank == 0:
+        console.print(f"[green]done:[/] {run_dir}/report.md")
+
+
+def _exit_code(error: Exception) -> int:
+    from distill.evaluate.contamination import ContaminationError
+
+    return 3 if isinstance(error, ContaminationError) else 1
+
+
+class _progress_bars:
+    """Rich progress bars keyed by task name; the runner calls `update(task, done, total)`."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console, transient=False)
+        self._tasks: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._progress.start()
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+    def update(self, task: str, done: int, total: int) -> None:
+        if task not in self._tasks:
+            self._tasks[task] = self._progress.add_task(task, total=total)
+        self._progress.update(self._tasks[task], completed=done, total=total)
+
+
+@app.command()
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides.")] = None,
+) -> None:
+    """Check a recipe (schema, files, values) without running anything."""
+    loaded = _load(recipe, overrides)
+    console.print(f"[green]ok:[/] {recipe} ({loaded.name}: {loaded.rounds.count} round(s), "
+                  f"{len(loaded.filters)} filter(s), teacher {loaded.teacher.model})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe's JSON Schema."""
+    from distill.recipe import recipe_json_schema
+
+    sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="A run directory, runs/<name>.")]) -> None:
+    """Print a run's rounds, stages, fingerprints, counts and scores."""
+    from distill.store import RunStore
+
+    if not run_dir.is_dir():
+        raise _fail(f"{run_dir}: no such run directory")
+    manifests = RunStore(run_dir).manifests()
+    if not manifests:
+        raise _fail(f"{run_dir}: no finished stage yet")
+    table = Table(title=str(run_dir))
+    for column in ("round", "stage", "fingerprint", "wall s", "counts", "scores"):
+        table.add_column(column)
+    for m in manifests:
+        scores = _short_scores(m.get("scores", {}))
+        counts = ", ".join(f"{k} {v}" for k, v in m.get("counts", {}).items())
+        table.add_row(m["round"], m["stage"], m["fingerprint"][:12], f"{m['wall_time_s']:.1f}",
+                      counts, scores)
+    Console().print(table)
+
+
+def _short_scores(scores: dict) -> str:
+    parts = []
+    for task, metrics in scores.items():
+        if isinstance(metrics, dict):
+            parts += [f"{task} {k}={v:.3f}" for k, v in metrics.items()
+                      if isinstance(v, int | float) and "stderr" not in k]
+    return "; ".join(parts[:4]) + (" ..." if len(parts) > 4 else "")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory, runs/<name>.")]) -> None:
+    """(Re)write a run's report.md from its manifests."""
+    from distill.report import write_report
+
+    if not run_dir.is_dir():
+        raise _fail(f"{run_dir}: no such run directory")
+    console.print(f"[green]wrote:[/] {write_report(run_dir)}")
+
+
+def _mount_subcommands() -> None:
+    from distill.microworld.cli import app as microworld_app
+
+    app.add_typer(microworld_app, name="microworld", help="The verifiable task world.")
+
+
+_mount_subcommands()

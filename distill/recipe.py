@@ -1,0 +1,273 @@
+"""The recipe: one YAML file that describes a whole distillation experiment.
+
+`load_recipe(path, overrides)` reads the YAML, applies dotted `key.sub=value` overrides,
+resolves relative paths against the recipe's own directory and validates everything.
+Any problem raises `RecipeError` with one line per problem naming the field path
+(`filters.1.threshold: ...`); the CLI prints it and exits with code 2.
+
+Component settings are defined once, next to the code that uses them (the generation
+method, each filter, training, evaluation), and embedded here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from distill.evaluate.contamination import Config as DecontaminationConfig
+from distill.evaluate.harness import Config as EvalConfig
+from distill.filters.dedup import Config as DedupConfig
+from distill.filters.heuristics import Config as HeuristicsConfig
+from distill.filters.novelty import Config as NoveltyConfig
+from distill.filters.verify import Config as VerifyConfig
+from distill.generate.self_instruct import Config as SelfInstructConfig
+from distill.train.config import LoraSettings, TrainConfig
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names every offending field."""
+
+
+class Strict(BaseModel):
+    """Base for recipe sections: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def resolve_path(value: str | None, info: ValidationInfo, *, must_exist: bool = True) -> str | None:
+    """Resolve a path relative to the recipe's directory and check that it exists."""
+    if value is None:
+        return None
+    base = Path((info.context or {}).get("base_dir", "."))
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    path = path.resolve()
+    if must_exist and not path.exists():
+        raise ValueError(f"file or directory not found: {value} (looked at {path})")
+    return str(path)
+
+
+def resolve_model(value: str, info: ValidationInfo) -> str:
+    """Keep hub ids and `microworld:` references; resolve and check local directories."""
+    if value.startswith("microworld:"):
+        from distill.microworld.build import MODEL_NAMES
+
+        name = value.split(":", 1)[1]
+        if name not in MODEL_NAMES:
+            raise ValueError(f"unknown microworld model {name!r}; choose one of {MODEL_NAMES}")
+        return value
+    looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1
+    base = Path((info.context or {}).get("base_dir", "."))
+    candidate = (base / Path(value).expanduser())
+    if looks_local or candidate.exists():
+        return resolve_path(value, info)  # type: ignore[return-value]
+    return value  # "org/name" on a model hub, loaded by the backend
+
+
+class TeacherSpec(Strict):
+    """The model that writes the synthetic data."""
+
+    model: str = Field(description="Hub id (org/name), local checkpoint directory, or "
+                       "microworld:teacher.")
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="hf: transformers on CPU/GPU; vllm: offline vLLM engine; openai: any "
+        "OpenAI-compatible server (set engine.base_url and engine.api_key_env).")
+    chat_template: str | None = Field(None, description="Path to a Jinja chat template that "
+                                      "replaces the tokenizer's own.")
+    engine: dict[str, Any] = Field(default_factory=dict, description="Options passed to the "
+                                   "backend as they are (batch_size, gpu_memory_utilization, "
+                                   "tensor_parallel_size, base_url, max_concurrency, ...).")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_model(value, info)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _engine_options_exist(self) -> TeacherSpec:
+        from distill.backends.base import BACKENDS
+
+        module_name, class_name = BACKENDS[self.backend].split(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except ImportError:  # the backend's module needs a package this machine lacks
+            return self
+        parameters = inspect.signature(cls).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return self
+        unknown = sorted(set(self.engine) - set(parameters))
+        if unknown:
+            raise ValueError(f"engine: unknown option(s) {unknown} for the {self.backend} "
+                             f"backend; it takes {sorted(set(parameters) - {'model'})}")
+        return self
+
+
+class StudentSpec(Strict):
+    """The model that is trained on the synthetic data."""
+
+    model: str = Field(description="Hub id, local checkpoint directory, or microworld:student.")
+    chat_template: str | None = Field(None, description="Path to a Jinja chat template that "
+                                      "replaces the tokenizer's own.")
+    lora: LoraSettings | None = Field(default_factory=LoraSettings,
+                                      description="LoRA adapter settings; null trains all "
+                                      "weights (full fine-tune).")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_model(value, info)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(value, info)
+
+
+class DataSpec(Strict):
+    """Human-written inputs: the seed tasks and optional real data to mix in."""
+
+    seed_tasks: str | None = Field(None, description="JSONL of seed tasks (instruction, input, "
+                                   "output); default: distill's own general-purpose seed file.")
+    real_data: str | None = Field(None, description="JSONL of real examples that data policies "
+                                  "mix into training.")
+
+    @field_validator("seed_tasks", "real_data")
+    @classmethod
+    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(value, info)
+
+
+class RoundsSpec(Strict):
+    """How many generate-train rounds, and how each round's data and teacher are chosen."""
+
+    count: int = Field(1, ge=1, description="Number of rounds.")
+    next_teacher: Literal["teacher", "student"] = Field(
+        "teacher", description="student: the round's trained student generates the next "
+        "round's data (the flywheel); teacher: the original teacher always does.")
+    data_policy: Literal["replace", "accumulate"] = Field(
+        "replace", description="replace: train on this round's synthetic data only; "
+        "accumulate: real data plus every round's synthetic data so far.")
+
+
+Filter = Annotated[
+    HeuristicsConfig | NoveltyConfig | DedupConfig | VerifyConfig,
+    Field(discriminator="kind"),
+]
+GenerateConfig = Annotated[SelfInstructConfig, Field(discriminator="kind")]
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class Recipe(Strict):
+    """A whole experiment."""
+
+    name: str = Field(description="Run name; outputs go to <output_dir>/<name>/.")
+    seed: int = Field(0, description="Seeds sampling, data order and training.")
+    output_dir: str = Field("runs", description="Parent directory of run directories "
+                            "(relative to the current directory).")
+    teacher: TeacherSpec
+    student: StudentSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    generate: GenerateConfig
+    filters: list[Filter] = Field(default_factory=list, description="Applied in order.")
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig
+    rounds: RoundsSpec = Field(default_factory=RoundsSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names a directory)")
+        return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are YAML scalars, list items are indexed."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {override!r}: expected key.path=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        parts = key.split(".")
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError(f"override {key}: {where} is not an index of a list "
+                                      f"of {len(node)}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise RecipeError(f"override {key}: {'.'.join(parts[:depth])} is a value, "
+                                  "not a section")
+    return data
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: `field.path: message`."""
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]
+                            if not (isinstance(part, str) and "[" in part)) or "(recipe)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; `distill schema` lists every key)"
+        lines.append(f"{location}: {message}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raises RecipeError naming every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})"
+                          ) from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Recipe.model_validate(data, context={"base_dir": path.parent.resolve()})
+    except ValidationError as error:
+        raise RecipeError(f"{path}: invalid recipe\n{format_validation_error(error)}") from None
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The recipe's JSON Schema, for editors."""
+    return Recipe.model_json_schema()

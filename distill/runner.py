@@ -1,0 +1,339 @@
+"""The round loop: generate, filter, decontaminate, train, evaluate; then maybe again.
+
+    distill run recipes/quickstart.yaml
+    accelerate launch --config_file recipes/accelerate/ddp.yaml -m distill run recipes/x.yaml
+
+Every stage goes through `Runner._stage`: if its fingerprint is already committed it is
+skipped, otherwise it works in a temporary directory and commits with a manifest. Under
+`accelerate launch` every rank runs this same loop: generation and evaluation are shared
+across ranks, filtering and decontamination run on the main rank while the others wait,
+and training is collective.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.recipe import Recipe
+from distill.records import read_examples, write_json, write_jsonl
+from distill.store import RunStore, Stage, file_sha256
+
+log = logging.getLogger("distill")
+
+STAGES = ("generate", "filter", "decontaminate", "train", "evaluate")
+
+
+@dataclass
+class Ranks:
+    """This process's place among the accelerate ranks (one rank when not launched)."""
+
+    rank: int = 0
+    world_size: int = 1
+    _state: Any = None
+
+    @classmethod
+    def from_env(cls) -> Ranks:
+        """Join the process group only when `accelerate launch` started several ranks."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState()
+        return cls(rank=state.process_index, world_size=state.num_processes, _state=state)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the rank that filters, decontaminates and writes shared files."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op on one process)."""
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+
+@dataclass
+class ModelRef:
+    """A model some stage loads, and what makes it that model (for fingerprints)."""
+
+    path: str
+    identity: dict[str, Any]
+    chat_template: str | None = None
+
+
+@dataclass
+class RunOptions:
+    """How to run, as opposed to what to run (never part of a fingerprint)."""
+
+    force: set[str] = field(default_factory=set)
+    quiet: bool = False
+    progress: Callable[[str, int, int], None] | None = None  # (task, done, total)
+
+
+def resolve_model_path(model: str) -> str:
+    """Turn `microworld:<name>` into its built checkpoint; other references pass through."""
+    if model.startswith("microworld:"):
+        from distill.microworld.build import resolve_model_ref
+
+        return str(resolve_model_ref(model))
+    return model
+
+
+class Runner:
+    """Runs one recipe, round by round, resuming whatever is already committed."""
+
+    def __init__(self, recipe: Recipe, options: RunOptions | None = None) -> None:
+        self.recipe = recipe
+        self.options = options or RunOptions()
+        self.ranks = Ranks.from_env()
+        self.store = RunStore(Path(recipe.output_dir) / recipe.name)
+        self._forcing: set[str] = set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Run every round and write the report; returns the run directory."""
+        recipe = self.recipe
+        if self.ranks.is_main:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            write_json(self.store.root / "recipe.resolved.json", recipe.model_dump(mode="json"))
+        student = self._model_ref(recipe.student.model, recipe.student.chat_template)
+        teacher = self._model_ref(recipe.teacher.model, recipe.teacher.chat_template)
+        self.evaluate("base", student)
+        clean_data: list[Stage] = []
+        for round_index in range(recipe.rounds.count):
+            label = f"round_{round_index}"
+            generated = self.generate(label, round_index, teacher)
+            filtered = self.filter(label, generated)
+            clean_data.append(self.decontaminate(label, filtered))
+            trained = self.train(label, student, clean_data)
+            merged = ModelRef(path=str(trained.path / "merged"),
+                              identity={"train_stage": trained.fingerprint},
+                              chat_template=recipe.student.chat_template)
+            self.evaluate(label, merged)
+            if recipe.rounds.next_teacher == "student":
+                teacher = merged
+        if self.ranks.is_main:
+            from distill.report import write_report
+
+            report = write_report(self.store.root)
+            log.info("report: %s", report)
+        self.ranks.barrier()
+        return self.store.root
+
+    def _model_ref(self, model: str, chat_template: str | None) -> ModelRef:
+        from distill.backends.identity import model_identity
+
+        # The main rank builds microworld models first; the others then find them cached.
+        if self.ranks.is_main:
+            path = resolve_model_path(model)
+        self.ranks.barrier()
+        if not self.ranks.is_main:
+            path = resolve_model_path(model)
+        return ModelRef(path=path, identity=model_identity(path, chat_template=chat_template),
+                        chat_template=chat_template)
+
+    def _stage(self, label: str, name: str, config: Any, inputs: dict[str, Any],
+               work: Callable[[Path], dict[str, Any]]) -> Stage:
+        """Skip a committed stage, or run `work` in its work directory and commit."""
+        stage = self.store.stage(label, name, config, inputs)
+        if name in self.options.force:
+            # Forcing a stage also redoes everything after it, in every round.
+            self._forcing.update(STAGES[STAGES.index(name):])
+        if stage.is_done() and name not in self._forcing:
+            log.info("%s/%s: done (fingerprint %s), skipped", label, name, stage.fingerprint[:12])
+            return stage
+        log.info("%s/%s: running (fingerprint %s)", label, name, stage.fingerprint[:12])
+        if self.ranks.is_main:
+            stage.begin()
+        self.ranks.barrier()
+        summary = work(stage.work)
+        self.ranks.barrier()
+        if self.ranks.is_main:
+            stage.commit(summary)
+        self.ranks.barrier()
+        return stage
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def generate(self, label: str, round_index: int, teacher: ModelRef) -> Stage:
+        """Teacher writes candidates: `candidates.jsonl` (+ `rejected.jsonl`)."""
+        recipe = self.recipe
+        seed_tasks = self._seed_tasks_path()
+        config = {"method": recipe.generate.model_dump(mode="json"), "seed": recipe.seed,
+                  "round": round_index, "backend": recipe.teacher.backend}
+        inputs = {"teacher": teacher.identity, "seed_tasks": file_sha256(seed_tasks)}
+
+        def work(out: Path) -> dict[str, Any]:
+            from distill.backends.base import load_backend
+            from distill.generate.context import GenerationContext
+            from distill.generate.self_instruct import generate_self_instruct, load_seed_tasks
+
+            backend = load_backend(recipe.teacher.backend, model=teacher.path,
+                                   chat_template=teacher.chat_template, seed=recipe.seed,
+                                   **recipe.teacher.engine)
+            context = GenerationContext(
+                backend=backend, checkpoint_dir=out / "checkpoints", round=round_index,
+                seed=recipe.seed, rank=self.ranks.rank, world_size=self.ranks.world_size,
+                barrier=self.ranks.barrier, progress=self._progress(f"{label} generate"))
+            try:
+                result = generate_self_instruct(recipe.generate, load_seed_tasks(seed_tasks),
+                                                context, teacher_name=teacher.path)
+            finally:
+                backend.close()
+            if not self.ranks.is_main:
+                return {}
+            write_jsonl(out / "candidates.jsonl", result.examples)
+            write_jsonl(out / "rejected.jsonl", result.rejected)
+            return {"counts": {"candidates": len(result.examples),
+                               "rejected": len(result.rejected)},
+                    "tokens": checkpoint_tokens(out / "checkpoints"),
+                    "stats": result.stats, "teacher": teacher.path}
+
+        return self._stage(label, "generate", config, inputs, work)
+
+    def filter(self, label: str, generated: Stage) -> Stage:
+        """Quality filters in order: `kept.jsonl`, `rejected.jsonl`, `funnel.json`."""
+        recipe = self.recipe
+        config = {"filters": [f.model_dump(mode="json") for f in recipe.filters],
+                  "seed": recipe.seed}
+        inputs = {"generate": generated.fingerprint,
+                  "seed_tasks": file_sha256(self._seed_tasks_path())}
+
+        def work(out: Path) -> dict[str, Any]:
+            if not self.ranks.is_main:
+                return {}
+            from distill.filters.base import FilterContext, build_filter, run_funnel
+            from distill.generate.self_instruct import load_seed_tasks
+
+            candidates = read_examples(generated.path / "candidates.jsonl")
+            context = FilterContext(seed_examples=load_seed_tasks(self._seed_tasks_path()),
+                                    run_dir=self.store.root, seed=recipe.seed)
+            filters = [build_filter(config, context) for config in recipe.filters]
+            report = self._progress(f"{label} filter")
+            result = run_funnel(filters, candidates,
+                                progress=lambda name, n: report and report(name, n, n))
+            write_jsonl(out / "kept.jsonl", result.kept)
+            write_jsonl(out / "rejected.jsonl", result.rejected)
+            write_json(out / "funnel.json", result.funnel)
+            return {"counts": {"in": len(candidates), "kept": len(result.kept),
+                               "rejected": len(result.rejected)}}
+
+        return self._stage(label, "filter", config, inputs, work)
+
+    def decontaminate(self, label: str, filtered: Stage) -> Stage:
+        """Drop (or fail on, or warn about) training data that overlaps the benchmarks."""
+        recipe = self.recipe
+        decon = recipe.decontamination
+        tasks = decon.tasks or recipe.eval.tasks
+        config = {"decontamination": decon.model_dump(mode="json"), "tasks": tasks,
+                  "include_path": recipe.eval.include_path}
+        inputs = {"filter": filtered.fingerprint}
+
+        def work(out: Path) -> dict[str, Any]:
+            if not self.ranks.is_main:
+                return {}
+            from distill.evaluate.contamination import apply_policy, find_contamination
+
+            kept = read_examples(filtered.path / "kept.jsonl")
+            if not decon.enabled:
+                write_jsonl(out / "clean.jsonl", kept)
+                return {"counts": {"in": len(kept), "clean": len(kept), "contaminated": 0}}
+            report = find_contamination(kept, decon.model_copy(update={"tasks": tasks}),
+                                        include_path=recipe.eval.include_path)
+            write_json(out / "contamination.json", report.to_json())
+            clean, dropped = apply_policy(report, kept, decon.policy)  # "fail" raises here
+            write_jsonl(out / "clean.jsonl", clean)
+            write_jsonl(out / "rejected.jsonl", dropped)
+            return {"counts": {"in": len(kept), "clean": len(clean),
+                               "contaminated": report.num_contaminated},
+                    "per_task": report.per_task, "policy": decon.policy}
+
+        return self._stage(label, "decontaminate", config, inputs, work)
+
+    def train(self, label: str, student: ModelRef, clean_data: list[Stage]) -> Stage:
+        """LoRA (or full) fine-tuning of the base student on this round's data policy."""
+        recipe = self.recipe
+        sources = clean_data if recipe.rounds.data_policy == "accumulate" else clean_data[-1:]
+        real = recipe.data.real_data if recipe.rounds.data_policy == "accumulate" else None
+        config = {"train": recipe.train.model_dump(mode="json", exclude={"accelerate_config"}),
+                  "lora": recipe.student.lora and recipe.student.lora.model_dump(mode="json"),
+                  "policy": recipe.rounds.data_policy, "seed": recipe.seed}
+        inputs = {"student": student.identity, "data": [s.fingerprint for s in sources],
+                  "real_data": real and file_sha256(real)}
+
+        def work(out: Path) -> dict[str, Any]:
+            from distill.train.launch import launch_training
+            from distill.train.sft import TrainSpec
+
+            data_path = out / "train.jsonl"
+            if self.ranks.is_main:
+                records = [row for s in sources for row in read_examples(s.path / "clean.jsonl")]
+                if real:
+                    records += read_examples(real)
+                if not records:
+                    raise RuntimeError(f"{label}: no training data survived the filters; see "
+                                       f"the funnel in {sources[-1].round_dir}")
+                random.Random(recipe.seed).shuffle(records)
+                write_jsonl(data_path, records)
+            self.ranks.barrier()
+            spec = TrainSpec(model=student.path, chat_template=student.chat_template,
+                             lora=recipe.student.lora, args=recipe.train.args,
+                             data_path=str(data_path), output_dir=str(out), seed=recipe.seed,
+                             quiet=self.options.quiet)
+            result = launch_training(spec, recipe.train.accelerate_config,
+                                     log_path=self.store.root / "train.log")
+            return {"counts": {"examples": result.num_examples},
+                    "train": result.model_dump(mode="json")}
+
+        return self._stage(label, "train", config, inputs, work)
+
+    def evaluate(self, label: str, model: ModelRef) -> Stage:
+        """lm-eval on a model: the base student (`base`) or a round's trained student."""
+        recipe = self.recipe
+        config = {"eval": recipe.eval.model_dump(mode="json"), "seed": recipe.seed}
+        inputs = {"model": model.identity}
+
+        def work(out: Path) -> dict[str, Any]:
+            from distill.evaluate.harness import evaluate_model
+
+            scores = evaluate_model(model.path, recipe.eval, output_dir=out, seed=recipe.seed)
+            return {"scores": scores.get("scores", scores) if self.ranks.is_main else {},
+                    "model": model.path}
+
+        return self._stage(label, "evaluate", config, inputs, work)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _seed_tasks_path(self) -> Path:
+        if self.recipe.data.seed_tasks:
+            return Path(self.recipe.data.seed_tasks)
+        from distill.generate.self_instruct import DEFAULT_SEED_TASKS
+
+        return Path(DEFAULT_SEED_TASKS)
+
+    def _progress(self, task: str) -> Callable[[str, int, int], None] | None:
+        callback = self.options.progress
+        if callback is None or not self.ranks.is_main:
+            return None
+        return lambda key, done, total: callback(f"{task}: {key}", done, total)
+
+
+def checkpoint_tokens(checkpoint_dir: Path) -> dict[str, int]:
+    """Prompt and completion tokens over every generation shard (all ranks, all runs)."""
+    prompt = completion = generations = 0
+    for shard in sorted(checkpoint_dir.glob("*/chunk-*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            generations += 1
+            completion += row.get("completion_tokens", 0)
+            if row.get("index", 0) == 0:
+                prompt += row.get("prompt_tokens", 0)
+    return {"generations": generations, "prompt_tokens": prompt, "completion_tokens": completion}
