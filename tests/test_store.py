@@ -1,0 +1,53 @@
+import json
+
+from distill.store import RunStore, fingerprint
+
+
+def test_fingerprint_is_canonical_and_sensitive():
+    assert fingerprint("s", {"a": 1, "b": [1, 2]}, {}) == fingerprint("s", {"b": [1, 2], "a": 1}, {})
+    assert fingerprint("s", {"a": 1}, {}) != fingerprint("s", {"a": 2}, {})
+    assert fingerprint("s", {"a": 1}, {"x": "f1"}) != fingerprint("s", {"a": 1}, {"x": "f2"})
+    assert fingerprint("s", {"a": 1}, {}) != fingerprint("t", {"a": 1}, {})
+
+
+def test_commit_writes_manifest_last_and_marks_done(tmp_path):
+    store = RunStore(tmp_path / "run")
+    stage = store.stage("round_0", "filter", {"k": 1}, {"generate": "abc"})
+    assert not stage.is_done()
+    work = stage.begin()
+    (work / "kept.jsonl").write_text("{}\n")
+    assert not stage.path.exists()  # nothing visible until the commit
+    manifest = stage.commit({"counts": {"kept": 1}})
+    assert stage.is_done()
+    assert not work.exists()
+    on_disk = json.loads((stage.path / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert on_disk["fingerprint"] == stage.fingerprint
+    assert json.loads((stage.path / "config.json").read_text()) == {"k": 1}
+    assert [m["stage"] for m in store.manifests()] == ["filter"]
+
+
+def test_changed_config_is_not_done_and_old_output_is_moved_aside(tmp_path):
+    store = RunStore(tmp_path / "run")
+    old = store.stage("round_0", "filter", {"k": 1}, {})
+    old.begin()
+    old.commit({})
+    new = store.stage("round_0", "filter", {"k": 2}, {})
+    assert not new.is_done()
+    new.begin()
+    stale = list((tmp_path / "run" / "round_0" / ".stale").iterdir())
+    assert len(stale) == 1 and (stale[0] / "manifest.json").exists()
+
+
+def test_begin_keeps_checkpoints_of_same_fingerprint_only(tmp_path):
+    store = RunStore(tmp_path / "run")
+    stage = store.stage("round_0", "generate", {"k": 1}, {})
+    work = stage.begin()
+    (work / "checkpoints").mkdir()
+    (work / "checkpoints" / "chunk-00000.jsonl").write_text("x\n")
+    # a crash here; the same stage begins again and finds its checkpoint
+    again = store.stage("round_0", "generate", {"k": 1}, {})
+    assert (again.begin() / "checkpoints" / "chunk-00000.jsonl").exists()
+    # another config must not reuse those checkpoints
+    other = store.stage("round_0", "generate", {"k": 2}, {})
+    assert not (other.begin() / "checkpoints").exists()
