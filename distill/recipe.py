@@ -92,6 +92,9 @@ class TeacherSpec(Strict):
     engine: dict[str, Any] = Field(default_factory=dict, description="Options passed to the "
                                    "backend as they are (batch_size, gpu_memory_utilization, "
                                    "tensor_parallel_size, base_url, max_concurrency, ...).")
+    checkpoint_every: int = Field(64, ge=1, description="Requests per generation checkpoint "
+                                  "chunk; chunks are also the unit split across ranks. Use "
+                                  "hundreds with vLLM so its batches stay full.")
 
     @field_validator("model")
     @classmethod

@@ -182,6 +182,7 @@ class Runner:
             context = GenerationContext(
                 backend=backend, checkpoint_dir=out / "checkpoints", round=round_index,
                 seed=recipe.seed, rank=self.ranks.rank, world_size=self.ranks.world_size,
+                chunk_size=recipe.teacher.checkpoint_every,
                 barrier=self.ranks.barrier, progress=self._progress(f"{label} generate"))
             try:
                 result = generate_self_instruct(recipe.generate, load_seed_tasks(seed_tasks),
@@ -329,7 +330,7 @@ class Runner:
 def checkpoint_tokens(checkpoint_dir: Path) -> dict[str, int]:
     """Prompt and completion tokens over every generation shard (all ranks, all runs)."""
     prompt = completion = generations = 0
-    for shard in sorted(checkpoint_dir.glob("*/chunk-*.jsonl")):
+    for shard in sorted(checkpoint_dir.glob("*/chunk*.jsonl")):
         for line in shard.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             generations += 1

@@ -54,7 +54,9 @@ class GenerationContext:
     stats: GenerationStats = field(default_factory=GenerationStats)
 
     def _shard_path(self, key: str, chunk: int) -> Path:
-        return self.checkpoint_dir / key / f"chunk-{chunk:05d}.jsonl"
+        # The chunk size is in the name: a resume with another size regenerates instead of
+        # misreading chunks cut at other boundaries.
+        return self.checkpoint_dir / key / f"chunk{self.chunk_size}-{chunk:05d}.jsonl"
 
     def _load_chunk(self, key: str, chunk: int) -> list[Generation] | None:
         path = self._shard_path(key, chunk)

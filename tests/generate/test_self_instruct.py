@@ -127,8 +127,8 @@ def test_resume_after_lost_chunks_equals_uninterrupted_run(make_ctx, tmp_path):
     full, _, _ = run(make_ctx, config(), "full")
     partial, _, ctx = run(make_ctx, config(), "partial")
     # Simulate a kill: the last step's tail and most of the responses never reached disk.
-    step2 = sorted((ctx.checkpoint_dir / "instructions-step0002").glob("chunk-*.jsonl"))
-    responses = sorted((ctx.checkpoint_dir / "responses").glob("chunk-*.jsonl"))
+    step2 = sorted((ctx.checkpoint_dir / "instructions-step0002").glob("chunk*.jsonl"))
+    responses = sorted((ctx.checkpoint_dir / "responses").glob("chunk*.jsonl"))
     assert len(step2) == 2 and len(responses) == 10
     step2[-1].unlink()
     for path in responses[3:]:
