@@ -1,0 +1,282 @@
+"""Training settings: the recipe's `train` section, `student.lora`, and what one run needs.
+
+`TrainConfig` is what a user writes under `train:`; `LoraSettings` under `student.lora:`
+(null there means a full fine-tune). `TrainSpec` is one concrete training job: the
+runner builds it, and it is JSON so that `accelerate launch` can hand it to
+`python -m distill.train.sft spec.json` in fresh processes. `TrainResult` is what a job
+reports back, and the content of `<output_dir>/train_log.json`.
+
+TRL's own arguments are never re-declared here: `train.args` passes through untouched to
+`trl.SFTConfig`, after the few defaults in `sft_defaults` fill keys the user left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import os
+import tempfile
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+# Keys of `train.args` that distill itself decides: where the trainer writes.
+RESERVED_ARGS = {"output_dir": "the training stage's own directory is used"}
+
+
+class LoraSettings(BaseModel):
+    """A PEFT LoRA adapter on the student (`student.lora` in a recipe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator: updates scale by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' (every linear "
+        "layer but the output head) or a list of module names such as [q_proj, v_proj].")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
+    modules_to_save: list[str] | None = Field(
+        None, description="Modules trained in full beside the adapter, e.g. [lm_head].")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+    def to_peft(self):
+        """The equivalent `peft.LoraConfig` for a causal language model."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            bias=self.bias,
+            modules_to_save=self.modules_to_save,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            task_type="CAUSAL_LM",
+        )
+
+
+def sft_defaults(*, full_finetune: bool) -> dict[str, Any]:
+    """Defaults for `SFTConfig` that distill uses only for keys a recipe leaves unset.
+
+    Learning rates follow common practice for instruction tuning (2e-4 with LoRA, 2e-5
+    for all weights, as in Alpaca); the cosine schedule, 3 % warm-up and 3 epochs are
+    Alpaca's. The loss covers the assistant's tokens only (Alpaca masks the prompt).
+    Every step's loss is logged so that the report can plot it; checkpoints are off
+    because the stage saves the adapter and the merged model itself.
+    """
+    return {
+        "learning_rate": 2e-5 if full_finetune else 2e-4,
+        "num_train_epochs": 3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.03,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "assistant_only_loss": True,
+        # Under DDP: every LoRA / decoder parameter is used in each step, and searching
+        # for unused ones costs an extra pass over the graph.
+        "ddp_find_unused_parameters": False,
+    }
+
+
+def resolve_sft_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
+                     quiet: bool = False) -> dict[str, Any]:
+    """`train.args` with distill's defaults filled in where the user set nothing.
+
+    Hardware-dependent defaults are decided here, in the process that trains: bf16 is
+    TRL's default only where the device supports it, so that the same recipe also runs
+    on a CPU.
+    """
+    resolved = {**sft_defaults(full_finetune=full_finetune), "seed": seed,
+                "disable_tqdm": quiet, **args}
+    if "bf16" not in args and "fp16" not in args and not _bf16_device_available():
+        resolved["bf16"] = False
+    if "dataloader_pin_memory" not in args and not _cuda_available():
+        resolved["dataloader_pin_memory"] = False
+    return resolved
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _bf16_device_available() -> bool:
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    return bool(is_torch_bf16_gpu_available())
+
+
+def check_sft_args(args: dict[str, Any], *, prefix: str = "train.args") -> None:
+    """Check `train.args` against `trl.SFTConfig` so that a wrong key or value fails early.
+
+    Keys are checked against SFTConfig's fields, values by `check_sft_values`.
+
+    Raises:
+        ValueError: naming the offending key (`train.args.<key>`) and what is wrong.
+    """
+    for key in args:
+        try:
+            check_arg_name(key)
+        except ValueError as error:
+            raise ValueError(f"{prefix}.{key}: {error}") from None
+    try:
+        check_sft_values(args)
+    except ValueError as error:
+        raise ValueError(f"{prefix}: {error}") from None
+
+
+def check_sft_values(args: dict[str, Any]) -> None:
+    """Construct `trl.SFTConfig` from `args` (plus defaults); its complaint becomes ours.
+
+    Skipped in one rank of several: constructing TrainingArguments sets up devices and
+    process groups, which belongs to the trainer there.
+    """
+    if _in_multiprocess_run():
+        return
+    from trl import SFTConfig
+
+    checked = resolve_sft_args(args, full_finetune=False, seed=0)
+    # Validation may run where the recipe will not train (a laptop checking a GPU recipe):
+    # TrainingArguments refuses bf16 without a bf16 GPU unless told the run is on CPU.
+    if "use_cpu" not in checked and not _bf16_device_available():
+        checked["use_cpu"] = True
+    with tempfile.TemporaryDirectory(prefix="distill-sftconfig-") as tmp, _accelerate_state_kept():
+        try:
+            SFTConfig(output_dir=tmp, **checked)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"trl.SFTConfig rejects these arguments: {error}") from None
+
+
+def check_arg_name(key: str) -> str:
+    """Accept `key` if it is an `SFTConfig` argument the recipe may set."""
+    if key in RESERVED_ARGS:
+        raise ValueError(f"set by distill ({RESERVED_ARGS[key]}); remove it from the recipe")
+    names = _sft_config_fields()
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"not an argument of trl.SFTConfig{hint}")
+    return key
+
+
+@functools.cache
+def _sft_config_fields() -> frozenset[str]:
+    import dataclasses
+
+    from trl import SFTConfig
+
+    return frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.init)
+
+
+def _in_multiprocess_run() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return True
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def _accelerate_state_kept():
+    """Undo the accelerate state that constructing TrainingArguments resets and rebuilds."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    saved = {cls: dict(cls._shared_state) for cls in (PartialState, AcceleratorState)}
+    try:
+        yield
+    finally:
+        for cls, state in saved.items():
+            cls._shared_state.clear()
+            cls._shared_state.update(state)
+
+
+# A `train.args` key: a wrong one is reported at `train.args.<key>`.
+SFTArgName = Annotated[str, AfterValidator(check_arg_name)]
+
+
+class TrainConfig(BaseModel):
+    """The recipe's `train` section: how the student is trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["sft"] = Field(
+        "sft", description="sft: supervised fine-tuning on the kept examples (TRL SFTTrainer).")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config YAML (see recipes/accelerate/) that `distill run` "
+        "launches training with; null trains inside the runner's process.")
+    args: dict[SFTArgName, Any] = Field(
+        default_factory=dict, description="Passed untouched to trl.SFTConfig (learning_rate, "
+        "num_train_epochs, per_device_train_batch_size, max_length, ...); distill fills "
+        "learning_rate 2e-4 (LoRA) / 2e-5 (full), cosine schedule, warmup 0.03, 3 epochs, "
+        "assistant-only loss and per-step logging where unset.")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_sft_values(value)  # the keys were checked one by one
+        return value
+
+
+class TrainSpec(BaseModel):
+    """One training job, complete and JSON-serialisable (it crosses process boundaries)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["sft"] = "sft"
+    model: str = Field(description="Base student: a local checkpoint directory or a hub id.")
+    tokenizer: str | None = Field(None, description="Tokenizer location; default: `model`.")
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template (a file path or the template text) that "
+        "replaces the tokenizer's own; saved with the adapter and the merged model.")
+    lora: LoraSettings | None = Field(
+        default_factory=LoraSettings, description="None trains every weight.")
+    args: dict[str, Any] = Field(default_factory=dict, description="train.args, untouched.")
+    data_path: str = Field(description="JSONL written by distill.records; each row's "
+                           "`messages` (user, assistant) is what the student learns.")
+    output_dir: str = Field(description="Receives adapter/, merged/ and train_log.json.")
+    seed: int = 0
+    quiet: bool = Field(False, description="No progress bars.")
+
+
+class LossPoint(BaseModel):
+    """One logged training loss."""
+
+    step: int
+    loss: float
+
+
+class TrainResult(BaseModel):
+    """What a training job produced; written as `<output_dir>/train_log.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "sft"
+    output_dir: str
+    merged_dir: str = Field(description="Plain checkpoint: the next round's teacher, vLLM's model.")
+    adapter_dir: str | None = Field(None, description="The LoRA adapter (None: full fine-tune).")
+    num_examples: int
+    num_processes: int = 1
+    steps: int = 0
+    epochs: float = 0.0
+    loss_history: list[LossPoint] = Field(default_factory=list)
+    first_loss: float | None = None
+    final_loss: float | None = Field(None, description="The last logged training loss.")
+    train_loss: float | None = Field(None, description="Mean loss over the whole run (Trainer).")
+    ranks_in_sync: bool | None = Field(
+        None, description="Under DDP: whether every rank ended with the same weights "
+        "(None: one process, or sharded training).")
+    tokens_seen: int = Field(0, description="Non-padding tokens fed to the model, all ranks.")
+    loss_tokens_per_epoch: int = Field(0, description="Tokens that carry loss in one epoch.")
+    loss_mask: Literal["assistant", "completion", "none"] = Field(
+        "assistant", description="Which tokens carry loss: assistant turns (chat template "
+        "generation markers), the completion after the prompt, or every token.")
+    trainable_params: int = 0
+    total_params: int = 0
+    wall_time_s: float = 0.0
+    args: dict[str, Any] = Field(default_factory=dict, description="Resolved SFTConfig arguments.")

@@ -1,0 +1,163 @@
+"""Start a training job the right way for the process we are in.
+
+- Already one rank of an `accelerate launch` (every rank runs the runner): train here, on
+  every rank; the ranks train collectively.
+- A plain single process with an accelerate config: run
+  `accelerate launch --config_file CFG -m distill.train.<method> spec.json` as a
+  subprocess, its output streamed into a log file, and read back its `train_log.json`.
+- No accelerate config: train here, in this process.
+
+By hand, the subprocess is the same as
+
+    accelerate launch --config_file recipes/accelerate/cpu.yaml -m distill.train.sft spec.json
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import yaml
+
+from distill.train.config import TrainResult, TrainSpec
+
+# method -> (module run under accelerate, its in-process function); a new method (DPO)
+# adds a line here and a module beside sft.py.
+TRAINERS = {
+    "sft": ("distill.train.sft", "train_sft"),
+}
+
+LOG_TAIL_LINES = 40
+
+
+class TrainingError(RuntimeError):
+    """The training subprocess failed; the message ends with the tail of its log."""
+
+
+def inside_accelerate_launch() -> bool:
+    """True in a process that `accelerate launch` (or torchrun) started."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return True
+    # Set by accelerate's launchers even for a single process.
+    return "ACCELERATE_MIXED_PRECISION" in os.environ
+
+
+def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
+                    log_path: str | Path | None = None, *, echo: bool = False) -> TrainResult:
+    """Train as `spec` says and return the result (on every rank, when there are several).
+
+    Args:
+        spec: The job.
+        accelerate_config: accelerate config YAML for a subprocess launch; None trains in
+            this process. Ignored inside a launch, where the ranks already exist.
+        log_path: Where the subprocess's output goes (appended); default
+            `<output_dir>/train.log`.
+        echo: Also copy the subprocess's output to this process's stderr.
+
+    Raises:
+        TrainingError: the subprocess failed; the message carries its log's last lines.
+    """
+    module, function = TRAINERS[spec.method]
+    if accelerate_config is None or inside_accelerate_launch():
+        return getattr(importlib.import_module(module), function)(spec)
+    return _launch_subprocess(spec, module, Path(accelerate_config),
+                              Path(log_path or Path(spec.output_dir) / "train.log"), echo)
+
+
+def accelerate_command(config: str | Path, module: str, spec_path: str | Path) -> list[str]:
+    """The `accelerate launch` command line, run by this interpreter (so the same venv)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "-m", module, str(spec_path)]
+
+
+def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Path,
+                       echo: bool) -> TrainResult:
+    if not config.is_file():
+        raise FileNotFoundError(f"accelerate config {config}: no such file")
+    out = Path(spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "train_spec.json"
+    spec_path.write_text(spec.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    (out / "train_log.json").unlink(missing_ok=True)
+
+    command = accelerate_command(config, module, spec_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   env=_child_env(config), stdin=subprocess.DEVNULL)
+        writer = _LogWriter(log, echo)
+        assert process.stdout is not None
+        for chunk in iter(lambda: process.stdout.read1(65536), b""):
+            writer.write(chunk.decode("utf-8", errors="replace"))
+        writer.close()
+        code = process.wait()
+    result_path = out / "train_log.json"
+    if code != 0 or not result_path.is_file():
+        why = f"exit code {code}" if code != 0 else f"no {result_path} was written"
+        raise TrainingError(f"training failed ({why}): {' '.join(command)}\n"
+                            f"last lines of {log_path}:\n{writer.tail()}")
+    return TrainResult.model_validate_json(result_path.read_text(encoding="utf-8"))
+
+
+def _child_env(config: Path) -> dict[str, str]:
+    """The subprocess's environment: this package importable, CPU runs marked as such."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    try:
+        settings = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"accelerate config {config}: not valid YAML ({error})") from None
+    # accelerate's multi-process launcher does not pass `use_cpu` on; its ranks read this.
+    if settings.get("use_cpu"):
+        env["ACCELERATE_USE_CPU"] = "true"
+    return env
+
+
+class _LogWriter:
+    """Copies output into the log; progress bars (carriage returns) only every few seconds."""
+
+    def __init__(self, log, echo: bool, progress_every_s: float = 10.0):
+        self.log, self.echo, self.every = log, echo, progress_every_s
+        self.pending = ""
+        self.last_progress = float("-inf")
+        self.lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+
+    def write(self, text: str) -> None:
+        if self.echo:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        self.pending += text
+        while True:
+            cut = min((i for i in (self.pending.find("\n"), self.pending.find("\r")) if i >= 0),
+                      default=-1)
+            if cut < 0:
+                break
+            segment, ending = self.pending[:cut], self.pending[cut]
+            self.pending = self.pending[cut + 1:]
+            if ending == "\n":
+                self._line(segment)
+            elif segment.strip() and time.monotonic() - self.last_progress >= self.every:
+                self.last_progress = time.monotonic()
+                self._line(segment)
+
+    def _line(self, line: str) -> None:
+        self.log.write(line + "\n")
+        self.log.flush()
+        if line.strip():
+            self.lines.append(line)
+
+    def close(self) -> None:
+        if self.pending:
+            self._line(self.pending)
+            self.pending = ""
+
+    def tail(self) -> str:
+        return "\n".join(self.lines)

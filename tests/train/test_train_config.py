@@ -1,0 +1,97 @@
+"""The `train` recipe section, LoRA settings and the job spec."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from distill.train.config import (
+    LoraSettings,
+    TrainConfig,
+    TrainResult,
+    TrainSpec,
+    check_sft_args,
+    resolve_sft_args,
+)
+
+
+def error_of(**fields) -> tuple[tuple, str]:
+    with pytest.raises(ValidationError) as caught:
+        TrainConfig(**fields)
+    (item,) = caught.value.errors()
+    return item["loc"], item["msg"]
+
+
+def test_unknown_trl_argument_is_named_with_a_suggestion():
+    loc, msg = error_of(args={"learnin_rate": 1e-4})
+    assert loc[:2] == ("args", "learnin_rate")
+    assert "not an argument of trl.SFTConfig" in msg and "learning_rate" in msg
+    with pytest.raises(ValueError, match=r"^train\.args\.learnin_rate: not an argument"):
+        check_sft_args({"learnin_rate": 1e-4})
+
+
+def test_output_dir_belongs_to_distill():
+    loc, msg = error_of(args={"output_dir": "/tmp/elsewhere"})
+    assert loc[:2] == ("args", "output_dir") and "set by distill" in msg
+
+
+def test_bad_value_is_reported_by_sftconfig():
+    loc, msg = error_of(args={"lr_scheduler_type": "sideways"})
+    assert loc == ("args",) and "trl.SFTConfig rejects" in msg and "sideways" in msg
+
+
+def test_gpu_arguments_validate_on_a_cpu_machine():
+    config = TrainConfig(args={"bf16": True, "per_device_train_batch_size": 4})
+    assert config.args == {"bf16": True, "per_device_train_batch_size": 4}  # untouched
+
+
+def test_validation_leaves_accelerate_state_alone():
+    from accelerate.state import AcceleratorState, PartialState
+
+    before = (dict(PartialState._shared_state), dict(AcceleratorState._shared_state))
+    TrainConfig(args={"learning_rate": 1e-4})
+    assert (dict(PartialState._shared_state), dict(AcceleratorState._shared_state)) == before
+
+
+def test_unknown_section_key_and_method():
+    assert error_of(argz={})[0] == ("argz",)
+    assert error_of(method="ppo")[0] == ("method",)
+
+
+def test_defaults_fill_only_missing_keys():
+    lora = resolve_sft_args({}, full_finetune=False, seed=7)
+    full = resolve_sft_args({}, full_finetune=True, seed=7, quiet=True)
+    assert lora["learning_rate"] == 2e-4 and full["learning_rate"] == 2e-5
+    assert lora["assistant_only_loss"] is True and lora["lr_scheduler_type"] == "cosine"
+    assert lora["seed"] == 7 and full["disable_tqdm"] is True
+    mine = {"learning_rate": 1e-3, "seed": 3, "assistant_only_loss": False, "bf16": True}
+    assert resolve_sft_args(mine, full_finetune=False, seed=7).items() >= mine.items()
+
+
+def test_bf16_default_follows_the_hardware():
+    import torch
+
+    resolved = resolve_sft_args({}, full_finetune=False, seed=0)
+    if not torch.cuda.is_available():
+        assert resolved["bf16"] is False
+    else:
+        assert "bf16" not in resolved or resolved["bf16"] is False
+
+
+def test_lora_settings_map_onto_peft():
+    settings = LoraSettings(r=8, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"])
+    peft_config = settings.to_peft()
+    assert (peft_config.r, peft_config.lora_alpha, peft_config.lora_dropout) == (8, 16, 0.1)
+    assert set(peft_config.target_modules) == {"q_proj", "v_proj"}
+    assert peft_config.task_type == "CAUSAL_LM"
+    assert LoraSettings().to_peft().target_modules == "all-linear"
+    with pytest.raises(ValidationError):
+        LoraSettings(rank=8)
+
+
+def test_spec_and_result_round_trip_through_json():
+    spec = TrainSpec(model="m", data_path="d.jsonl", output_dir="o", args={"bf16": False},
+                     lora=None)
+    assert TrainSpec.model_validate_json(spec.model_dump_json()) == spec
+    result = TrainResult(output_dir="o", merged_dir="o/merged", num_examples=3)
+    assert TrainResult.model_validate_json(result.model_dump_json()) == result

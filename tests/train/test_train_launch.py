@@ -1,0 +1,137 @@
+"""Training through `accelerate launch`: one CPU process, two CPU processes over gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.train import launch as launch_module
+from distill.train.launch import TrainingError, _LogWriter, launch_training
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "recipes" / "accelerate"
+
+
+def assert_plain_checkpoint(result):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = Path(result.merged_dir)
+    assert not (merged / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert AutoTokenizer.from_pretrained(merged).chat_template
+
+
+def test_launch_through_accelerate_with_cpu_yaml(make_spec, tmp_path):
+    spec = make_spec()
+    log_path = tmp_path / "train.log"
+    result = launch_training(spec, CONFIGS / "cpu.yaml", log_path=log_path)
+    assert result.num_processes == 1 and result.steps == 2 * 8
+    assert result.final_loss < result.first_loss
+    assert json.loads((Path(spec.output_dir) / "train_log.json").read_text())["steps"] == 16
+    assert_plain_checkpoint(result)
+    log = log_path.read_text()
+    assert "accelerate.commands.launch --config_file" in log and "-m distill.train.sft" in log
+    assert "distill.train.sft: 60 examples, 16 steps" in log
+
+
+def test_failed_launch_raises_with_the_log_tail(make_spec, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    spec = make_spec(data_path=bad)
+    with pytest.raises(TrainingError) as caught:
+        launch_training(spec, CONFIGS / "cpu.yaml", log_path=tmp_path / "train.log")
+    message = str(caught.value)
+    assert "exit code" in message and "record 1 has no `messages`" in message
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_ranks_env() -> dict[str, str]:
+    """Environment for CPU ranks over gloo, with this checkout importable."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": path}
+
+
+def test_two_cpu_processes_over_gloo(make_spec, tmp_path):
+    """`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m ...sft`."""
+    spec = make_spec()
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", "2", "--main_process_port", str(free_port()),
+               "-m", "distill.train.sft", str(spec_path)]
+    proc = subprocess.run(command, env=cpu_ranks_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = json.loads((Path(spec.output_dir) / "train_log.json").read_text())
+    # Two ranks split each epoch's 60 records: 4 steps of 2 x 8 instead of 8 steps of 8.
+    assert log["num_processes"] == 2 and log["steps"] == 2 * 4
+    assert log["ranks_in_sync"] is True  # DDP kept both ranks' weights identical
+    assert log["final_loss"] < log["first_loss"]
+    from distill.train.config import TrainResult
+
+    assert_plain_checkpoint(TrainResult.model_validate(log))
+
+
+def test_runner_ranks_train_collectively_without_a_nested_launch(make_spec, tmp_path):
+    """`accelerate launch -m distill run`: each rank calls launch_training itself."""
+    spec = make_spec(args={"num_train_epochs": 1})
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    out = tmp_path / "ranks"
+    out.mkdir()
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", "2", "--main_process_port", str(free_port()),
+               str(Path(__file__).with_name("ranks_script.py")), str(spec_path), str(out)]
+    proc = subprocess.run(command, env=cpu_ranks_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] == {"num_processes": 2, "steps": 4, "ranks_in_sync": True,
+                                    "merged_visible": True}
+    assert not (out / "nested-launch.log").exists()
+
+
+@pytest.mark.slow  # the same ranks as above, started from the shipped config file
+def test_two_cpu_processes_through_cpu_2proc_yaml(make_spec, tmp_path):
+    result = launch_training(make_spec(), CONFIGS / "cpu_2proc.yaml",
+                             log_path=tmp_path / "train.log")
+    assert result.num_processes == 2 and result.ranks_in_sync is True
+    assert_plain_checkpoint(result)
+
+
+def test_inside_a_launch_every_rank_trains_in_process(make_spec, monkeypatch):
+    calls = []
+    monkeypatch.setitem(launch_module.TRAINERS, "sft", ("distill.train.sft", "train_sft"))
+    monkeypatch.setattr("distill.train.sft.train_sft", lambda spec: calls.append(spec) or "ok")
+    monkeypatch.setattr(launch_module, "_launch_subprocess",
+                        lambda *a, **k: pytest.fail("launched a nested accelerate"))
+    spec = make_spec()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch_training(spec, CONFIGS / "cpu.yaml") == "ok"
+    monkeypatch.delenv("WORLD_SIZE")
+    assert launch_training(spec, None) == "ok"  # no accelerate config: in this process
+    assert calls == [spec, spec]
+
+
+def test_log_keeps_lines_and_thins_out_progress_bars(tmp_path):
+    path = tmp_path / "log"
+    with path.open("w") as handle:
+        writer = _LogWriter(handle, echo=False, progress_every_s=3600)
+        writer.write("start\n\r 10%|#")
+        writer.write("   \r 20%|##  \r 30%|###\n")
+        writer.write("error: boom")
+        writer.close()
+    assert path.read_text().splitlines() == ["start", " 10%|#   ", " 30%|###", "error: boom"]
+    assert writer.tail().splitlines()[-1] == "error: boom"
