@@ -11,8 +11,6 @@ method, each filter, training, evaluation), and embedded here.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +23,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from distill.evaluate.contamination import Config as DecontaminationConfig
@@ -79,6 +76,19 @@ def resolve_model(value: str, info: ValidationInfo) -> str:
     return value  # "org/name" on a model hub, loaded by the backend
 
 
+# distill's own lm-eval tasks (the microworld benchmark), beside the package in a checkout.
+BUILTIN_TASKS = Path(__file__).resolve().parent.parent / "eval" / "tasks"
+
+
+def _include_path(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None:
+        return str(BUILTIN_TASKS) if BUILTIN_TASKS.is_dir() else None
+    try:
+        return resolve_path(value, info)
+    except ValueError as error:
+        raise ValueError(f"include_path: {error}") from None
+
+
 class TeacherSpec(Strict):
     """The model that writes the synthetic data."""
 
@@ -105,24 +115,6 @@ class TeacherSpec(Strict):
     @classmethod
     def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
         return resolve_path(value, info)
-
-    @model_validator(mode="after")
-    def _engine_options_exist(self) -> TeacherSpec:
-        from distill.backends.base import BACKENDS
-
-        module_name, class_name = BACKENDS[self.backend].split(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except ImportError:  # the backend's module needs a package this machine lacks
-            return self
-        parameters = inspect.signature(cls).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return self
-        unknown = sorted(set(self.engine) - set(parameters))
-        if unknown:
-            raise ValueError(f"engine: unknown option(s) {unknown} for the {self.backend} "
-                             f"backend; it takes {sorted(set(parameters) - {'model'})}")
-        return self
 
 
 class StudentSpec(Strict):
@@ -197,6 +189,26 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig
     rounds: RoundsSpec = Field(default_factory=RoundsSpec)
+
+    @field_validator("eval")
+    @classmethod
+    def _eval_paths(cls, value: EvalConfig, info: ValidationInfo) -> EvalConfig:
+        include = _include_path(value.include_path, info)
+        return value.model_copy(update={"include_path": include})
+
+    @field_validator("decontamination")
+    @classmethod
+    def _decontamination_paths(cls, value: DecontaminationConfig,
+                               info: ValidationInfo) -> DecontaminationConfig:
+        if value.include_path is None:
+            return value  # the eval section's include path is used
+        return value.model_copy(update={"include_path": _include_path(value.include_path, info)})
+
+    @field_validator("train")
+    @classmethod
+    def _train_paths(cls, value: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        return value.model_copy(
+            update={"accelerate_config": resolve_path(value.accelerate_config, info)})
 
     @field_validator("name")
     @classmethod

@@ -119,11 +119,13 @@ def _contamination_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -
         lines.append("")
     report_path = round_dir / "decontaminate" / "contamination.json"
     if report_path.exists():
-        matches = read_json(report_path).get("matches", [])[:5]
-        for match in matches:
-            lines.append(f"- `{match.get('example_id')}` ↔ {match.get('task')} doc "
-                         f"{match.get('doc_index')}: \"{_one_line(match.get('ngram', ''), 120)}\"")
-        if matches:
+        contaminated = read_json(report_path).get("contaminated", [])
+        for item in contaminated[:5]:
+            match = item["matches"][0]
+            lines.append(f"- `{item['id']}` \"{_one_line(item['excerpt'], 100)}\" ↔ "
+                         f"{match['task']} doc {match['doc_index']} ({match['view']}): "
+                         f"\"{_one_line(match['doc_text'], 100)}\"")
+        if contaminated:
             lines.append("")
     return lines
 

@@ -247,15 +247,19 @@ class Runner:
             if not decon.enabled:
                 write_jsonl(out / "clean.jsonl", kept)
                 return {"counts": {"in": len(kept), "clean": len(kept), "contaminated": 0}}
-            report = find_contamination(kept, decon.model_copy(update={"tasks": tasks}),
-                                        include_path=recipe.eval.include_path)
-            write_json(out / "contamination.json", report.to_json())
-            clean, dropped = apply_policy(report, kept, decon.policy)  # "fail" raises here
+            report = find_contamination(kept, decon, include_path=recipe.eval.include_path,
+                                        tasks=tasks)
+            write_json(out / "contamination.json", report.model_dump(mode="json"))
+            if report.contaminated:
+                log.warning("%s", report.summary())
+            clean, dropped = apply_policy(report, kept)  # policy "fail" raises here
             write_jsonl(out / "clean.jsonl", clean)
             write_jsonl(out / "rejected.jsonl", dropped)
             return {"counts": {"in": len(kept), "clean": len(clean),
-                               "contaminated": report.num_contaminated},
-                    "per_task": report.per_task, "policy": decon.policy}
+                               "contaminated": len(report.contaminated)},
+                    "per_task": {task: stats.contaminated_examples
+                                 for task, stats in report.tasks.items()},
+                    "policy": decon.policy}
 
         return self._stage(label, "decontaminate", config, inputs, work)
 
@@ -299,15 +303,16 @@ class Runner:
     def evaluate(self, label: str, model: ModelRef) -> Stage:
         """lm-eval on a model: the base student (`base`) or a round's trained student."""
         recipe = self.recipe
-        config = {"eval": recipe.eval.model_dump(mode="json"), "seed": recipe.seed}
+        # batch size only changes speed, so it stays out of the fingerprint
+        config = {"eval": recipe.eval.model_dump(mode="json", exclude={"batch_size"}),
+                  "seed": recipe.seed}
         inputs = {"model": model.identity}
 
         def work(out: Path) -> dict[str, Any]:
             from distill.evaluate.harness import evaluate_model
 
-            scores = evaluate_model(model.path, recipe.eval, output_dir=out, seed=recipe.seed)
-            return {"scores": scores.get("scores", scores) if self.ranks.is_main else {},
-                    "model": model.path}
+            result = evaluate_model(model.path, recipe.eval, output_dir=out, seed=recipe.seed)
+            return {"scores": result["scores"] if result else {}, "model": model.path}
 
         return self._stage(label, "evaluate", config, inputs, work)
 

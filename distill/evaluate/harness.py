@@ -48,7 +48,8 @@ class Config(BaseModel):
 
     tasks: list[str] = Field(min_length=1, description="lm-eval task, group or tag names.")
     include_path: str | None = Field(
-        "eval/tasks", description="Folder of local task YAMLs (resolved by the caller).")
+        None, description="Folder of local task YAMLs, relative to the recipe; default: "
+        "distill's own eval/tasks (the microworld benchmark).")
     backend: Literal["hf", "vllm"] = "hf"
     num_fewshot: int | None = Field(None, description="None keeps each task's own setting.")
     limit: int | float | None = Field(
