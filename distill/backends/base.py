@@ -11,6 +11,7 @@ Backends are named in recipes (`hf`, `vllm`, `openai`) and imported only when us
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,23 @@ class Generation:
     completion_tokens: int = 0
     logprobs: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def request_seed(request: GenerationRequest, default_seed: int = 0) -> int:
+    """The seed a request samples with.
+
+    `sampling.seed` when set, else one derived from the backend's seed and the request id,
+    so it never depends on the batch a request runs in, nor on its position there.
+    """
+    if request.sampling.seed is not None:
+        return int(request.sampling.seed)
+    digest = hashlib.sha256(f"{default_seed}\0{request.id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` of a request seeded with `seed` (vLLM's rule: seed + i)."""
+    return seed + index
 
 
 # Called with the number of finished requests so far; drives progress bars.

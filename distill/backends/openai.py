@@ -1,0 +1,283 @@
+"""Generation through any OpenAI-compatible HTTP endpoint (OpenAI, a vLLM server, ...).
+
+Chat `messages` go to `/chat/completions` (the server applies its own chat template, so a
+`chat_template` given here is ignored, with a warning); a raw `prompt` goes to
+`/completions`. Each request is one API call with `n`, `temperature`, `top_p`,
+`max_tokens`, `presence_penalty`, `frequency_penalty`, `stop`, `seed` (from
+`Sampling.seed`, else derived from the backend seed and the request id, as the other
+backends do; whether the server honours it is the server's business) and `logprobs`
+(the chosen tokens' log-probabilities). `max_tokens_param="max_completion_tokens"` sends
+the chat limit under OpenAI's newer name (its reasoning models refuse `max_tokens`).
+Further options (`**extra`: `extra_body`, `extra_headers`, `user`, ...) are passed to
+every create call unchanged.
+
+Calls run on the official SDK's `AsyncOpenAI`, at most `max_concurrency` at a time. The
+SDK's own retries are off; this module retries HTTP 408 / 409 / 429 / 5xx, timeouts and
+connection errors up to `max_retries` times with exponential backoff and jitter
+(honouring `Retry-After`), logging each retry on the `distill.backends.openai` logger.
+
+`completion_tokens` is exact when logprobs were asked for (one per token) or `n` is 1;
+otherwise the response's total is split evenly across the `n` choices and
+`extra["completion_tokens_estimated"]` is set. `finish_reason` "length" is kept, every
+other reason ("stop", "content_filter", ...) reads "stop".
+
+The API key is read from the environment variable named by `api_key_env` (None: no key,
+for local servers) when the backend is built; it is kept in memory only and never
+appears in `repr`, logs or `identity()`, which is the base URL and the model name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from typing import Any
+
+from distill.backends.base import Generation, GenerationRequest, ProgressFn, request_seed
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 409, 429})
+NO_KEY = "EMPTY"  # what OpenAI-compatible servers without authentication accept
+
+
+class _Secret:
+    """Holds the API key so that `repr`, `vars()` and logging never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """The key itself, for the client only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+def _run_sync(coroutine: Any) -> Any:
+    """Run a coroutine to completion, also from code already inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from a Retry-After (or retry-after-ms) header, if the server sent one."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible endpoint behind the backend protocol (see the module docstring)."""
+
+    name = "openai"
+
+    def __init__(self, model: str, base_url: str | None = None,
+                 api_key_env: str | None = "OPENAI_API_KEY", max_concurrency: int = 8,
+                 max_retries: int = 5, timeout: float = 60.0, chat_template: str | None = None,
+                 seed: int = 0, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 max_tokens_param: str = "max_tokens", **extra: Any) -> None:
+        import openai
+
+        self.model = str(model)
+        self.api_key_env = api_key_env
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise ValueError(
+                    f"the API key variable {api_key_env} is not set; set it, or set "
+                    "api_key_env to null for a server without authentication"
+                )
+        else:
+            key = NO_KEY
+        self._api_key = _Secret(key)
+        self.base_url = str(base_url or os.environ.get("OPENAI_BASE_URL")
+                            or "https://api.openai.com/v1").rstrip("/")
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.max_retries = max(0, int(max_retries))
+        self.timeout = float(timeout)
+        self.seed = int(seed)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.max_tokens_param = max_tokens_param
+        self.extra = dict(extra)
+        self.attempts = 0  # API calls made, retries included (for tests and reports)
+        self.retries = 0
+        self._openai = openai
+        if chat_template is not None:
+            logger.warning("openai backend: chat_template is ignored; the server at %s "
+                           "applies its own chat template", self.base_url)
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
+
+    def identity(self) -> dict[str, Any]:
+        """The endpoint and the model name (never the key)."""
+        identity = {"backend": "openai", "source": "api", "base_url": self.base_url,
+                    "model": self.model}
+        payload = json.dumps(identity, sort_keys=True)
+        identity["fingerprint"] = hashlib.sha256(payload.encode()).hexdigest()
+        return identity
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, requests: list[GenerationRequest],
+                 progress: ProgressFn | None = None) -> list[Generation]:
+        """Complete every request; `n` generations per request, in request order."""
+        if not requests:
+            return []
+        results = _run_sync(self._generate_all(requests, progress))
+        return [generation for batch in results for generation in batch]
+
+    async def _generate_all(self, requests: list[GenerationRequest],
+                            progress: ProgressFn | None) -> list[list[Generation]]:
+        client = self._openai.AsyncOpenAI(api_key=self._api_key.get(), base_url=self.base_url,
+                                          max_retries=0, timeout=self.timeout)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        finished = 0
+
+        async def one(request: GenerationRequest) -> list[Generation]:
+            nonlocal finished
+            async with semaphore:
+                result = await self._with_retries(request, client)
+            finished += 1
+            if progress is not None:
+                progress(finished)
+            return result
+
+        try:
+            return await asyncio.gather(*(one(r) for r in requests))
+        finally:
+            await client.close()
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        ceiling = min(self.backoff_max, self.backoff_base * (2 ** attempt))
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # exponential, jittered
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, max(self.backoff_max, 60.0)))
+        return delay
+
+    async def _with_retries(self, request: GenerationRequest, client: Any) -> list[Generation]:
+        openai = self._openai
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            self.attempts += 1
+            try:
+                return await self._call(request, client)
+            except openai.APIConnectionError as error:  # timeouts included
+                reason = type(error).__name__
+                failure: Exception = error
+            except openai.APIStatusError as error:
+                status = error.status_code
+                if status not in RETRY_STATUS and status < 500:
+                    raise
+                reason = f"HTTP {status}"
+                retry_after = _retry_after(getattr(error.response, "headers", None))
+                failure = error
+            if attempt == self.max_retries:
+                logger.error("request %s: %s; giving up after %d attempts",
+                             request.id, reason, attempt + 1)
+                raise failure
+            delay = self._backoff(attempt, retry_after)
+            self.retries += 1
+            logger.warning("request %s: %s (attempt %d of %d); retrying in %.2fs",
+                           request.id, reason, attempt + 1, self.max_retries + 1, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _common_options(self, request: GenerationRequest) -> dict[str, Any]:
+        s = request.sampling
+        options: dict[str, Any] = {
+            "model": self.model,
+            "n": max(1, int(s.n)),
+            "temperature": float(s.temperature),
+            "top_p": float(s.top_p),
+            "max_tokens": int(s.max_tokens),
+            "presence_penalty": float(s.presence_penalty),
+            "frequency_penalty": float(s.frequency_penalty),
+            "seed": request_seed(request, self.seed),
+        }
+        if s.stop:
+            options["stop"] = list(s.stop)
+        return options
+
+    async def _call(self, request: GenerationRequest, client: Any) -> list[Generation]:
+        s = request.sampling
+        options = self._common_options(request)
+        if request.messages is not None:
+            options[self.max_tokens_param] = options.pop("max_tokens")
+            if s.logprobs:
+                options["logprobs"] = True
+            response = await client.chat.completions.create(
+                messages=request.messages, **options, **self.extra)
+            choices = [(c.index, c.message.content or "", c.finish_reason,
+                        [t.logprob for t in c.logprobs.content]
+                        if s.logprobs and c.logprobs is not None and c.logprobs.content
+                        is not None else None)
+                       for c in response.choices]
+        else:
+            if s.logprobs:
+                options["logprobs"] = 0
+            response = await client.completions.create(
+                prompt=request.prompt, **options, **self.extra)
+            choices = [(c.index, c.text or "", c.finish_reason,
+                        list(c.logprobs.token_logprobs)
+                        if s.logprobs and c.logprobs is not None
+                        and c.logprobs.token_logprobs is not None else None)
+                       for c in response.choices]
+        usage = response.usage
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        total = int(getattr(usage, "completion_tokens", 0) or 0)
+        choices.sort(key=lambda c: c[0])
+        generations = []
+        for position, (index, text, finish, logprobs) in enumerate(choices):
+            extra: dict[str, Any] = {}
+            if logprobs is not None:
+                completion_tokens = len(logprobs)
+            elif len(choices) == 1:
+                completion_tokens = total
+            else:
+                share, rest = divmod(total, len(choices))
+                completion_tokens = share + (1 if position < rest else 0)
+                extra["completion_tokens_estimated"] = True
+            generations.append(Generation(
+                request_id=request.id,
+                index=int(index),
+                text=text,
+                finish_reason="length" if finish == "length" else "stop",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                logprobs=[float(x) for x in logprobs] if logprobs is not None else None,
+                extra=extra,
+            ))
+        return generations
+
+    def close(self) -> None:
+        """Nothing to free: clients live only for the duration of one `generate` call."""

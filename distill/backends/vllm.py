@@ -1,0 +1,216 @@
+"""Generation with vLLM's offline engine (`vllm.LLM`), prefix caching on.
+
+Prompts are rendered here with the same code as the HF backend (`encode_request`: the
+tokenizer's chat template, or the `chat_template` override, with
+`add_generation_prompt=True`, tokenised without special tokens; raw prompts tokenised as
+is) and handed to `LLM.generate` as token ids, so both backends feed the model exactly the
+same tokens. Every `Sampling` field maps onto `SamplingParams` with its own meaning: `n`,
+`temperature` (0 = greedy), `top_p`, `max_tokens`, `presence_penalty`,
+`frequency_penalty`, `stop` (excluded from the text), `logprobs` (the chosen token's
+log-probability, vLLM's raw model distribution) and the per-request `seed` (from
+`Sampling.seed`, else derived from the backend seed and the request id; vLLM gives sample
+i the seed `seed + i`), so a request's samples do not depend on the batch it ran in.
+
+A PEFT adapter directory is served as a LoRA on its base model (`enable_lora`).
+
+Engine options (`**engine`) go to `vllm.LLM` unchanged (`enforce_eager`,
+`kv_cache_memory_bytes`, `max_num_seqs`, `quantization`, ...). On vLLM's CPU build the
+KV cache is sized by `kv_cache_memory_bytes` (or the `VLLM_CPU_KVCACHE_SPACE` environment
+variable, in GiB); when neither is given this backend reserves 1 GiB, because the CPU
+build otherwise reserves `gpu_memory_utilization` of the machine's memory and refuses to
+start when that much is not free. vLLM starts worker processes with `spawn`, so a script
+that builds this backend needs an `if __name__ == "__main__":` guard.
+
+`close()` shuts the engine-core processes down, then collects garbage, tears down
+vLLM's distributed state and empties the CUDA cache, so the next stage gets the memory.
+
+`VLLM_ENABLE_V1_MULTIPROCESSING=0` runs the engine inside the calling process: on the CPU
+build it starts in about 8 s instead of about 40 s (no spawned engine-core and worker
+processes re-importing vLLM). The tests use it; production keeps vLLM's default.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from distill.backends.base import Generation, GenerationRequest, ProgressFn, request_seed
+from distill.backends.hf import encode_request
+from distill.backends.identity import model_identity, resolve_chat_template
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _progress_bar_factory(progress: ProgressFn):
+    """A tqdm factory for `LLM.generate(use_tqdm=...)` that reports finished requests."""
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        finished = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["file"] = io.StringIO()
+            kwargs["mininterval"] = 3600
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            result = super().update(n)
+            if self.desc.startswith("Processed"):
+                _Bar.finished += 1
+                progress(_Bar.finished)
+            return result
+
+    return _Bar
+
+
+class VLLMBackend:
+    """vLLM offline generation behind the backend protocol (see the module docstring)."""
+
+    name = "vllm"
+
+    def __init__(self, model: str, chat_template: str | None = None, dtype: str = "auto",
+                 seed: int = 0, enable_prefix_caching: bool = True,
+                 gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
+                 tensor_parallel_size: int = 1, **engine: Any) -> None:
+        import os
+
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self.model_name = str(model)
+        self.chat_template_source = chat_template
+        self.chat_template = resolve_chat_template(chat_template)
+        self.seed = int(seed)
+        self.revision = engine.get("revision")
+        self._identity: dict[str, Any] | None = None
+        self.lora_request = None
+        engine_model = self.model_name
+        adapter_config = Path(self.model_name) / "adapter_config.json"
+        if adapter_config.is_file():
+            from vllm.lora.request import LoRARequest
+
+            adapter = json.loads(adapter_config.read_text(encoding="utf-8"))
+            engine_model = adapter["base_model_name_or_path"]
+            rank = int(adapter.get("r", 8))
+            engine.setdefault("enable_lora", True)
+            engine.setdefault("max_lora_rank",
+                              next((r for r in _LORA_RANKS if r >= rank), rank))
+            if any((Path(self.model_name) / f).exists()
+                   for f in ("tokenizer.json", "tokenizer_config.json")):
+                engine.setdefault("tokenizer", self.model_name)
+            self.lora_request = LoRARequest("adapter", 1, self.model_name)
+        if (current_platform.is_cpu() and engine.get("kv_cache_memory_bytes") is None
+                and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
+            engine["kv_cache_memory_bytes"] = CPU_DEFAULT_KV_CACHE_BYTES
+        self.engine_options = {
+            "dtype": dtype, "seed": self.seed, "enable_prefix_caching": enable_prefix_caching,
+            "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
+            "tensor_parallel_size": tensor_parallel_size, **engine,
+        }
+        self.llm = LLM(model=engine_model, **self.engine_options)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend(model={self.model_name!r})"
+
+    def identity(self) -> dict[str, Any]:
+        """Model id or path, content hashes and the effective chat template's hash."""
+        if self._identity is None:
+            self._identity = {
+                "backend": "vllm",
+                **model_identity(self.model_name, self.chat_template_source, self.revision),
+            }
+        return dict(self._identity)
+
+    def encode(self, request: GenerationRequest) -> list[int]:
+        """The prompt token ids this backend feeds the engine for `request`."""
+        return encode_request(self.tokenizer, request, self.chat_template)
+
+    def sampling_params(self, request: GenerationRequest):
+        """`vllm.SamplingParams` for one request."""
+        from vllm import SamplingParams
+
+        s = request.sampling
+        return SamplingParams(
+            n=max(1, int(s.n)),
+            temperature=float(s.temperature),
+            top_p=float(s.top_p),
+            max_tokens=int(s.max_tokens),
+            presence_penalty=float(s.presence_penalty),
+            frequency_penalty=float(s.frequency_penalty),
+            stop=list(s.stop) or None,
+            seed=request_seed(request, self.seed),
+            logprobs=0 if s.logprobs else None,
+        )
+
+    def generate(self, requests: list[GenerationRequest],
+                 progress: ProgressFn | None = None) -> list[Generation]:
+        """Complete every request; `n` generations per request, in request order."""
+        if not requests:
+            return []
+        if self.llm is None:
+            raise RuntimeError("VLLMBackend is closed")
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=self.encode(r)) for r in requests]
+        params = [self.sampling_params(r) for r in requests]
+        use_tqdm = _progress_bar_factory(progress) if progress is not None else False
+        outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm,
+                                    lora_request=self.lora_request)
+        generations = []
+        for request, output in zip(requests, outputs, strict=True):
+            prompt_tokens = len(output.prompt_token_ids or [])
+            for completion in sorted(output.outputs, key=lambda c: c.index):
+                logprobs = None
+                if request.sampling.logprobs and completion.logprobs is not None:
+                    logprobs = [float(step[token].logprob)
+                                for token, step in zip(completion.token_ids,
+                                                       completion.logprobs, strict=False)]
+                finish = completion.finish_reason or "length"
+                if finish not in ("stop", "length"):
+                    raise RuntimeError(f"request {request.id}: vLLM finished it with {finish!r}")
+                generations.append(Generation(
+                    request_id=request.id,
+                    index=completion.index,
+                    text=completion.text,
+                    finish_reason=finish,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=len(completion.token_ids),
+                    logprobs=logprobs,
+                    extra={"stop_reason": completion.stop_reason}
+                    if completion.stop_reason is not None else {},
+                ))
+        return generations
+
+    def close(self) -> None:
+        """Shut the engine down and give its memory back."""
+        import gc
+
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            try:
+                engine_core.shutdown()
+            except Exception as error:  # noqa: BLE001 - shutting down regardless
+                logger.warning("vLLM engine shutdown raised %s", error)
+        del llm, engine_core
+        self.tokenizer = None
+        try:  # gc.collect, distributed teardown and accelerator cache, in vLLM's order
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+        except Exception as error:  # noqa: BLE001
+            logger.debug("vLLM cleanup raised %s", error)
+            gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
