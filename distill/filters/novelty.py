@@ -65,6 +65,11 @@ class Config(BaseModel):
     include_seed_tasks: bool = Field(
         True, description="Start the pool with the seed tasks' instructions, as Self-Instruct "
         "and Alpaca do; false starts it empty.")
+    fields: list[Literal["instruction", "input", "output"]] = Field(
+        default_factory=lambda: ["instruction"], min_length=1,
+        description="Record fields compared, joined by a space. Self-Instruct compares "
+        "instructions; add `input` where instructions are templated and the input carries "
+        "the task (the microworld).")
 
 
 def rouge_tokens(text: str) -> list[str]:
@@ -190,7 +195,10 @@ class NoveltyFilter:
     def __init__(self, config: Config, context: FilterContext) -> None:
         self.config = config
         seeds = context.seed_examples if config.include_seed_tasks else []
-        self._seeds = [(example.id, example.instruction) for example in seeds]
+        self._seeds = [(example.id, self._text(example)) for example in seeds]
+
+    def _text(self, record: Example) -> str:
+        return " ".join(getattr(record, name) for name in self.config.fields)
 
     def __call__(self, records: list[Example]) -> list[Verdict]:
         """Replay the records in order against a pool of the seeds and what was kept.
@@ -211,7 +219,7 @@ class NoveltyFilter:
             rows = max(1, min(_MAX_BLOCK, _BLOCK_CELLS // max(len(pool.codes), 1)))
             block = records[start:start + rows]
             start += len(block)
-            codes, lengths = pool.encode([record.instruction for record in block])
+            codes, lengths = pool.encode([self._text(record) for record in block])
 
             # Against the pool as it stood before the block: each candidate's best match.
             if pool.codes:
@@ -239,7 +247,7 @@ class NoveltyFilter:
                             "most_similar_id": pool.ids[similar] if score > 0 else None}))
                 if keep:
                     kept_here.append(i)
-                    pool.add(record.id, record.instruction, codes[i], int(lengths[i]))
+                    pool.add(record.id, self._text(record), codes[i], int(lengths[i]))
         return verdicts
 
 

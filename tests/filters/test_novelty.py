@@ -230,3 +230,18 @@ def test_bench_script_replays_a_stream_with_no_differences():
     assert done.returncode == 0, done.stderr
     assert "differing decisions: 0;" in done.stdout
     assert "differing max scores: 0 " in done.stdout
+
+
+def test_fields_option_compares_instruction_and_input():
+    from distill.filters.base import FilterContext
+    from distill.filters.novelty import Config, NoveltyFilter
+    from distill.records import Example
+
+    records = [Example(id="a", instruction="Add the two numbers.", input="59 + 22"),
+               Example(id="b", instruction="Add the two numbers.", input="34 + 31"),
+               Example(id="c", instruction="Add the two numbers.", input="59 + 22")]
+    by_instruction = NoveltyFilter(Config(include_seed_tasks=False), FilterContext())(records)
+    assert [v.keep for v in by_instruction] == [True, False, False]
+    with_input = NoveltyFilter(Config(include_seed_tasks=False, fields=["instruction", "input"]),
+                               FilterContext())(records)
+    assert [v.keep for v in with_input] == [True, True, False]
