@@ -72,6 +72,8 @@ def run(
         help="Dotted overrides, e.g. rounds.count=2 filters.1.threshold=0.6")] = None,
     force: Annotated[list[str] | None, typer.Option(
         "--force", help="Redo this stage (and everything after it) even if it is done.")] = None,
+    stop_after: Annotated[str | None, typer.Option(
+        "--stop-after", help="Stop once this stage of the first round is done.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
     """Run a recipe end to end; re-running resumes where it stopped."""
@@ -81,11 +83,13 @@ def run(
     unknown = sorted(set(force or []) - set(STAGES))
     if unknown:
         raise _fail(f"--force: unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if stop_after is not None and stop_after not in STAGES:
+        raise _fail(f"--stop-after: unknown stage {stop_after!r}; stages are {list(STAGES)}")
     rank = int(os.environ.get("RANK", "0"))
     run_dir = Path(loaded.output_dir) / loaded.name
     log_path = _setup_logging(run_dir, quiet, rank)
     progress = None if quiet or rank != 0 else _progress_bars()
-    options = RunOptions(force=set(force or []), quiet=quiet,
+    options = RunOptions(force=set(force or []), stop_after=stop_after, quiet=quiet,
                          progress=progress.update if progress else None)
     try:
         if progress:

@@ -180,15 +180,20 @@ class Recipe(Strict):
     seed: int = Field(0, description="Seeds sampling, data order and training.")
     output_dir: str = Field("runs", description="Parent directory of run directories "
                             "(relative to the current directory).")
-    teacher: TeacherSpec
-    student: StudentSpec
-    data: DataSpec = Field(default_factory=DataSpec)
-    generate: GenerateConfig
-    filters: list[Filter] = Field(default_factory=list, description="Applied in order.")
-    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig
-    rounds: RoundsSpec = Field(default_factory=RoundsSpec)
+    teacher: TeacherSpec = Field(description="The model that writes the data.")
+    student: StudentSpec = Field(description="The model that is trained.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Seed tasks and real data.")
+    generate: GenerateConfig = Field(description="The generation method, chosen by `kind`.")
+    filters: list[Filter] = Field(default_factory=list, description="Quality filters, each "
+                                  "chosen by `kind`, applied in order.")
+    decontamination: DecontaminationConfig = Field(
+        default_factory=DecontaminationConfig, description="The gate against benchmark "
+        "leakage, run before training.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning.")
+    eval: EvalConfig = Field(description="lm-eval tasks the student is scored on, before "
+                             "training (base) and after each round.")
+    rounds: RoundsSpec = Field(default_factory=RoundsSpec, description="Rounds and data "
+                               "policy.")
 
     @field_validator("eval")
     @classmethod

@@ -73,6 +73,7 @@ class RunOptions:
     """How to run, as opposed to what to run (never part of a fingerprint)."""
 
     force: set[str] = field(default_factory=set)
+    stop_after: str | None = None  # stop once this stage of round 0 is done (debugging)
     quiet: bool = False
     progress: Callable[[str, int, int], None] | None = None  # (task, done, total)
 
@@ -82,8 +83,13 @@ def resolve_model_path(model: str) -> str:
     if model.startswith("microworld:"):
         from distill.microworld.build import resolve_model_ref
 
+        log.info("%s: using the cached build, or building it now (a few minutes, once)", model)
         return str(resolve_model_ref(model))
     return model
+
+
+class _StopAfter(Exception):  # noqa: N818 - control flow, not an error
+    """Raised after the stage named by `RunOptions.stop_after` is committed."""
 
 
 class Runner:
@@ -104,6 +110,19 @@ class Runner:
         if self.ranks.is_main:
             self.store.root.mkdir(parents=True, exist_ok=True)
             write_json(self.store.root / "recipe.resolved.json", recipe.model_dump(mode="json"))
+        try:
+            self._rounds()
+        except _StopAfter:
+            log.info("stopped after %s, as asked", self.options.stop_after)
+        if self.ranks.is_main:
+            from distill.report import write_report
+
+            log.info("report: %s", write_report(self.store.root))
+        self.ranks.barrier()
+        return self.store.root
+
+    def _rounds(self) -> None:
+        recipe = self.recipe
         student = self._model_ref(recipe.student.model, recipe.student.chat_template)
         teacher = self._model_ref(recipe.teacher.model, recipe.teacher.chat_template)
         self.evaluate("base", student)
@@ -120,13 +139,6 @@ class Runner:
             self.evaluate(label, merged)
             if recipe.rounds.next_teacher == "student":
                 teacher = merged
-        if self.ranks.is_main:
-            from distill.report import write_report
-
-            report = write_report(self.store.root)
-            log.info("report: %s", report)
-        self.ranks.barrier()
-        return self.store.root
 
     def _model_ref(self, model: str, chat_template: str | None) -> ModelRef:
         from distill.backends.identity import model_identity
@@ -149,6 +161,8 @@ class Runner:
             self._forcing.update(STAGES[STAGES.index(name):])
         if stage.is_done() and name not in self._forcing:
             log.info("%s/%s: done (fingerprint %s), skipped", label, name, stage.fingerprint[:12])
+            if name == self.options.stop_after:
+                raise _StopAfter
             return stage
         log.info("%s/%s: running (fingerprint %s)", label, name, stage.fingerprint[:12])
         if self.ranks.is_main:
@@ -159,6 +173,8 @@ class Runner:
         if self.ranks.is_main:
             stage.commit(summary)
         self.ranks.barrier()
+        if name == self.options.stop_after:
+            raise _StopAfter
         return stage
 
     # -- stages ---------------------------------------------------------------------------
@@ -196,6 +212,7 @@ class Runner:
             return {"counts": {"candidates": len(result.examples),
                                "rejected": len(result.rejected)},
                     "tokens": checkpoint_tokens(out / "checkpoints"),
+                    "resumed_requests": context.stats.resumed_requests,
                     "stats": result.stats, "teacher": teacher.path}
 
         return self._stage(label, "generate", config, inputs, work)
