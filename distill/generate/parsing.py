@@ -94,7 +94,7 @@ def normalize_newlines(text: str) -> str:
 
 
 def parse_task_list(completion: str, first_number: int,
-                    finish_reason: str = "stop") -> ParseResult:
+                    finish_reason: str = "stop", strict_numbering: bool = True) -> ParseResult:
     """Parse a completion that continues the prompt's `"{first_number}. Instruction:"`.
 
     Args:
@@ -102,6 +102,9 @@ def parse_task_list(completion: str, first_number: int,
         first_number: the number of the first task the teacher writes (in-context tasks
             + 1): the prompt ended with its "Instruction:" marker, so it is prepended.
         finish_reason: "length" marks the last block as truncated.
+        strict_numbering: reject a block whose fields' numbers disagree or do not follow
+            the previous task's (Alpaca's parser); false ignores the numbers, which small
+            teachers miscopy while writing otherwise well-formed tasks.
 
     Returns:
         Tasks and failures, each in the order they appear; a blank completion gives a
@@ -117,7 +120,7 @@ def parse_task_list(completion: str, first_number: int,
         if truncated and unterminated:
             result.failures.append(ParseFailure(index, "truncated", raw, _first_number(raw)))
             break
-        outcome = _parse_block(index, raw, expected)
+        outcome = _parse_block(index, raw, expected, strict_numbering)
         if isinstance(outcome, ParsedTask):
             result.tasks.append(outcome)
         else:
@@ -154,7 +157,8 @@ def _first_number(raw: str) -> int | None:
     return int(marker.group(1)) if marker else None
 
 
-def _parse_block(index: int, raw: str, expected: int) -> ParsedTask | ParseFailure:
+def _parse_block(index: int, raw: str, expected: int,
+                 strict_numbering: bool = True) -> ParsedTask | ParseFailure:
     markers = list(_MARKER.finditer(raw))
     if not markers:
         return ParseFailure(index, "no_fields", raw)
@@ -174,7 +178,7 @@ def _parse_block(index: int, raw: str, expected: int) -> ParsedTask | ParseFailu
         if name not in fields:
             return fail(f"missing_{name}")
     numbers = {values[0][0] for values in fields.values()}
-    if len(numbers) != 1 or numbers != {expected}:
+    if strict_numbering and (len(numbers) != 1 or numbers != {expected}):
         return fail("bad_numbering")
     instruction = fields["instruction"][0][1]
     task_input = fields["input"][0][1]

@@ -82,6 +82,9 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["self_instruct"] = "self_instruct"
+    strict_numbering: bool = Field(
+        True, description="Drop a task whose field numbers disagree or skip (Alpaca's "
+        "parser); false ignores the numbers, which small teachers miscopy.")
     template: str = Field(
         "self_instruct_alpaca",
         description="Prompt template in distill/prompts (variables num_tasks, tasks): "
@@ -223,7 +226,8 @@ def generate_self_instruct(config: Config, seed_tasks: list[Example], ctx: Gener
             text = generation.text if generation is not None else ""
             finish = generation.finish_reason if generation is not None else "missing"
             truncated_completions += finish == "length"
-            parsed = parse_task_list(text, prompt.first_number, finish)
+            parsed = parse_task_list(text, prompt.first_number, finish,
+                                     strict_numbering=config.strict_numbering)
             lineage = {
                 **base_lineage,
                 "sampling": prompt.request.sampling.as_dict(),
