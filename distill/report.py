@@ -54,13 +54,15 @@ def _main_scores(manifest: dict[str, Any] | None) -> dict[str, float]:
 
 
 def _summary_table(by_round: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    columns = sorted({key for stages in by_round.values()
-                      for key in _main_scores(stages.get("evaluate"))})
-    lines = ["## Scores per round", "",
-             "| round | generated | kept | clean | train loss | " + " | ".join(columns) + " |",
-             "|---|---|---|---|---|" + "---|" * len(columns)]
+    """Counts, loss and the headline score per round; every task's score per round below."""
+    scores = {label: _main_scores(stages.get("evaluate")) for label, stages in by_round.items()}
+    columns = sorted({key for row in scores.values() for key in row})
+    headline = [c for c in columns if "/" in c and c.split("/")[0] in _group_names(by_round)]
+    headline = headline or columns[:1]
+    lines = ["## Summary", "",
+             "| round | generated | kept | clean | train loss | " + " | ".join(headline) + " |",
+             "|---|---|---|---|---|" + "---|" * len(headline)]
     for label, stages in by_round.items():
-        scores = _main_scores(stages.get("evaluate"))
         generated = stages.get("generate", {}).get("counts", {}).get("candidates", "")
         kept = stages.get("filter", {}).get("counts", {}).get("kept", "")
         clean = stages.get("decontaminate", {}).get("counts", {}).get("clean", "")
@@ -68,9 +70,29 @@ def _summary_table(by_round: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         name = "base (before training)" if label == "base" else label
         cells = [name, str(generated), str(kept), str(clean),
                  f"{loss:.4f}" if isinstance(loss, float) else ""]
-        cells += [f"{scores[c]:.4f}" if c in scores else "" for c in columns]
+        cells += [_score(scores[label].get(c)) for c in headline]
         lines.append("| " + " | ".join(cells) + " |")
+    labels = [label for label in by_round if scores[label]]
+    if len(columns) > len(headline):
+        lines += ["", "### Scores per task", "",
+                  "| task / metric | " + " | ".join(labels) + " |",
+                  "|---|" + "---|" * len(labels)]
+        lines += [f"| {c} | " + " | ".join(_score(scores[label].get(c)) for label in labels)
+                  + " |" for c in columns]
     return lines + [""]
+
+
+def _group_names(by_round: dict[str, dict[str, dict[str, Any]]]) -> set[str]:
+    """Tasks named in the recipe's eval section (groups such as `microworld`)."""
+    for stages in by_round.values():
+        evaluate = stages.get("evaluate")
+        if evaluate is not None:
+            return set(evaluate.get("tasks") or [])
+    return set()
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def _funnel_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -> list[str]:
@@ -81,7 +103,7 @@ def _funnel_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -> list[
     if counts:
         lines.append(f"Generation: {counts.get('candidates', 0)} candidates parsed, "
                      f"{counts.get('rejected', 0)} teacher outputs rejected while parsing "
-                     f"({_reasons(generate.get('stats', {}).get('rejected_reasons', {}))}).")
+                     f"({_reasons(generate.get('stats', {}).get('parse_rejected', {}))}).")
         lines.append("")
     if not funnel_path.exists():
         return lines + ["(no filter stage yet)", ""]
@@ -112,7 +134,7 @@ def _contamination_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -
              f"{counts.get('contaminated', 0)} of {counts.get('in', 0)} training examples "
              f"overlap an evaluation task (policy `{manifest.get('policy', 'off')}`); "
              f"{counts.get('clean', 0)} go to training.", ""]
-    per_task = manifest.get("per_task") or {}
+    per_task = {task: n for task, n in (manifest.get("per_task") or {}).items() if n}
     if per_task:
         lines += ["| task | contaminated examples |", "|---|---|"]
         lines += [f"| {task} | {n} |" for task, n in per_task.items()]
@@ -137,7 +159,7 @@ def _training_section(stages: dict[str, dict[str, Any]]) -> list[str]:
     losses = train.get("loss_history", [])
     first = losses[0]["loss"] if losses else None
     lines = ["### Training", "",
-             f"{train.get('num_examples')} examples, {train.get('trainable_parameters')} "
+             f"{train.get('num_examples')} examples, {train.get('trainable_params')} "
              f"trainable parameters, {train.get('wall_time_s', 0):.1f} s."]
     if first is not None:
         lines.append(f"Loss {first:.4f} (first logged step) → {train.get('final_loss'):.4f} "

@@ -312,8 +312,10 @@ class Runner:
                              quiet=self.options.quiet)
             result = launch_training(spec, recipe.train.accelerate_config,
                                      log_path=self.store.root / "train.log")
-            return {"counts": {"examples": result.num_examples},
-                    "train": result.model_dump(mode="json")}
+            # the result's paths point into the work directory, renamed at commit
+            summary = result.model_dump(mode="json", exclude={"output_dir", "merged_dir",
+                                                              "adapter_dir", "args"})
+            return {"counts": {"examples": result.num_examples}, "train": summary}
 
         return self._stage(label, "train", config, inputs, work)
 
@@ -329,7 +331,8 @@ class Runner:
             from distill.evaluate.harness import evaluate_model
 
             result = evaluate_model(model.path, recipe.eval, output_dir=out, seed=recipe.seed)
-            return {"scores": result["scores"] if result else {}, "model": model.path}
+            return {"scores": result["scores"] if result else {}, "model": model.path,
+                    "tasks": recipe.eval.tasks}
 
         return self._stage(label, "evaluate", config, inputs, work)
 
