@@ -23,12 +23,6 @@ from distill.microworld.families.expressions import evaluate
 _INT = r"-?\d+"
 
 
-def _digits(rng: random.Random, low: int, high: int) -> int:
-    """A number with between `low` and `high` digits, each length equally likely."""
-    length = rng.randint(low, high)
-    return rng.randint(0 if length == 1 else 10 ** (length - 1), 10**length - 1)
-
-
 @dataclass(frozen=True)
 class Binary:
     """A two-operand arithmetic family: "Add the two numbers." / "17 + 25" -> "42"."""
@@ -72,27 +66,31 @@ class Binary:
         return Answer("number", Fraction(value))
 
 
-_DIGITS = {1: (1, 2), 2: (2, 3), 3: (3, 4)}
-
-
 def _add_operands(rng: random.Random, difficulty: int) -> tuple[int, int]:
-    low, high = _DIGITS[difficulty]
-    return _digits(rng, low, high), _digits(rng, low, high)
+    # Small enough at the easy level for a tiny model to learn the table; multi-digit above.
+    if difficulty == 1:
+        return rng.randint(0, 9), rng.randint(0, 9)
+    if difficulty == 2:
+        return rng.randint(10, 99), rng.randint(1, 99)
+    return rng.randint(100, 999), rng.randint(10, 999)
 
 
 def _subtract_operands(rng: random.Random, difficulty: int) -> tuple[int, int]:
-    a, b = _add_operands(rng, difficulty)
-    if difficulty < 3 and b > a:  # only the hardest level goes below zero
-        a, b = b, a
-    return a, b
+    if difficulty == 1:
+        b, c = rng.randint(0, 9), rng.randint(0, 9)
+        return b + c, b  # the inverse of an easy addition
+    if difficulty == 2:
+        a = rng.randint(10, 99)
+        return a, rng.randint(1, a)
+    return rng.randint(100, 999), rng.randint(10, 999)  # may go below zero
 
 
 def _multiply_operands(rng: random.Random, difficulty: int) -> tuple[int, int]:
     if difficulty == 1:
         return rng.randint(2, 9), rng.randint(2, 9)
     if difficulty == 2:
-        return rng.randint(10, 99), rng.randint(2, 9)
-    return rng.randint(10, 99), rng.randint(10, 99)
+        return rng.randint(10, 20), rng.randint(2, 9)
+    return rng.randint(10, 99), rng.randint(2, 9)
 
 
 ADD = Binary("add", "+", "The sum of {a} and {b} is {c}.",
@@ -124,7 +122,7 @@ class MultiStep:
     def generate(self, rng: random.Random, difficulty: int) -> Draft:
         """A new task at `difficulty` (1 easy .. 3 hard)."""
         if difficulty == 1:
-            a, b = rng.randint(1, 20), rng.randint(1, 20)
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
             c = rng.randint(0, a + b)
             expression = f"{a} + {b} - {c}"
         elif difficulty == 2:
@@ -161,7 +159,7 @@ class Compare:
         """A new task at `difficulty` (1 easy .. 3 hard)."""
         while True:
             if difficulty == 1:
-                a, b = Fraction(rng.randint(0, 99)), Fraction(rng.randint(0, 99))
+                a, b = Fraction(rng.randint(0, 30)), Fraction(rng.randint(0, 30))
             elif difficulty == 2:
                 lead = rng.randint(1, 9) * 100
                 a, b = Fraction(lead + rng.randint(0, 99)), Fraction(lead + rng.randint(0, 99))
@@ -302,7 +300,7 @@ class NextInSequence:
     def generate(self, rng: random.Random, difficulty: int) -> Draft:
         """A new task at `difficulty` (1 easy .. 3 hard)."""
         if difficulty == 1:
-            start, step, terms = rng.randint(0, 20), rng.randint(1, 5), 4
+            start, step, terms = rng.randint(0, 10), rng.randint(1, 3), 4
             values = [start + step * i for i in range(terms + 1)]
         elif difficulty == 2:
             start, step, terms = rng.randint(0, 50), rng.randint(2, 15), rng.randint(4, 5)

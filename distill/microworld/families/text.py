@@ -73,7 +73,7 @@ class CountLetter:
         if difficulty == 3 and rng.random() < 0.25:
             letter = pick(rng, [c for c in _LETTERS if c not in word])  # answer 0
         else:
-            letter = pick(rng, sorted(set(word)))
+            letter = pick(rng, word)  # by occurrence: repeated letters come up more often
         count = word.count(letter)
         times = "time" if count == 1 else "times"
         statement = f"The letter '{letter}' appears {count} {times} in {word}."

@@ -194,7 +194,7 @@ class WordProblem:
         name = pick(rng, sorted(NAMES))
         pronoun = NAMES[name].capitalize()
         items = pick(rng, ITEMS)
-        high = 20 if difficulty == 1 else 60
+        high = 9 if difficulty == 1 else 60
         if difficulty == 3:
             bags, each = rng.randint(2, 9), rng.randint(2, 12)
             total = bags * each

@@ -1,0 +1,191 @@
+"""Build the microworld's teacher and student from scratch, cached by config and code version.
+
+    distill microworld build                 # or: python scripts/build_microworld.py
+    from distill.microworld.build import build_models, resolve_model_ref
+    paths = build_models()                   # {"teacher": Path, "student": Path}
+    resolve_model_ref("microworld:teacher")  # builds on first use, then reads the cache
+
+Both models share one tokenizer (byte-level BPE with single-digit numbers, trained on
+microworld text) and the project's chat template. The teacher (a 2-layer Llama, head
+size 64 so vLLM's CPU build serves it) learns the world from chats and Self-Instruct
+task lists; the student (smaller) learns the same facts as plain sentences only, so it
+cannot follow instructions until it is fine-tuned. Neither ever sees a benchmark item.
+
+The result lives in `$DISTILL_CACHE/microworld/<hash>` (default `~/.cache/distill`),
+where the hash covers the build config and `BUILD_VERSION`; it is built in a temporary
+directory and renamed into place, under a file lock, so concurrent callers build once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.microworld.train import ModelSpec
+
+MODEL_NAMES = ("teacher", "student")
+# Bump when a change to the generators, corpus or training changes what a build produces.
+BUILD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines the built models."""
+
+    seed: int = 0
+    vocab_size: int = 1024
+    tokenizer_tasks: int = 3000
+    teacher: ModelSpec = field(default_factory=lambda: ModelSpec(
+        hidden_size=128, layers=2, heads=2, intermediate_size=512, steps=2000,
+        batch_tokens=2048, lr=3e-3))
+    teacher_chats: int = 90000
+    teacher_task_lists: int = 3000
+    student: ModelSpec = field(default_factory=lambda: ModelSpec(
+        hidden_size=128, layers=2, heads=2, intermediate_size=256, steps=300,
+        batch_tokens=2048, lr=3e-3))
+    student_documents: int = 6000
+    # Family weights of the training chats and sentences: Zipf weights ** this exponent.
+    # Below 1 the models know the tail better than they see it in Self-Instruct lists.
+    family_exponent: float = 0.3
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form, hashed into the cache key and saved with the models."""
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Short hash of the config and the build version."""
+        blob = json.dumps({"config": self.as_dict(), "version": BUILD_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> BuildConfig:
+        """A seconds-long build for tests: same pipeline, few steps and documents."""
+        small = ModelSpec(hidden_size=128, layers=1, heads=2, intermediate_size=256, steps=3,
+                          batch_tokens=1024)
+        return cls(seed=seed, vocab_size=400, tokenizer_tasks=200, teacher=small,
+                   teacher_chats=60, teacher_task_lists=6, student=small, student_documents=20)
+
+
+def cache_root() -> Path:
+    """`$DISTILL_CACHE/microworld`, default `~/.cache/distill/microworld`."""
+    base = os.environ.get("DISTILL_CACHE") or "~/.cache/distill"
+    return Path(base).expanduser() / "microworld"
+
+
+def build_models(cache_dir: Path | None = None, seed: int = 0, force: bool = False, *,
+                 config: BuildConfig | None = None, quiet: bool = False) -> dict[str, Path]:
+    """Build (or find cached) the teacher and student; returns {"teacher": dir, "student": dir}.
+
+    Args:
+        cache_dir: where builds live (default `cache_root()`); each in `<hash>/`.
+        seed: the build's seed (ignored when `config` is given).
+        force: rebuild even when a finished build exists.
+        config: the full build config (default `BuildConfig(seed=seed)`).
+        quiet: no progress output.
+    """
+    config = config or BuildConfig(seed=seed)
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / config.fingerprint()
+    paths = {name: target / name for name in MODEL_NAMES}
+    with _lock(root / f"{target.name}.lock"):
+        if (target / "microworld.json").is_file() and not force:
+            return paths
+        work = root / f".tmp-{target.name}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            report = _build(config, work, quiet=quiet)
+            # microworld.json last: a directory without it is an unfinished build.
+            (work / "microworld.json").write_text(json.dumps(report, indent=2) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return paths
+
+
+def resolve_model_ref(ref: str, cache_dir: Path | None = None) -> Path:
+    """`"microworld:teacher"` / `"microworld:student"` -> the built model's directory."""
+    prefix, _, name = ref.partition(":")
+    if prefix != "microworld" or name not in MODEL_NAMES:
+        raise ValueError(f"not a microworld model reference: {ref!r} "
+                         f"(use one of {[f'microworld:{n}' for n in MODEL_NAMES]})")
+    return build_models(cache_dir)[name]
+
+
+class _lock:
+    """An exclusive `flock` on a file, for the duration of a `with` block."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.handle = self.path.open("w")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from distill.microworld.benchmark import benchmark_keys
+    from distill.microworld.corpus import student_documents, teacher_documents, tokenizer_texts
+    from distill.microworld.train import train_model, train_tokenizer
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    held_out = benchmark_keys()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TextColumn("{task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, disable=quiet, transient=False) as progress:
+        step = progress.add_task("tokenizer + data", total=3, loss="")
+        rng = random.Random(config.seed)
+        tokenizer = train_tokenizer(tokenizer_texts(rng, config.tokenizer_tasks),
+                                    config.vocab_size)
+        progress.advance(step)
+        teacher_docs = teacher_documents(config.teacher_chats, config.teacher_task_lists,
+                                         random.Random(config.seed + 1), held_out, tokenizer,
+                                         family_exponent=config.family_exponent)
+        progress.advance(step)
+        student_docs = student_documents(config.student_documents,
+                                         random.Random(config.seed + 2), held_out,
+                                         family_exponent=config.family_exponent)
+        progress.advance(step)
+        timings["data"] = time.perf_counter() - started
+
+        stats = {}
+        for name, docs, spec, masked in (("teacher", teacher_docs, config.teacher, {"chat"}),
+                                         ("student", student_docs, config.student, set())):
+            bar = progress.add_task(name, total=spec.steps, loss="")
+
+            def report(done: int, total: int, loss: float, bar=bar) -> None:
+                progress.update(bar, completed=done, loss=f"loss {loss:.3f}")
+
+            stats[name] = train_model(docs, tokenizer, spec, out / name, seed=config.seed,
+                                      mask_prompts=masked, progress=report)
+            timings[name] = stats[name]["seconds"]
+    timings["total"] = time.perf_counter() - started
+    return {"fingerprint": config.fingerprint(), "build_version": BUILD_VERSION,
+            "config": config.as_dict(), "stats": stats,
+            "seconds": {k: round(v, 1) for k, v in timings.items()},
+            "cpus": _cpus(), "held_out_items": len(held_out)}
+
+
+def _cpus() -> int:
+    from distill.microworld.train import usable_cpus
+
+    return usable_cpus()

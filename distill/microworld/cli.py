@@ -1,0 +1,54 @@
+"""`distill microworld ...`: build the microworld's models, write its benchmark, check them.
+
+distill microworld build [--seed 0] [--force] [--cache-dir DIR] [--evaluate]
+distill microworld benchmark eval/tasks/microworld/data
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The verifiable task world: its models and benchmark.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def build(
+    seed: Annotated[int, typer.Option(help="Seed of the build (data, init, order).")] = 0,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a cached build exists.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Where builds live (default $DISTILL_CACHE/microworld).")] = None,
+    evaluate: Annotated[bool, typer.Option(
+        help="Then score both models on the held-out benchmark (greedy, in-process).")] = False,
+) -> None:
+    """Build (or find cached) the teacher and student; print their directories."""
+    from distill.microworld.build import build_models
+
+    paths = build_models(cache_dir, seed=seed, force=force)
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+    if evaluate:
+        from distill.microworld.benchmark import benchmark_tasks
+        from distill.microworld.evaluate import accuracy, load
+
+        tasks = [t for family in benchmark_tasks().values() for t in family]
+        for name, path in paths.items():
+            model, tokenizer = load(path)
+            scores = accuracy(model, tokenizer, tasks)
+            scores.pop("mistakes")
+            typer.echo(f"{name} accuracy: {json.dumps(scores)}")
+
+
+@app.command()
+def benchmark(directory: Annotated[Path, typer.Argument(
+        help="Folder for the <family>.jsonl files.")] = Path("eval/tasks/microworld/data")
+              ) -> None:
+    """Write the held-out benchmark items (fixed seed) as JSONL."""
+    from distill.microworld.benchmark import write_benchmark
+
+    counts = write_benchmark(directory)
+    typer.echo(f"wrote {sum(counts.values())} items in {len(counts)} families to {directory}")
