@@ -89,16 +89,31 @@ def _include_path(value: str | None, info: ValidationInfo) -> str | None:
         raise ValueError(f"include_path: {error}") from None
 
 
-class TeacherSpec(Strict):
-    """The model that writes the synthetic data."""
+class ModelSpec(Strict):
+    """A model named in a recipe, and the chat template it is used with."""
 
     model: str = Field(description="Hub id (org/name), local checkpoint directory, or "
-                       "microworld:teacher.")
+                       "microworld:teacher / microworld:student.")
+    chat_template: str | None = Field(None, description="Path to a Jinja chat template that "
+                                      "replaces the tokenizer's own.")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_model(value, info)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(value, info)
+
+
+class TeacherSpec(ModelSpec):
+    """The model that writes the synthetic data."""
+
     backend: Literal["hf", "vllm", "openai"] = Field(
         "hf", description="hf: transformers on CPU/GPU; vllm: offline vLLM engine; openai: any "
         "OpenAI-compatible server (set engine.base_url and engine.api_key_env).")
-    chat_template: str | None = Field(None, description="Path to a Jinja chat template that "
-                                      "replaces the tokenizer's own.")
     engine: dict[str, Any] = Field(default_factory=dict, description="Options passed to the "
                                    "backend as they are (batch_size, gpu_memory_utilization, "
                                    "tensor_parallel_size, base_url, max_concurrency, ...).")
@@ -106,36 +121,13 @@ class TeacherSpec(Strict):
                                   "chunk; chunks are also the unit split across ranks. Use "
                                   "hundreds with vLLM so its batches stay full.")
 
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str, info: ValidationInfo) -> str:
-        return resolve_model(value, info)
 
-    @field_validator("chat_template")
-    @classmethod
-    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return resolve_path(value, info)
-
-
-class StudentSpec(Strict):
+class StudentSpec(ModelSpec):
     """The model that is trained on the synthetic data."""
 
-    model: str = Field(description="Hub id, local checkpoint directory, or microworld:student.")
-    chat_template: str | None = Field(None, description="Path to a Jinja chat template that "
-                                      "replaces the tokenizer's own.")
     lora: LoraSettings | None = Field(default_factory=LoraSettings,
                                       description="LoRA adapter settings; null trains all "
                                       "weights (full fine-tune).")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str, info: ValidationInfo) -> str:
-        return resolve_model(value, info)
-
-    @field_validator("chat_template")
-    @classmethod
-    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return resolve_path(value, info)
 
 
 class DataSpec(Strict):
