@@ -172,7 +172,10 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory, runs/<na
         counts = ", ".join(f"{k} {v}" for k, v in m.get("counts", {}).items())
         table.add_row(m["round"], m["stage"], m["fingerprint"][:12], f"{m['wall_time_s']:.1f}",
                       counts, scores)
-    Console().print(table)
+    out = Console()
+    if not out.is_terminal:
+        out.width = 200  # piped or captured: do not squeeze the table to 80 columns
+    out.print(table)
 
 
 def _short_scores(scores: dict) -> str:

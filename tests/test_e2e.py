@@ -1,0 +1,168 @@
+"""The whole loop through the real CLI, on the microworld models (built once per machine).
+
+These tests run `distill run` as users do: in subprocesses, with the shipped quickstart
+recipe shrunk by overrides, and under `accelerate launch` with two CPU ranks.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distill.records import read_json, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+DISTILL = [sys.executable, "-m", "distill"]
+
+# The quickstart, smaller: one round, fewer instructions, a sample of the benchmark.
+SMALL = ["rounds.count=1", "generate.num_instructions=96", "generate.prompts_per_step=16",
+         "teacher.checkpoint_every=16", "eval.limit=10", "train.args.num_train_epochs=3",
+         "train.args.logging_steps=1"]
+
+
+def env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(ROOT)}
+
+
+def distill(*args, check=True, timeout=900):
+    result = subprocess.run([*DISTILL, *args], cwd=ROOT, env=env(), capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"distill {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def manifests(run_dir):
+    return {(p.parent.parent.name, p.parent.name): read_json(p)
+            for p in run_dir.glob("*/*/manifest.json")}
+
+
+@pytest.fixture(scope="module")
+def microworld_models():
+    """Build (or find) the microworld teacher and student before any timed run."""
+    from distill.microworld.build import build_models
+
+    return build_models(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory, microworld_models):
+    out = tmp_path_factory.mktemp("runs")
+    distill("run", str(QUICKSTART), f"output_dir={out}", *SMALL, "--quiet")
+    return out / "quickstart"
+
+
+def test_quickstart_runs_every_stage_and_reports(quickstart_run):
+    stages = manifests(quickstart_run)
+    assert set(stages) == {("base", "evaluate"), ("round_0", "generate"), ("round_0", "filter"),
+                           ("round_0", "decontaminate"), ("round_0", "train"),
+                           ("round_0", "evaluate")}
+    generated = stages["round_0", "generate"]["counts"]["candidates"]
+    filtered = stages["round_0", "filter"]["counts"]
+    assert generated == 96 and filtered["in"] == 96
+    assert 0 < filtered["kept"] < 96  # the verifier drops the teacher's wrong answers
+    funnel = read_json(quickstart_run / "round_0" / "filter" / "funnel.json")
+    assert [step["filter"] for step in funnel] == ["heuristics", "verify", "dedup", "novelty"]
+    assert funnel[1]["dropped"].get("wrong_answer", 0) > 0
+    train = stages["round_0", "train"]["train"]
+    assert train["final_loss"] < train["loss_history"][0]["loss"]
+    report = (quickstart_run / "report.md").read_text()
+    for heading in ("Summary", "Scores per task", "Funnel", "Contamination", "Training", "wrong_answer"):
+        assert heading in report
+    rejected = read_jsonl(quickstart_run / "round_0" / "filter" / "rejected.jsonl")
+    assert len(rejected) == 96 - filtered["kept"]  # every dropped record is kept on disk
+
+
+def test_student_is_trained_and_scored_before_and_after(quickstart_run):
+    stages = manifests(quickstart_run)
+    base = stages["base", "evaluate"]
+    after = stages["round_0", "evaluate"]
+    assert "microworld" in base["scores"] and "microworld" in after["scores"]
+    assert base["model"] != after["model"] and after["model"].endswith("merged")
+    assert base["inputs"]["model"] != after["inputs"]["model"]
+
+
+def test_rerun_skips_every_stage_and_show_lists_them(quickstart_run):
+    before = manifests(quickstart_run)
+    result = distill("run", str(QUICKSTART), f"output_dir={quickstart_run.parent}", *SMALL)
+    assert manifests(quickstart_run) == before  # nothing was redone
+    assert result.stderr.count("skipped") >= 6
+    shown = distill("show", str(quickstart_run)).stdout
+    for stage in ("generate", "filter", "decontaminate", "train", "evaluate"):
+        assert stage in shown
+
+
+def test_changing_one_filter_redoes_only_what_depends_on_it(quickstart_run, tmp_path):
+    # copy the run so the module's other tests keep the original
+    import shutil
+
+    copy = tmp_path / "quickstart"
+    shutil.copytree(quickstart_run, copy)
+    before = manifests(copy)
+    distill("run", str(QUICKSTART), f"output_dir={tmp_path}", *SMALL, "filters.3.threshold=0.5",
+            "--stop-after", "decontaminate", "--quiet")
+    after = manifests(copy)
+    assert after["round_0", "generate"] == before["round_0", "generate"]
+    assert after["round_0", "filter"]["fingerprint"] != before["round_0", "filter"]["fingerprint"]
+    assert after["round_0", "decontaminate"]["inputs"]["filter"] == \
+        after["round_0", "filter"]["fingerprint"]
+    assert list((copy / "round_0" / ".stale").iterdir())  # the old outputs were kept aside
+
+
+def test_killed_generation_resumes_to_the_same_dataset(quickstart_run, tmp_path):
+    args = [*SMALL, "teacher.checkpoint_every=8", "--stop-after", "generate", "--quiet"]
+    work = tmp_path / "quickstart" / "round_0" / ".generate.work" / "checkpoints"
+    process = subprocess.Popen([*DISTILL, "run", str(QUICKSTART), f"output_dir={tmp_path}",
+                                *args], cwd=ROOT, env=env(), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(work.glob("*/chunk*.jsonl"))) < 3:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "quickstart" / "round_0" / "generate").exists()
+    distill("run", str(QUICKSTART), f"output_dir={tmp_path}", *args)
+    resumed = tmp_path / "quickstart" / "round_0" / "generate"
+    assert read_json(resumed / "manifest.json")["resumed_requests"] > 0
+    # the uninterrupted run used other chunk sizes: per-request seeds make that irrelevant
+    original = quickstart_run / "round_0" / "generate"
+    for name in ("candidates.jsonl", "rejected.jsonl"):
+        assert read_jsonl(resumed / name) == read_jsonl(original / name), name
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_rank_accelerate_run_matches_one_process(quickstart_run, tmp_path):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", "2", "--main_process_port", str(free_port()),
+               "-m", "distill", "run", str(QUICKSTART), f"output_dir={tmp_path}", *SMALL,
+               "--quiet"]
+    result = subprocess.run(command, cwd=ROOT, env={**env(), "ACCELERATE_USE_CPU": "true"},
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "quickstart"
+    # sharded generation with per-request seeds gives exactly the one-process data
+    for name in ("generate/candidates.jsonl", "filter/kept.jsonl", "decontaminate/clean.jsonl"):
+        assert read_jsonl(run / "round_0" / name) == \
+            read_jsonl(quickstart_run / "round_0" / name), name
+    train_log = read_json(run / "round_0" / "train" / "train_log.json")
+    assert train_log["num_processes"] == 2 and train_log["ranks_in_sync"]
+    assert (run / "round_0" / "train" / "merged" / "config.json").exists()
+    scores = json.loads((run / "round_0" / "evaluate" / "scores.json").read_text())
+    assert "microworld" in scores["scores"]
+    assert (run / "distill.rank1.log").exists()
