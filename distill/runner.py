@@ -43,9 +43,16 @@ class Ranks:
         """Join the process group only when `accelerate launch` started several ranks."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # Without cpu=True, accelerate 1.x silently starts a lone non-distributed state on a
+        # machine without GPUs, and every rank believes it is the main one.
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        state = PartialState(cpu=use_cpu or not torch.cuda.is_available())
+        if state.num_processes != int(os.environ["WORLD_SIZE"]):
+            raise RuntimeError(f"accelerate started {state.num_processes} process(es) but "
+                               f"WORLD_SIZE is {os.environ['WORLD_SIZE']}")
         return cls(rank=state.process_index, world_size=state.num_processes, _state=state)
 
     @property
