@@ -232,7 +232,10 @@ def generate_self_instruct(config: Config, seed_tasks: list[Example], ctx: Gener
                 **base_lineage,
                 "sampling": prompt.request.sampling.as_dict(),
                 "instruction_sampling": prompt.request.sampling.as_dict(),
-                "instruction_finish_reason": finish,
+                # A parsed task is a complete block (the parser rejects a cut-off last block),
+                # so it was not truncated even when its completion hit max_tokens later on.
+                "instruction_finish_reason": "stop",
+                "completion_finish_reason": finish,
                 "step": step,
                 "prompt_id": prompt.request.id,
                 "in_context_ids": [task.id for task in prompt.in_context],

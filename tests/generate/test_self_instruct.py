@@ -281,3 +281,17 @@ def test_config_validation():
     sampling = cfg.sampling.to_sampling(seed=3, default_stop=cfg.default_stop())
     assert sampling.stop == ("21. Instruction:",) and sampling.seed == 3
     assert Config.model_validate(cfg.model_dump()) == cfg
+
+
+def test_complete_tasks_of_a_cut_off_completion_pass_the_truncation_heuristic(make_ctx):
+    from distill.filters.base import FilterContext
+    from distill.filters.heuristics import Config as HeuristicsConfig
+    from distill.filters.heuristics import HeuristicFilter
+
+    result, _, _ = run(make_ctx, config())
+    # prompt 1 of each step: three whole tasks, then max_tokens cut the fourth
+    cut = [e for e in result.examples if e.lineage.prompt_id.endswith("-1")]
+    assert cut and all(e.lineage.completion_finish_reason == "length" for e in cut)
+    assert all(e.lineage.instruction_finish_reason == "stop" for e in cut)
+    verdicts = HeuristicFilter(HeuristicsConfig(), FilterContext())(cut)
+    assert not any(v.reason == "truncated_instruction" for v in verdicts)
