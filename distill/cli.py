@@ -143,7 +143,8 @@ def validate(
     """Check a recipe (schema, files, values) without running anything."""
     loaded = _load(recipe, overrides)
     console.print(f"[green]ok:[/] {recipe} ({loaded.name}: {loaded.rounds.count} round(s), "
-                  f"{len(loaded.filters)} filter(s), teacher {loaded.teacher.model})", soft_wrap=True)
+                  f"{len(loaded.filters)} filter(s), teacher {loaded.teacher.model})",
+                  soft_wrap=True)
 
 
 @app.command()

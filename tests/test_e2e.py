@@ -76,7 +76,8 @@ def test_quickstart_runs_every_stage_and_reports(quickstart_run):
     train = stages["round_0", "train"]["train"]
     assert train["final_loss"] < train["loss_history"][0]["loss"]
     report = (quickstart_run / "report.md").read_text()
-    for heading in ("Summary", "Scores per task", "Funnel", "Contamination", "Training", "wrong_answer"):
+    for heading in ("Summary", "Scores per task", "Funnel", "Contamination", "Training",
+                    "wrong_answer"):
         assert heading in report
     rejected = read_jsonl(quickstart_run / "round_0" / "filter" / "rejected.jsonl")
     assert len(rejected) == 96 - filtered["kept"]  # every dropped record is kept on disk

@@ -4,7 +4,8 @@ from distill.store import RunStore, fingerprint
 
 
 def test_fingerprint_is_canonical_and_sensitive():
-    assert fingerprint("s", {"a": 1, "b": [1, 2]}, {}) == fingerprint("s", {"b": [1, 2], "a": 1}, {})
+    same = fingerprint("s", {"b": [1, 2], "a": 1}, {})
+    assert fingerprint("s", {"a": 1, "b": [1, 2]}, {}) == same
     assert fingerprint("s", {"a": 1}, {}) != fingerprint("s", {"a": 2}, {})
     assert fingerprint("s", {"a": 1}, {"x": "f1"}) != fingerprint("s", {"a": 1}, {"x": "f2"})
     assert fingerprint("s", {"a": 1}, {}) != fingerprint("t", {"a": 1}, {})
