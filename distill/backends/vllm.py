@@ -195,13 +195,8 @@ class VLLMBackend:
         llm, self.llm = self.llm, None
         if llm is None:
             return
-        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if engine_core is not None and hasattr(engine_core, "shutdown"):
-            try:
-                engine_core.shutdown()
-            except Exception as error:  # noqa: BLE001 - shutting down regardless
-                logger.warning("vLLM engine shutdown raised %s", error)
-        del llm, engine_core
+        shutdown_engine(llm)
+        del llm
         self.tokenizer = None
         try:  # gc.collect, distributed teardown and accelerator cache, in vLLM's order
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
@@ -214,3 +209,13 @@ class VLLMBackend:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def shutdown_engine(llm: Any) -> None:
+    """Stop a `vllm.LLM`'s engine-core processes; also used for lm-eval's vLLM model."""
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine_core is not None and hasattr(engine_core, "shutdown"):
+        try:
+            engine_core.shutdown()
+        except Exception as error:  # noqa: BLE001 - shutting down regardless
+            logger.warning("vLLM engine shutdown raised %s", error)

@@ -286,17 +286,12 @@ def _release(lm) -> None:
     """Free the model's memory for the next stage (vLLM: shut its engine processes down)."""
     import gc
 
-    llm = getattr(lm, "model", None)
-    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if engine_core is not None and hasattr(engine_core, "shutdown"):
-        try:
-            engine_core.shutdown()
-        except Exception as error:  # noqa: BLE001 - shutting down regardless
-            log.warning("vLLM engine shutdown raised %s", error)
+    from distill.backends.vllm import shutdown_engine
+
+    shutdown_engine(getattr(lm, "model", None))  # a no-op for the hf model
     for name in ("_model", "model"):
         if name in vars(lm):
             setattr(lm, name, None)
-    del llm, engine_core
     gc.collect()
     try:
         import torch
