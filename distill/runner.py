@@ -196,8 +196,9 @@ class Runner:
 
         def work(out: Path) -> dict[str, Any]:
             from distill.backends.base import load_backend
+            from distill.generate import load_generator
             from distill.generate.context import GenerationContext
-            from distill.generate.self_instruct import generate_self_instruct, load_seed_tasks
+            from distill.generate.self_instruct import load_seed_tasks
 
             backend = load_backend(recipe.teacher.backend, model=teacher.path,
                                    chat_template=teacher.chat_template, seed=recipe.seed,
@@ -208,8 +209,9 @@ class Runner:
                 chunk_size=recipe.teacher.checkpoint_every,
                 barrier=self.ranks.barrier, progress=self._progress(f"{label} generate"))
             try:
-                result = generate_self_instruct(recipe.generate, load_seed_tasks(seed_tasks),
-                                                context, teacher_name=teacher.path)
+                generate = load_generator(recipe.generate.kind)
+                result = generate(recipe.generate, context, load_seed_tasks(seed_tasks),
+                                  teacher_name=teacher.path)
             finally:
                 backend.close()
             if not self.ranks.is_main:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.backends.base import Backend, Generation, GenerationRequest
-from distill.records import atomic_write_text, iter_jsonl
+from distill.records import Rejected, atomic_write_text, iter_jsonl
 
 
 @dataclass
@@ -105,3 +105,16 @@ class GenerationContext:
 
         text = json.dumps([self.seed, self.round, *parts], default=str)
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+@dataclass
+class GenerationResult:
+    """What a generation method returns (see `distill.generate`).
+
+    Records, everything refused on the way (kept on disk with a reason), and counts for
+    the report.
+    """
+
+    examples: list[Any]  # Example, or PreferencePair for preference methods
+    rejected: list[Rejected]
+    stats: dict[str, Any] = field(default_factory=dict)

@@ -36,14 +36,14 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from distill.backends.base import GenerationRequest
 from distill.data import load_seed_tasks, seed_tasks_path
-from distill.generate.context import GenerationContext
+from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.parsing import parse_task_list
 from distill.generate.responses import ResponseSampling, SamplingConfig, generate_responses
 from distill.records import Example, Lineage, Rejected
@@ -159,13 +159,7 @@ class Config(BaseModel):
         return (f"{self.tasks_per_prompt + 1}. Instruction:",)
 
 
-@dataclass
-class SelfInstructResult:
-    """Answered examples, everything refused on the way, and counts for the report."""
-
-    examples: list[Example]
-    rejected: list[Rejected]
-    stats: dict[str, Any] = field(default_factory=dict)
+SelfInstructResult = GenerationResult  # the name older callers import
 
 
 @dataclass
@@ -291,6 +285,12 @@ def generate_self_instruct(config: Config, seed_tasks: list[Example], ctx: Gener
     }
     return SelfInstructResult(examples=examples, rejected=rejected + response_rejected,
                               stats=stats)
+
+
+def run(config: Config, ctx: GenerationContext, seed_tasks: list[Example],
+        teacher_name: str) -> GenerationResult:
+    """The generation-method entry point (`distill.generate.GENERATORS`)."""
+    return generate_self_instruct(config, seed_tasks, ctx, teacher_name=teacher_name)
 
 
 def _build_prompt(config: Config, seed_tasks: list[Example], pool: list[Example],
