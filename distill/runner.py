@@ -319,8 +319,11 @@ class Runner:
                              lora=recipe.student.lora, args=recipe.train.args,
                              data_path=str(data_path), output_dir=str(out), seed=recipe.seed,
                              quiet=self.options.quiet)
+            report = self._progress(f"{label} train")
             result = launch_training(spec, recipe.train.accelerate_config,
-                                     log_path=self.store.root / "train.log")
+                                     log_path=self.store.root / "train.log",
+                                     progress=report and (lambda done, total:
+                                                          report("steps", done, total)))
             # the result's paths point into the work directory, renamed at commit
             summary = result.model_dump(mode="json", exclude={"output_dir", "merged_dir",
                                                               "adapter_dir", "args"})

@@ -16,23 +16,30 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from distill.train.config import TrainResult, TrainSpec
 
-# method -> (module run under accelerate, its in-process function); a new method (DPO)
-# adds a line here and a module beside sft.py.
+# method -> (module run under accelerate, its in-process function); a new method adds a
+# line here and a module beside sft.py.
 TRAINERS = {
     "sft": ("distill.train.sft", "train_sft"),
+    "dpo": ("distill.train.dpo", "train_dpo"),
+    "sft_then_dpo": ("distill.train.dpo", "train_dpo"),
 }
 
 LOG_TAIL_LINES = 40
+# The Trainer's step bar, " 30%|###   | 12/40 [", read from the subprocess's output; other
+# bars carry a description ("Map: 100%|...") and are not training steps.
+_TQDM_COUNT = re.compile(r"^\s*\d+%\|[^|]*\| *(\d+)/(\d+) \[")
 
 
 class TrainingError(RuntimeError):
@@ -48,7 +55,8 @@ def inside_accelerate_launch() -> bool:
 
 
 def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
-                    log_path: str | Path | None = None, *, echo: bool = False) -> TrainResult:
+                    log_path: str | Path | None = None, *, echo: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train as `spec` says and return the result (on every rank, when there are several).
 
     Args:
@@ -58,6 +66,8 @@ def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
         log_path: Where the subprocess's output goes (appended); default
             `<output_dir>/train.log`.
         echo: Also copy the subprocess's output to this process's stderr.
+        progress: Called with (step, total steps) as the subprocess's progress bar moves,
+            so the console can show training while its output goes to the log.
 
     Raises:
         TrainingError: the subprocess failed; the message carries its log's last lines.
@@ -66,7 +76,8 @@ def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
     if accelerate_config is None or inside_accelerate_launch():
         return getattr(importlib.import_module(module), function)(spec)
     return _launch_subprocess(spec, module, Path(accelerate_config),
-                              Path(log_path or Path(spec.output_dir) / "train.log"), echo)
+                              Path(log_path or Path(spec.output_dir) / "train.log"), echo,
+                              progress)
 
 
 def accelerate_command(config: str | Path, module: str, spec_path: str | Path) -> list[str]:
@@ -76,7 +87,8 @@ def accelerate_command(config: str | Path, module: str, spec_path: str | Path) -
 
 
 def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Path,
-                       echo: bool) -> TrainResult:
+                       echo: bool, progress: Callable[[int, int], None] | None = None
+                       ) -> TrainResult:
     if not config.is_file():
         raise FileNotFoundError(f"accelerate config {config}: no such file")
     out = Path(spec.output_dir)
@@ -92,7 +104,7 @@ def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Pat
         log.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    env=_child_env(config), stdin=subprocess.DEVNULL)
-        writer = _LogWriter(log, echo)
+        writer = _LogWriter(log, echo, progress=progress)
         assert process.stdout is not None
         for chunk in iter(lambda: process.stdout.read1(65536), b""):
             writer.write(chunk.decode("utf-8", errors="replace"))
@@ -124,8 +136,10 @@ def _child_env(config: Path) -> dict[str, str]:
 class _LogWriter:
     """Copies output into the log; progress bars (carriage returns) only every few seconds."""
 
-    def __init__(self, log, echo: bool, progress_every_s: float = 10.0):
+    def __init__(self, log, echo: bool, progress_every_s: float = 10.0,
+                 progress: Callable[[int, int], None] | None = None):
         self.log, self.echo, self.every = log, echo, progress_every_s
+        self.progress = progress
         self.pending = ""
         self.last_progress = float("-inf")
         self.lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -142,6 +156,8 @@ class _LogWriter:
                 break
             segment, ending = self.pending[:cut], self.pending[cut]
             self.pending = self.pending[cut + 1:]
+            if self.progress is not None and (count := _TQDM_COUNT.search(segment)):
+                self.progress(int(count.group(1)), int(count.group(2)))
             if ending == "\n":
                 self._line(segment)
             elif segment.strip() and time.monotonic() - self.last_progress >= self.every:

@@ -135,3 +135,14 @@ def test_log_keeps_lines_and_thins_out_progress_bars(tmp_path):
         writer.close()
     assert path.read_text().splitlines() == ["start", " 10%|#   ", " 30%|###", "error: boom"]
     assert writer.tail().splitlines()[-1] == "error: boom"
+
+
+def test_progress_bar_steps_reach_the_callback(tmp_path):
+    steps: list[tuple[int, int]] = []
+    with (tmp_path / "log").open("w") as handle:
+        writer = _LogWriter(handle, echo=False, progress=lambda d, t: steps.append((d, t)))
+        writer.write("Map: 100%|####| 120/120 [00:00<00:00]\n")
+        writer.write("\r  5%|#  | 2/40 [00:01<00:19, 2.0it/s]\r 10%|## | 4/40 [00:02<00:18]")
+        writer.write("\r100%|####| 40/40 [00:20<00:00]\n")
+        writer.close()
+    assert steps == [(2, 40), (4, 40), (40, 40)]  # the Map bar is not a training step
