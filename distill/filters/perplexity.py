@@ -1,0 +1,117 @@
+"""Perplexity filter: drop records a reference model finds too predictable or too surprising.
+
+Each record's text is scored with a reference causal LM (distill.metrics.perplexity); very
+low perplexity marks boilerplate and repetition (`too_predictable`), very high marks
+garbage, other languages or broken encodings (`too_surprising`). Bounds are absolute
+(`min_perplexity`, `max_perplexity`), percentiles of the batch the filter sees
+(`low_percentile`, `high_percentile`: 5 drops the lowest 5%), or both, in which case
+either bound drops. With no bound the filter only records the scores. Every record's
+perplexity is kept in `scores.perplexity.perplexity`; a record with no token to score (an
+empty output) gets None and is kept.
+
+    filters:
+      - kind: perplexity
+        model: microworld:teacher      # any causal LM checkpoint
+        text: output_given_prompt
+        low_percentile: 5
+        high_percentile: 95
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distill.filters.base import FilterContext, Verdict
+from distill.records import Example
+
+
+class Config(BaseModel):
+    """Perplexity bounds under a reference model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["perplexity"] = "perplexity"
+    model: str = Field(description="The reference causal LM: a checkpoint directory, a hub "
+                       "name, or `microworld:<name>`.")
+    text: Literal["output", "prompt_output", "output_given_prompt"] = Field(
+        "output", description="What is scored: the output alone; the prompt and output "
+        "joined by a blank line, all scored; or the output conditioned on the prompt.")
+    min_perplexity: float | None = Field(
+        None, ge=0, description="Drop below this (`too_predictable`).")
+    max_perplexity: float | None = Field(
+        None, ge=0, description="Drop above this (`too_surprising`).")
+    low_percentile: float | None = Field(
+        None, ge=0, le=100, description="Drop below this percentile of the batch's "
+        "perplexities (`too_predictable`).")
+    high_percentile: float | None = Field(
+        None, ge=0, le=100, description="Drop above this percentile of the batch's "
+        "perplexities (`too_surprising`).")
+    max_length: int = Field(1024, ge=2, description="Tokens scored per record at most.")
+    batch_size: int = Field(8, ge=1, description="Records per forward pass.")
+    device: str | None = Field(None, description="Where the reference model runs; default "
+                               "CUDA when available.")
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> Config:
+        for low, high in (("min_perplexity", "max_perplexity"),
+                          ("low_percentile", "high_percentile")):
+            if None not in (getattr(self, low), getattr(self, high)) and \
+                    getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} must not exceed {high}")
+        return self
+
+
+class PerplexityFilter:
+    """Scores records with a reference model and drops those outside the bounds."""
+
+    name = "perplexity"
+
+    def __init__(self, config: Config, context: FilterContext) -> None:
+        self.config = config
+
+    def texts(self, records: list[Example]) -> tuple[list[str], list[str] | None]:
+        """The scored texts and, for `output_given_prompt`, their unscored contexts."""
+        if self.config.text == "output":
+            return [r.output for r in records], None
+        if self.config.text == "prompt_output":
+            return [f"{r.prompt_text}\n\n{r.output}" for r in records], None
+        return [r.output for r in records], [f"{r.prompt_text}\n\n" for r in records]
+
+    def __call__(self, records: list[Example]) -> list[Verdict]:
+        """Score every record, then apply the absolute and percentile bounds."""
+        import numpy as np
+
+        from distill.metrics.perplexity import sequence_perplexities
+
+        if not records:
+            return []
+        config = self.config
+        texts, contexts = self.texts(records)
+        values = sequence_perplexities(config.model, texts, contexts=contexts,
+                                       batch_size=config.batch_size,
+                                       max_length=config.max_length, device=config.device)
+        finite = np.array([v for v in values if math.isfinite(v)])
+        low, high = config.min_perplexity, config.max_perplexity
+        if finite.size and config.low_percentile is not None:
+            cut = float(np.percentile(finite, config.low_percentile))
+            low = cut if low is None else max(low, cut)
+        if finite.size and config.high_percentile is not None:
+            cut = float(np.percentile(finite, config.high_percentile))
+            high = cut if high is None else min(high, cut)
+
+        verdicts = []
+        for value in values:
+            if not math.isfinite(value):
+                verdicts.append(Verdict(keep=True, scores={"perplexity": None}))
+            elif low is not None and value < low:
+                verdicts.append(Verdict(keep=False, reason="too_predictable",
+                                        scores={"perplexity": value, "bound": low}))
+            elif high is not None and value > high:
+                verdicts.append(Verdict(keep=False, reason="too_surprising",
+                                        scores={"perplexity": value, "bound": high}))
+            else:
+                verdicts.append(Verdict(keep=True, scores={"perplexity": value}))
+        return verdicts

@@ -1,0 +1,1 @@
+"""Measurements of data and models: perplexity, embeddings, diversity."""
