@@ -1,0 +1,178 @@
+"""Rephrased benchmark items: embedding nearest neighbour, optionally confirmed by an LLM.
+
+N-gram checks miss a benchmark question that was reworded or translated (Yang et al. 2023,
+"Rethinking Benchmarks and Contamination for Language Models with Rephrased Samples": a
+Llama-2-13B trained on rephrased MMLU test items scored 85.9 and passed 13-gram checks).
+Their LLM Decontaminator embeds every training sample and every benchmark item, takes
+each sample's most similar benchmark item (top-1 cosine) and asks a strong LLM whether the
+two are the same question. This module does the same for the decontamination gate:
+
+    from distill.evaluate.paraphrase import ParaphraseConfig, find_paraphrases
+    found = find_paraphrases(train_texts, benchmark_texts, ParaphraseConfig(threshold=0.8))
+
+Without a judge, a top-1 cosine at or above `threshold` flags the sample; with a judge,
+such a pair is flagged only when the judge says "same" (the judge sees only pairs at or
+above the threshold, so its cost stays small). Embeddings come from
+`distill.metrics.embeddings.embed` (sentence-transformers, the bundled offline MiniLM by
+default): the optional extra `embeddings`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+INSTALL_HINT = "pip install 'distill[embeddings]'"
+
+
+class JudgeConfig(BaseModel):
+    """The LLM that confirms a paraphrase candidate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="As teacher.backend: hf, vllm or openai (any OpenAI-compatible "
+        "server, e.g. GPT-4 as in LLM Decontaminator; set engine.base_url and "
+        "engine.api_key_env).")
+    model: str = Field(description="Hub id, local checkpoint directory, microworld:<name>, "
+                       "or the server's model name.")
+    engine: dict[str, Any] = Field(default_factory=dict, description="Backend options, as "
+                                   "teacher.engine.")
+    chat_template: str | None = None
+    template: str = Field("decontamination_judge", description="Prompt template in "
+                          "distill/prompts (variables benchmark, candidate).")
+    max_tokens: int = Field(8, ge=1, description="The answer is one word.")
+
+
+class ParaphraseConfig(BaseModel):
+    """The recipe's `decontamination.paraphrase` section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(
+        0.8, ge=-1, le=1, description="Top-1 cosine similarity at or above which a training "
+        "example is a paraphrase candidate (flagged without a judge, sent to the judge with "
+        "one). MiniLM, measured: rewordings of a question 0.92-0.93; other questions about "
+        "the same story or template 0.4-0.8 (one at 0.79), which is what the judge is for; "
+        "unrelated ones below 0.5.")
+    fields: list[Literal["instruction", "input", "output"]] = Field(
+        default_factory=lambda: ["instruction", "input"], min_length=1,
+        description="Fields of a training example that are embedded (the question, as the "
+        "benchmark side is each item's prompt).")
+    model: str | None = Field(None, description="sentence-transformers model (local path or "
+                              "name); null: the bundled all-MiniLM-L6-v2.")
+    judge: JudgeConfig | None = Field(None, description="LLM judge; null flags every "
+                                      "candidate at or above the threshold.")
+
+
+@dataclass
+class Neighbour:
+    """A training text's most similar benchmark text."""
+
+    item: int  # index into the training texts
+    doc: int  # index into the benchmark texts
+    cosine: float
+    judge: str | None = None  # "same", "different", "unclear"; None: no judge
+
+
+def nearest(train_texts: Sequence[str], bench_texts: Sequence[str], model: str | None = None,
+            block: int = 4096) -> list[tuple[int, float]]:
+    """(index of the most similar benchmark text, cosine) for every training text."""
+    import numpy as np
+
+    embed = _embedder()
+    bench = embed(list(bench_texts), model)
+    result: list[tuple[int, float]] = []
+    for start in range(0, len(train_texts), block):
+        # Block by block, so that the similarity matrix stays small for large datasets.
+        vectors = embed(list(train_texts[start:start + block]), model)
+        sims = vectors @ bench.T
+        best = np.argmax(sims, axis=1)
+        result += [(int(j), float(sims[i, j])) for i, j in enumerate(best)]
+    return result
+
+
+def find_paraphrases(train_texts: Sequence[str], bench_texts: Sequence[str],
+                     config: ParaphraseConfig, judge_backend: Any = None) -> list[Neighbour]:
+    """Every training text whose top-1 benchmark neighbour is at or above the threshold.
+
+    With `config.judge` (or a ready `judge_backend`), each candidate carries the judge's
+    verdict; the caller decides what "unclear" means.
+    """
+    if not train_texts or not bench_texts:
+        return []
+    candidates = [Neighbour(item=i, doc=j, cosine=cosine)
+                  for i, (j, cosine) in enumerate(nearest(train_texts, bench_texts,
+                                                          config.model))
+                  if cosine >= config.threshold]
+    if candidates and (config.judge is not None or judge_backend is not None):
+        verdicts = judge_pairs([(bench_texts[c.doc], train_texts[c.item]) for c in candidates],
+                               config.judge, judge_backend)
+        for candidate, verdict in zip(candidates, verdicts, strict=True):
+            candidate.judge = verdict
+    return candidates
+
+
+def judge_pairs(pairs: Sequence[tuple[str, str]], config: JudgeConfig | None,
+                backend: Any = None) -> list[str]:
+    """The judge's verdict on each (benchmark item, training text): same / different / unclear.
+
+    `backend` is any object with the Backend protocol; without it one is loaded from
+    `config` and closed afterwards.
+    """
+    from distill.backends.base import GenerationRequest, Sampling, load_backend
+    from distill.prompts import render
+    from distill.runner import resolve_model_path
+
+    template = config.template if config is not None else "decontamination_judge"
+    max_tokens = config.max_tokens if config is not None else 8
+    owned = backend is None
+    if owned:
+        if config is None:
+            raise ValueError("judge_pairs: give a judge config or a backend")
+        backend = load_backend(config.backend, model=resolve_model_path(config.model),
+                               chat_template=config.chat_template, **config.engine)
+    # Greedy: the same pair always gets the same verdict (LLM Decontaminator samples at 0.3).
+    sampling = Sampling(temperature=0.0, max_tokens=max_tokens, seed=0)
+    requests = [GenerationRequest(
+        id=f"judge-{i}", sampling=sampling,
+        messages=[{"role": "user", "content": render(template, benchmark=bench,
+                                                     candidate=text)}])
+        for i, (bench, text) in enumerate(pairs)]
+    try:
+        generations = backend.generate(requests)
+    finally:
+        if owned:
+            backend.close()
+    by_request = {g.request_id: g.text for g in generations if g.index == 0}
+    return [parse_verdict(by_request.get(request.id, "")) for request in requests]
+
+
+_YES = re.compile(r"^\W*(true|yes|same)\b", re.IGNORECASE)
+_NO = re.compile(r"^\W*(false|no|different)\b", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> str:
+    """The verdict in a judge's answer: same, different or unclear.
+
+    "same" for an answer starting with True / Yes, "different" for False / No.
+    """
+    if _YES.match(text):
+        return "same"
+    return "different" if _NO.match(text) else "unclear"
+
+
+def _embedder() -> Any:
+    """`distill.metrics.embeddings.embed`, with a clear error when the extra is missing."""
+    try:
+        import sentence_transformers  # noqa: F401
+
+        from distill.metrics.embeddings import embed
+    except ImportError as error:
+        raise ImportError(f"paraphrase decontamination needs sentence embeddings "
+                          f"({error.name or error}): {INSTALL_HINT}") from None
+    return embed
