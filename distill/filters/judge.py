@@ -1,0 +1,106 @@
+"""LLM-judge quality filter: keep records whose answer a judge rates at least `threshold`.
+
+The judge (default: the recipe's teacher) rates each record's `output` as an answer to
+its user turn on UltraFeedback's aspects, 1-5 at temperature 0 (`distill.judge`); the
+record's score is the mean. A preference pair is judged by its chosen answer.
+
+    filters:
+      - kind: judge
+        threshold: 4.0
+        aspects: [instruction_following, helpfulness]
+        model: {model: Qwen/Qwen2.5-7B-Instruct, backend: vllm}
+
+Verdicts: kept, `judge_score<threshold`, or `judge_malformed` (the judge's answer gave
+no usable score; kept instead with `keep_unjudged: true`). Every record's
+`scores["judge"]` holds the mean, the per-aspect scores and the judge's rationales (or
+the malformed reason). Judgements are checkpointed in the filter stage's directory, so a
+killed filter stage resumes without asking again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from distill.filters.base import FilterContext, Verdict
+from distill.judge import JudgeSettings, LLMJudge, ModelChoice, open_judge_backend
+from distill.records import Example
+
+log = logging.getLogger("distill")
+
+
+class Config(JudgeSettings):
+    """Keep records the LLM judge scores at or above `threshold`."""
+
+    kind: Literal["judge"] = "judge"
+    threshold: float = Field(
+        3.0, ge=1.0, le=5.0, description="Lowest mean score (1-5) a record may have and stay.")
+    keep_unjudged: bool = Field(
+        False, description="Keep records whose judgement could not be parsed instead of "
+        "dropping them as `judge_malformed`.")
+
+
+    def models_used(self, teacher) -> list[tuple[str, str | None]]:
+        """(model, chat template) of the judge: its own model, or the teacher."""
+        if self.model is not None:
+            return [(self.model.model, self.model.chat_template)]
+        return [(teacher.model, teacher.chat_template)]
+
+
+class JudgeFilter:
+    """Drops records the judge scores below the threshold."""
+
+    name = "judge"
+
+    def __init__(self, config: Config, context: FilterContext | None = None) -> None:
+        self.config = config
+        self.context = context or FilterContext()
+
+    def _judge_model(self) -> ModelChoice:
+        if self.config.model is not None:
+            return self.config.model
+        teacher = self.context.teacher
+        if teacher is None:
+            raise ValueError("filters[kind=judge]: no judge model and no teacher to default to")
+        return ModelChoice.model_construct(
+            model=teacher.model, backend=teacher.backend, engine=dict(teacher.engine),
+            chat_template=teacher.chat_template)
+
+    def __call__(self, records: list[Example]) -> list[Verdict]:
+        """One verdict per record, in order."""
+        from distill.generate.context import GenerationContext
+
+        if not records:
+            return []
+        choice = self._judge_model()
+        if self.config.model is None:
+            log.warning("judge filter: the judge is the teacher that wrote this data; LLM "
+                        "judges favour their own outputs (self-preference bias)")
+        work = self.context.work_dir or self.context.run_dir or Path(".")
+        settings = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+        key = "judge-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
+        backend = open_judge_backend(choice, self.context.seed)
+        try:
+            ctx = GenerationContext(backend=backend, checkpoint_dir=work / "judge-checkpoints",
+                                    seed=self.context.seed)
+            ratings = LLMJudge(self.config, ctx, choice.model).rate(records, key=key)
+        finally:
+            backend.close()
+        verdicts = []
+        for rating in ratings:
+            if not rating.ok:
+                verdicts.append(Verdict(keep=self.config.keep_unjudged, reason="judge_malformed",
+                                        scores={"malformed": rating.reason}))
+                continue
+            score = rating.score
+            keep = score >= self.config.threshold
+            verdicts.append(Verdict(
+                keep=keep, reason="" if keep else f"judge_score<{self.config.threshold:g}",
+                scores={"mean": round(score, 4), "aspects": rating.scores,
+                        "rationales": rating.rationales}))
+        return verdicts
