@@ -6,6 +6,9 @@
     distill report runs/<name>             (re)write runs/<name>/report.md
     distill schema                         the recipe's JSON Schema, for editors
     distill microworld build               build the microworld teacher and student
+    distill sweep recipes/collapse/x.yaml  a grid of runs and their comparison report
+    distill review export|import runs/<name>   expert review of a round's training data
+    distill decontaminate data.jsonl --tasks t1,t2   check any JSONL against lm-eval tasks
 
 Bad input exits with code 2 and one line per problem; nothing is printed as a traceback
 unless the failure is a bug, and then the traceback goes to the run's log file.
@@ -198,10 +201,48 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory, runs/<
     console.print(f"[green]wrote:[/] {write_report(run_dir)}")
 
 
+@app.command()
+def sweep(
+    study: Annotated[Path, typer.Argument(help="The study YAML (recipes/collapse/*.yaml).")],
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help="Run only this arm (repeatable); the report covers every cell.")] = None,
+    report_only: Annotated[bool, typer.Option(
+        "--report-only", help="Rewrite the comparison report without running.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+) -> None:
+    """Run a grid of flywheel runs (arms x seeds) and write the comparison report."""
+    from distill.flywheel.sweep import StudyError, load_study, run_sweep
+    from distill.runner import RunOptions
+
+    try:
+        loaded, _ = load_study(study)
+    except StudyError as error:
+        raise _fail(str(error)) from None
+    study_dir = Path(loaded.output_dir) / loaded.name
+    log_path = _setup_logging(study_dir, quiet, int(os.environ.get("RANK", "0")))
+    try:
+        report_path = run_sweep(study, only=only, report_only=report_only,
+                                options=RunOptions(quiet=quiet))
+    except StudyError as error:
+        raise _fail(str(error)) from None
+    except Exception as error:  # one readable line here; the traceback goes to the log
+        with log_path.open("a", encoding="utf-8") as handle:
+            handle.write(traceback.format_exc())
+        raise _fail(f"{type(error).__name__}: {error}\n(full traceback in {log_path})",
+                    code=_exit_code(error)) from None
+    console.print(f"[green]done:[/] {report_path} (and report.html, plots/)")
+
+
 def _mount_subcommands() -> None:
+    from distill.evaluate.decontaminate_cli import decontaminate
     from distill.microworld.cli import app as microworld_app
 
     app.add_typer(microworld_app, name="microworld", help="The verifiable task world.")
+    from distill.review_cli import app as review_app
+
+    app.add_typer(review_app, name="review", help="Expert review: export a sample, import "
+                  "decisions.")
+    app.command(name="decontaminate")(decontaminate)
 
 
 _mount_subcommands()

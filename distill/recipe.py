@@ -23,15 +23,29 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from distill.evaluate.contamination import Config as DecontaminationConfig
 from distill.evaluate.harness import Config as EvalConfig
 from distill.filters.dedup import Config as DedupConfig
 from distill.filters.heuristics import Config as HeuristicsConfig
+from distill.filters.judge import Config as JudgeFilterConfig
+from distill.filters.near_dedup import EmbeddingConfig as EmbeddingDedupConfig
+from distill.filters.near_dedup import MinHashConfig as MinHashDedupConfig
 from distill.filters.novelty import Config as NoveltyConfig
+from distill.filters.perplexity import Config as PerplexityConfig
 from distill.filters.verify import Config as VerifyConfig
+from distill.flywheel.data import Policy, RealDataConfig
+from distill.flywheel.measure import MeasureConfig
+from distill.flywheel.stopping import StopRule
+from distill.generate.continuation import Config as ContinuationConfig
+from distill.generate.doc_qa import Config as DocQAConfig
+from distill.generate.evol_instruct import Config as EvolInstructConfig
+from distill.generate.preference import Config as PreferenceConfig
 from distill.generate.self_instruct import Config as SelfInstructConfig
+from distill.generate.textbook import Config as TextbookConfig
+from distill.review import Config as ReviewConfig
 from distill.train.config import LoraSettings, TrainConfig
 
 
@@ -136,12 +150,25 @@ class DataSpec(Strict):
     seed_tasks: str | None = Field(None, description="JSONL of seed tasks (instruction, input, "
                                    "output); default: distill's own general-purpose seed file.")
     real_data: str | None = Field(None, description="JSONL of real examples that data policies "
-                                  "mix into training.")
+                                  "mix into training (shorthand for real.path with "
+                                  "held_out 0).")
+    real: RealDataConfig | None = Field(None, description="Real data for the data policies, "
+                                        "the measure stage and continuation prompts: a JSONL "
+                                        "`path` or `microworld: {count: N}` ground-truth "
+                                        "tasks, with `held_out` records kept for measuring.")
 
     @field_validator("seed_tasks", "real_data")
     @classmethod
     def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
         return resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _one_real_source(self) -> DataSpec:
+        if self.real_data is not None and self.real is not None:
+            raise ValueError("give real data once: real_data (a path) or real, not both")
+        if self.real_data is not None:
+            self.real = RealDataConfig(path=self.real_data, held_out=0)
+        return self
 
 
 class RoundsSpec(Strict):
@@ -151,16 +178,51 @@ class RoundsSpec(Strict):
     next_teacher: Literal["teacher", "student"] = Field(
         "teacher", description="student: the round's trained student generates the next "
         "round's data (the flywheel); teacher: the original teacher always does.")
-    data_policy: Literal["replace", "accumulate"] = Field(
+    data_policy: Policy = Field(
         "replace", description="replace: train on this round's synthetic data only; "
-        "accumulate: real data plus every round's synthetic data so far.")
+        "accumulate: real data plus every round's synthetic data so far; "
+        "accumulate_subsample: accumulate, then a seeded sample of `budget` records; mix: "
+        "this round's synthetic data with a `real_fraction` share of real data, same size.")
+    budget: int | None = Field(None, ge=1, description="accumulate_subsample: training "
+                               "records per round.")
+    real_fraction: float | None = Field(None, gt=0, lt=1, description="mix: share of real "
+                                        "records in the training set (Shumailov: 0.1).")
+    fresh_real: bool = Field(False, description="Draw a new real sample every round (seeded "
+                             "by round) instead of reusing round 0's.")
+    real_first: bool = Field(False, description="Round 0 trains on the real data instead of "
+                             "teacher output (Shumailov's generation 0); later rounds generate "
+                             "with next_teacher. Its data counts as the real data of "
+                             "accumulate.")
+    stop: list[StopRule] = Field(default_factory=list, description="Stopping rules checked "
+                                 "after each round's measure stage: plateau (metric, mode, "
+                                 "min_delta, patience), floor or ceiling (metric, value).")
+
+    @model_validator(mode="after")
+    def _policy_settings(self) -> RoundsSpec:
+        if self.data_policy == "accumulate_subsample" and self.budget is None:
+            raise ValueError("data_policy accumulate_subsample needs budget (records per round)")
+        if self.budget is not None and self.data_policy != "accumulate_subsample":
+            raise ValueError(f"budget is for accumulate_subsample, not {self.data_policy}")
+        if self.data_policy == "mix" and self.real_fraction is None:
+            raise ValueError("data_policy mix needs real_fraction (e.g. 0.1)")
+        if self.real_fraction is not None and self.data_policy != "mix":
+            raise ValueError(f"real_fraction is for mix, not {self.data_policy}")
+        if self.real_first and self.fresh_real:
+            raise ValueError("real_first and fresh_real do not combine (round 0's data is the "
+                             "real data that accumulate keeps)")
+        return self
 
 
 Filter = Annotated[
-    HeuristicsConfig | NoveltyConfig | DedupConfig | VerifyConfig,
+    HeuristicsConfig | NoveltyConfig | DedupConfig | VerifyConfig | MinHashDedupConfig
+    | EmbeddingDedupConfig | PerplexityConfig | JudgeFilterConfig,
     Field(discriminator="kind"),
 ]
-GenerateConfig = Annotated[SelfInstructConfig, Field(discriminator="kind")]
+GenerateConfig = Annotated[
+    SelfInstructConfig | EvolInstructConfig | DocQAConfig | TextbookConfig | PreferenceConfig
+    | ContinuationConfig,
+    Field(discriminator="kind"),
+]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -186,6 +248,36 @@ class Recipe(Strict):
                              "training (base) and after each round.")
     rounds: RoundsSpec = Field(default_factory=RoundsSpec, description="Rounds and data "
                                "policy.")
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="Expert review "
+                                 "(`distill review export / import`): sample defaults, and "
+                                 "whether decisions feed training.")
+    measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Per-round "
+                                   "metrics (perplexity, diversity, coverage) after evaluation.")
+
+    @model_validator(mode="after")
+    def _needs_real_data(self) -> Recipe:
+        needs = []
+        if self.rounds.data_policy == "mix":
+            needs.append("rounds.data_policy mix")
+        if self.rounds.fresh_real:
+            needs.append("rounds.fresh_real")
+        if self.rounds.real_first:
+            needs.append("rounds.real_first")
+        if self.generate.kind == "continuation":
+            needs.append("generate.kind continuation (its prompts are real texts)")
+        if needs and self.data.real is None:
+            raise ValueError(f"{', '.join(needs)} needs real data: set data.real")
+        if self.rounds.stop and not self.measure.enabled:
+            raise ValueError("rounds.stop reads the measure stage's metrics: set "
+                             "measure.enabled true")
+        return self
+
+    @model_validator(mode="after")
+    def _dpo_needs_pairs(self) -> Recipe:
+        if self.train.method != "sft" and self.generate.kind != "preference":
+            raise ValueError(f"train.method {self.train.method} trains on preference pairs: "
+                             "use generate.kind preference")
+        return self
 
     @field_validator("eval")
     @classmethod

@@ -3,7 +3,8 @@
 An `Example` is one instruction-following record in Alpaca form (instruction, input,
 output) that also carries chat `messages`, so the same file trains with TRL's
 `SFTTrainer` and reads like Alpaca's data. Every record keeps its lineage (where it came
-from) and the scores filters gave it.
+from) and the scores filters gave it. A `PreferencePair` (a prompt, a chosen and a
+rejected answer) is one row of DPO data, in the form TRL's `DPOTrainer` reads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Lineage(BaseModel):
@@ -65,6 +66,86 @@ class Example(BaseModel):
         """Read the on-disk form back (the derived `messages` field is dropped)."""
         data = {k: v for k, v in data.items() if k != "messages"}
         return cls.model_validate(data)
+
+
+class PreferencePair(BaseModel):
+    """A prompt with a preferred (`chosen`) and a dispreferred (`rejected`) answer.
+
+    The on-disk form is TRL's conversational preference format with an explicit prompt,
+    so `trl.DPOTrainer` and `datasets.load_dataset("json", ...)` read the file as it is:
+    `prompt` holds the system (optional) and user turns, `chosen` and `rejected` one
+    assistant turn each. `score_chosen` / `score_rejected` are the judge's scores (as in
+    UltraFeedback binarized). `instruction` and `input` keep the task the prompt came
+    from, so the filters and the decontamination gate read a pair like an `Example`,
+    whose `output` is the chosen answer.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    prompt: list[dict[str, str]]
+    chosen: list[dict[str, str]]
+    rejected: list[dict[str, str]]
+    score_chosen: float | None = None
+    score_rejected: float | None = None
+    instruction: str = ""
+    input: str = ""
+    lineage: Lineage = Field(default_factory=Lineage)
+    scores: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _instruction_from_prompt(self) -> PreferencePair:
+        # Pairs written elsewhere carry no task fields: the last user turn is the task.
+        if not self.instruction:
+            users = [m["content"] for m in self.prompt if m.get("role") == "user"]
+            self.instruction = users[-1] if users else ""
+        return self
+
+    @classmethod
+    def build(cls, id: str, task: Example, chosen: str, rejected: str,
+              system_prompt: str | None = None, **fields: Any) -> PreferencePair:
+        """A pair for `task`'s user turn (after an optional system prompt)."""
+        prompt = [{"role": "user", "content": task.prompt_text}]
+        if system_prompt:
+            prompt.insert(0, {"role": "system", "content": system_prompt})
+        return cls(id=id, prompt=prompt, chosen=[{"role": "assistant", "content": chosen}],
+                   rejected=[{"role": "assistant", "content": rejected}],
+                   instruction=task.instruction, input=task.input, **fields)
+
+    @property
+    def prompt_text(self) -> str:
+        """The user turn: the instruction, followed by its input when there is one."""
+        return f"{self.instruction}\n\n{self.input}" if self.input.strip() else self.instruction
+
+    @property
+    def output(self) -> str:
+        """The chosen answer: what filters judge and what SFT on a pair learns."""
+        return self.chosen[-1]["content"] if self.chosen else ""
+
+    @property
+    def rejected_output(self) -> str:
+        """The rejected answer."""
+        return self.rejected[-1]["content"] if self.rejected else ""
+
+    def messages(self) -> list[dict[str, str]]:
+        """The prompt followed by the chosen answer (the conversation SFT trains on)."""
+        return [*self.prompt, *self.chosen]
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form (TRL's preference columns plus distill's own)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PreferencePair:
+        """Read the on-disk form back."""
+        return cls.model_validate(data)
+
+
+def record_from_json(data: dict[str, Any]) -> Example | PreferencePair:
+    """An `Example`, or a `PreferencePair` when the row has `chosen` and `rejected`."""
+    if "chosen" in data and "rejected" in data:
+        return PreferencePair.from_json(data)
+    return Example.from_json(data)
 
 
 class Rejected(BaseModel):
@@ -138,3 +219,8 @@ def read_json(path: str | Path) -> Any:
 def read_examples(path: str | Path) -> list[Example]:
     """Read a JSONL file of examples."""
     return [Example.from_json(row) for row in iter_jsonl(path)]
+
+
+def read_records(path: str | Path) -> list[Example | PreferencePair]:
+    """Read a JSONL file of examples and / or preference pairs."""
+    return [record_from_json(row) for row in iter_jsonl(path)]

@@ -6,6 +6,7 @@ training loss, benchmark scores before and after, and tokens and wall time per s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,18 @@ def write_report(run_dir: str | Path) -> Path:
                   f"data policy `{recipe['rounds']['data_policy']}`, next teacher "
                   f"`{recipe['rounds']['next_teacher']}`, seed {recipe['seed']}.", ""]
     lines += _summary_table(by_round)
+    from distill.flywheel.report import flywheel_section
+
+    lines += flywheel_section(run_dir)
     for label, stages in by_round.items():
         if label == "base":
             continue
         lines += [f"## {label}", ""]
         lines += _funnel_section(run_dir / label, stages)
+        lines += _evolution_section(stages)
+        lines += _preference_section(stages)
         lines += _contamination_section(run_dir / label, stages)
+        lines += _review_section(run_dir, label)
         lines += _training_section(stages)
         lines += _stage_costs(stages)
     path = run_dir / "report.md"
@@ -103,8 +110,9 @@ def _funnel_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -> list[
     if counts:
         lines.append(f"Generation: {counts.get('candidates', 0)} candidates parsed, "
                      f"{counts.get('rejected', 0)} teacher outputs rejected while parsing "
-                     f"({_reasons(generate.get('stats', {}).get('parse_rejected', {}))}).")
+                     f"({_reasons(_generate_rejects(generate.get('stats', {})))}).")
         lines.append("")
+        lines += _parse_rejects(round_dir / "generate" / "rejected.jsonl")
     if not funnel_path.exists():
         return lines + ["(no filter stage yet)", ""]
     lines += ["| filter | in | out | dropped by reason |", "|---|---|---|---|"]
@@ -112,17 +120,76 @@ def _funnel_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -> list[
     for step in funnel:
         lines.append(f"| {step['filter']} | {step['in']} | {step['out']} | "
                      f"{_reasons(step['dropped'])} |")
+    decon = stages.get("decontaminate", {})
+    if decon.get("counts"):  # the gate is the funnel's last step; its items are listed below
+        dropped = {f"contaminated:{task}": n for task, n in (decon.get("per_task") or {}).items()
+                   if n and decon.get("policy") == "drop"}
+        lines.append(f"| decontaminate ({decon.get('policy', 'off')}) | "
+                     f"{decon['counts'].get('in', 0)} | {decon['counts'].get('clean', 0)} | "
+                     f"{_reasons(dropped)} |")
     lines.append("")
     for step in funnel:
         for reason, examples in step.get("examples", {}).items():
-            lines.append(f"<details><summary>{step['filter']}: {reason}</summary>")
+            lines.append(f"<details><summary>{step['filter']}: {reason} "
+                         f"({step['dropped'].get(reason, len(examples))})</summary>")
             lines.append("")
             for example in examples:
                 text = _one_line(example["instruction"], 160)
+                if example.get("input"):
+                    text += " — input: " + _one_line(example["input"], 80)
                 output = _one_line(example.get("output", ""), 80)
                 lines.append(f"- `{example['id']}`: {text} → {output}")
             lines += ["", "</details>"]
     return lines + [""]
+
+
+def _parse_rejects(path: Path, per_reason: int = 3) -> list[str]:
+    """A few teacher outputs per reason that generation could not parse."""
+    if not path.exists():
+        return []
+    examples: dict[str, list[tuple[str, str]]] = {}
+    totals: dict[str, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            reason = str(item.get("reason", "rejected"))
+            totals[reason] = totals.get(reason, 0) + 1
+            shown = examples.setdefault(reason, [])
+            if len(shown) < per_reason:
+                record = item.get("record") or {}
+                text = record.get("raw") or record.get("instruction") or json.dumps(record)
+                shown.append((str(item.get("id", "")), str(text)))
+    lines = []
+    for reason, shown in examples.items():
+        lines += [f"<details><summary>generate: {reason} ({totals[reason]})</summary>", ""]
+        lines += [f"- `{item_id}`: {_one_line(text, 200)}" for item_id, text in shown]
+        lines += ["", "</details>"]
+    return lines + [""] if lines else []
+
+
+def _generate_rejects(stats: dict[str, Any]) -> dict[str, int]:
+    """Reject counts by reason: `parse_rejected` (self_instruct) or `rejected` (others)."""
+    return stats.get("parse_rejected") or stats.get("rejected") or {}
+
+
+def _evolution_section(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Evol-Instruct's per-round difficulty growth, when the round used that method."""
+    stats = stages.get("generate", {}).get("stats", {})
+    if stats.get("method") != "evol_instruct":
+        return []
+    from distill.generate.evol_instruct import difficulty_table
+
+    return difficulty_table(stats)
+
+
+def _review_section(run_dir: Path, label: str) -> list[str]:
+    """Reviewers' decisions on a sample of the round's data (`distill review`)."""
+    from distill.review import report_section
+
+    return report_section(run_dir, label)
 
 
 def _contamination_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -> list[str]:
@@ -141,15 +208,28 @@ def _contamination_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -
         lines.append("")
     report_path = round_dir / "decontaminate" / "contamination.json"
     if report_path.exists():
-        contaminated = read_json(report_path).get("contaminated", [])
-        for item in contaminated[:5]:
-            match = item["matches"][0]
-            lines.append(f"- `{item['id']}` \"{_one_line(item['excerpt'], 100)}\" ↔ "
-                         f"{match['task']} doc {match['doc_index']} ({match['view']}): "
-                         f"\"{_one_line(match['doc_text'], 100)}\"")
-        if contaminated:
-            lines.append("")
+        from distill.evaluate.contamination import ContaminationReport
+        from distill.evaluate.contamination_report import item_rows, settings_line
+
+        report = ContaminationReport.model_validate(read_json(report_path))
+        lines += [f"Method: {settings_line(report)}.", ""]
+        if report.contaminated:
+            lines += ["Each flagged item beside its benchmark match:", ""]
+            lines += item_rows(report.contaminated) + [""]
+        if report.suspect:
+            lines += [f"{len(report.suspect)} suspect item(s), listed and kept:", ""]
+            lines += item_rows(report.suspect, limit=20) + [""]
     return lines
+
+
+def _preference_section(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Pairs and judge hygiene, when the round made preference pairs."""
+    stats = stages.get("generate", {}).get("stats", {})
+    if stats.get("method") != "preference":
+        return []
+    from distill.generate.preference import report_section
+
+    return report_section(stats)
 
 
 def _training_section(stages: dict[str, dict[str, Any]]) -> list[str]:
@@ -164,6 +244,11 @@ def _training_section(stages: dict[str, dict[str, Any]]) -> list[str]:
     if first is not None:
         lines.append(f"Loss {first:.4f} (first logged step) → {train.get('final_loss'):.4f} "
                      "(final).")
+    if train.get("reward_margin_end") is not None:  # DPO
+        lines.append(f"DPO reward margin (chosen − rejected) {train['reward_margin_start']:.4f} "
+                     f"→ {train['reward_margin_end']:.4f}, reward accuracy "
+                     f"{train.get('reward_accuracy_end') or 0:.2f} (method "
+                     f"`{train.get('method')}`).")
     return lines + [""]
 
 

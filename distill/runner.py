@@ -15,19 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.flywheel.data import RealDraw
 from distill.recipe import Recipe
-from distill.records import read_examples, write_json, write_jsonl
+from distill.records import read_json, read_records, write_json, write_jsonl
 from distill.store import RunStore, Stage, file_sha256
 
 log = logging.getLogger("distill")
 
-STAGES = ("generate", "filter", "decontaminate", "train", "evaluate")
+STAGES = ("generate", "filter", "decontaminate", "train", "evaluate", "measure")
 
 
 @dataclass
@@ -134,18 +134,52 @@ class Runner:
         teacher = self._model_ref(recipe.teacher.model, recipe.teacher.chat_template)
         self.evaluate("base", student)
         clean_data: list[Stage] = []
+        real_draws: list[RealDraw] = []
+        history: list[dict[str, float]] = []
+        reference = teacher  # scores generated data for the histograms (measure stage)
+        stopped_path = self.store.root / "stopped.json"
+        if self.ranks.is_main:
+            stopped_path.unlink(missing_ok=True)  # decided again from the metrics below
         for round_index in range(recipe.rounds.count):
             label = f"round_{round_index}"
-            generated = self.generate(label, round_index, teacher)
+            real = self._real_draw(round_index)
+            if real is not None:
+                real_draws.append(real)
+            generated = self.generate(label, round_index, teacher, real)
             filtered = self.filter(label, generated)
             clean_data.append(self.decontaminate(label, filtered))
-            trained = self.train(label, student, clean_data)
+            trained = self.train(label, student, clean_data, real_draws)
             merged = ModelRef(path=str(trained.path / "merged"),
                               identity={"train_stage": trained.fingerprint},
                               chat_template=recipe.student.chat_template)
-            self.evaluate(label, merged)
+            evaluated = self.evaluate(label, merged)
+            if round_index == 0 and recipe.measure.reference_model == "round_0":
+                reference = merged
+            if recipe.measure.enabled:
+                stages = {"generate": generated, "filter": filtered,
+                          "decontaminate": clean_data[-1], "train": trained,
+                          "evaluate": evaluated}
+                measured = self.measure(label, round_index, stages, merged, reference, real)
+                from distill.flywheel.stopping import check_stop, flatten_metrics
+
+                history.append(flatten_metrics(read_json(measured.path / "metrics.json")))
+                stop = check_stop(recipe.rounds.stop, history)
+                if stop is not None:
+                    log.warning("stopping after %s: %s", label, stop["reason"])
+                    if self.ranks.is_main:
+                        write_json(stopped_path, stop)
+                    break
             if recipe.rounds.next_teacher == "student":
                 teacher = merged
+
+    def _real_draw(self, round_index: int) -> RealDraw | None:
+        """The round's real data (training sample and held-out set), or None."""
+        from distill.flywheel.data import draw_real
+
+        real = self.recipe.data.real
+        if real is None:
+            return None
+        return draw_real(real, self.recipe.seed, round_index, fresh=self.recipe.rounds.fresh_real)
 
     def _model_ref(self, model: str, chat_template: str | None) -> ModelRef:
         from distill.backends.identity import model_identity
@@ -186,13 +220,29 @@ class Runner:
 
     # -- stages ---------------------------------------------------------------------------
 
-    def generate(self, label: str, round_index: int, teacher: ModelRef) -> Stage:
+    def generate(self, label: str, round_index: int, teacher: ModelRef,
+                 real: RealDraw | None = None) -> Stage:
         """Teacher writes candidates: `candidates.jsonl` (+ `rejected.jsonl`)."""
         recipe = self.recipe
         seed_tasks = self._seed_tasks_path()
         config = {"method": recipe.generate.model_dump(mode="json"), "seed": recipe.seed,
                   "round": round_index, "backend": recipe.teacher.backend}
         inputs = {"teacher": teacher.identity, "seed_tasks": file_sha256(seed_tasks)}
+        # the continuation method prompts with the round's real data, not the seed tasks
+        prompts_from_real = recipe.generate.kind == "continuation"
+        real_first = recipe.rounds.real_first and round_index == 0
+        if prompts_from_real or real_first:
+            inputs["real"] = real.identity
+        if real_first:  # round 0 trains on real data: the "generation" is the real draw
+            config = {"real_first": True, "seed": recipe.seed}
+            inputs = {"real": real.identity}
+            return self._stage(label, "generate", config, inputs,
+                               lambda out: self._real_as_candidates(out, real))
+        # files a method reads besides the seed tasks (e.g. evol_instruct's instructions)
+        input_files = getattr(recipe.generate, "input_files", dict)()
+        inputs.update({name: file_sha256(path) for name, path in input_files.items()})
+        # models a method uses besides the teacher (preference: answer models, the judge)
+        inputs.update(self._models_used([recipe.generate]))
 
         def work(out: Path) -> dict[str, Any]:
             from distill.backends.base import load_backend
@@ -210,8 +260,8 @@ class Runner:
                 barrier=self.ranks.barrier, progress=self._progress(f"{label} generate"))
             try:
                 generate = load_generator(recipe.generate.kind)
-                result = generate(recipe.generate, context, load_seed_tasks(seed_tasks),
-                                  teacher_name=teacher.path)
+                seeds = real.train if prompts_from_real else load_seed_tasks(seed_tasks)
+                result = generate(recipe.generate, context, seeds, teacher_name=teacher.path)
             finally:
                 backend.close()
             if not self.ranks.is_main:
@@ -226,13 +276,21 @@ class Runner:
 
         return self._stage(label, "generate", config, inputs, work)
 
+    def _real_as_candidates(self, out: Path, real: RealDraw) -> dict[str, Any]:
+        if self.ranks.is_main:
+            write_jsonl(out / "candidates.jsonl", real.train)
+            write_jsonl(out / "rejected.jsonl", [])
+        return {"counts": {"candidates": len(real.train), "rejected": 0},
+                "stats": {"method": "real_first"}, "teacher": "real data"}
+
     def filter(self, label: str, generated: Stage) -> Stage:
         """Quality filters in order: `kept.jsonl`, `rejected.jsonl`, `funnel.json`."""
         recipe = self.recipe
         config = {"filters": [f.model_dump(mode="json") for f in recipe.filters],
                   "seed": recipe.seed}
         inputs = {"generate": generated.fingerprint,
-                  "seed_tasks": file_sha256(self._seed_tasks_path())}
+                  "seed_tasks": file_sha256(self._seed_tasks_path()),
+                  **self._models_used(recipe.filters)}  # the judge filter's judge
 
         def work(out: Path) -> dict[str, Any]:
             if not self.ranks.is_main:
@@ -240,9 +298,10 @@ class Runner:
             from distill.filters.base import FilterContext, build_filter, run_funnel
             from distill.generate.self_instruct import load_seed_tasks
 
-            candidates = read_examples(generated.path / "candidates.jsonl")
+            candidates = read_records(generated.path / "candidates.jsonl")
             context = FilterContext(seed_examples=load_seed_tasks(self._seed_tasks_path()),
-                                    run_dir=self.store.root, seed=recipe.seed)
+                                    run_dir=self.store.root, seed=recipe.seed,
+                                    teacher=recipe.teacher, work_dir=out)
             filters = [build_filter(config, context) for config in recipe.filters]
             report = self._progress(f"{label} filter")
             result = run_funnel(filters, candidates,
@@ -260,21 +319,24 @@ class Runner:
         recipe = self.recipe
         decon = recipe.decontamination
         tasks = decon.tasks or recipe.eval.tasks
+        # The section's own include_path wins; the eval tasks' is the default.
+        include_path = decon.include_path or recipe.eval.include_path
         config = {"decontamination": decon.model_dump(mode="json"), "tasks": tasks,
-                  "include_path": recipe.eval.include_path}
+                  "include_path": include_path}
         inputs = {"filter": filtered.fingerprint}
 
         def work(out: Path) -> dict[str, Any]:
             if not self.ranks.is_main:
                 return {}
+            from collections import Counter
+
             from distill.evaluate.contamination import apply_policy, find_contamination
 
-            kept = read_examples(filtered.path / "kept.jsonl")
+            kept = read_records(filtered.path / "kept.jsonl")
             if not decon.enabled:
                 write_jsonl(out / "clean.jsonl", kept)
                 return {"counts": {"in": len(kept), "clean": len(kept), "contaminated": 0}}
-            report = find_contamination(kept, decon, include_path=recipe.eval.include_path,
-                                        tasks=tasks)
+            report = find_contamination(kept, decon, include_path=include_path, tasks=tasks)
             write_json(out / "contamination.json", report.model_dump(mode="json"))
             if report.contaminated:
                 log.warning("%s", report.summary())
@@ -282,40 +344,67 @@ class Runner:
             write_jsonl(out / "clean.jsonl", clean)
             write_jsonl(out / "rejected.jsonl", dropped)
             return {"counts": {"in": len(kept), "clean": len(clean),
-                               "contaminated": len(report.contaminated)},
+                               "contaminated": len(report.contaminated),
+                               "suspect": len(report.suspect)},
                     "per_task": {task: stats.contaminated_examples
                                  for task, stats in report.tasks.items()},
-                    "policy": decon.policy}
+                    "by_kind": dict(Counter(item.kind for item in report.contaminated)),
+                    "policy": decon.policy, "method": decon.method}
 
         return self._stage(label, "decontaminate", config, inputs, work)
 
-    def train(self, label: str, student: ModelRef, clean_data: list[Stage]) -> Stage:
+    def train(self, label: str, student: ModelRef, clean_data: list[Stage],
+              real_draws: list[RealDraw] | None = None) -> Stage:
         """LoRA (or full) fine-tuning of the base student on this round's data policy."""
+        from distill.flywheel.data import select_training_data
+
         recipe = self.recipe
-        sources = clean_data if recipe.rounds.data_policy == "accumulate" else clean_data[-1:]
-        real = recipe.data.real_data if recipe.rounds.data_policy == "accumulate" else None
+        rounds = recipe.rounds
+        policy = rounds.data_policy
+        accumulating = policy in ("accumulate", "accumulate_subsample")
+        sources = clean_data if accumulating else clean_data[-1:]
+        real_draws = (real_draws or []) if policy != "replace" else []
+        if rounds.real_first and policy != "mix":
+            real_draws = []  # round 0's data is the real data; counting it twice would skew
         config = {"train": recipe.train.model_dump(mode="json", exclude={"accelerate_config"}),
                   "lora": recipe.student.lora and recipe.student.lora.model_dump(mode="json"),
-                  "policy": recipe.rounds.data_policy, "seed": recipe.seed}
+                  "policy": policy, "budget": rounds.budget,
+                  "real_fraction": rounds.real_fraction, "seed": recipe.seed}
         inputs = {"student": student.identity, "data": [s.fingerprint for s in sources],
-                  "real_data": real and file_sha256(real)}
+                  "real": [d.identity for d in (real_draws if accumulating else real_draws[-1:])]}
+        if recipe.review.apply:  # importing decisions retrains (distill.review)
+            from distill.review import decisions_hash
+
+            inputs["review"] = [decisions_hash(self.store.root, s.round_dir.name)
+                                for s in clean_data]
 
         def work(out: Path) -> dict[str, Any]:
             from distill.train.launch import launch_training
             from distill.train.sft import TrainSpec
 
             data_path = out / "train.jsonl"
+            mix: dict[str, int] = {}
             if self.ranks.is_main:
-                records = [row for s in sources for row in read_examples(s.path / "clean.jsonl")]
-                if real:
-                    records += read_examples(real)
-                if not records:
+                synthetic = [read_records(s.path / "clean.jsonl") for s in clean_data]
+                if recipe.review.apply:  # drop rejected examples, train on fixes
+                    from distill.review import apply_decisions
+
+                    synthetic = [apply_decisions(self.store.root, s.round_dir.name, rows)[0]
+                                 for s, rows in zip(clean_data, synthetic, strict=True)]
+                # sequential sampling trains in the order the stages wrote (the textbook
+                # method's curriculum order, simple to complex)
+                selection = select_training_data(
+                    policy, len(clean_data) - 1, synthetic, [d.train for d in real_draws],
+                    seed=recipe.seed, budget=rounds.budget, real_fraction=rounds.real_fraction,
+                    shuffle=recipe.train.args.get("train_sampling_strategy") != "sequential")
+                if not selection.records:
                     raise RuntimeError(f"{label}: no training data survived the filters; see "
                                        f"the funnel in {sources[-1].round_dir}")
-                random.Random(recipe.seed).shuffle(records)
-                write_jsonl(data_path, records)
+                write_jsonl(data_path, selection.records)
+                mix = selection.counts
             self.ranks.barrier()
-            spec = TrainSpec(model=student.path, chat_template=student.chat_template,
+            spec = TrainSpec(method=recipe.train.method, sft_args=recipe.train.sft_args,
+                             model=student.path, chat_template=student.chat_template,
                              lora=recipe.student.lora, args=recipe.train.args,
                              data_path=str(data_path), output_dir=str(out), seed=recipe.seed,
                              quiet=self.options.quiet)
@@ -327,7 +416,8 @@ class Runner:
             # the result's paths point into the work directory, renamed at commit
             summary = result.model_dump(mode="json", exclude={"output_dir", "merged_dir",
                                                               "adapter_dir", "args"})
-            return {"counts": {"examples": result.num_examples}, "train": summary}
+            return {"counts": {"examples": result.num_examples}, "train": summary,
+                    "data_mix": mix}
 
         return self._stage(label, "train", config, inputs, work)
 
@@ -348,7 +438,48 @@ class Runner:
 
         return self._stage(label, "evaluate", config, inputs, work)
 
+    def measure(self, label: str, round_index: int, stages: dict[str, Stage],
+                model: ModelRef, reference: ModelRef, real: RealDraw | None) -> Stage:
+        """Per-round metrics (distill.flywheel.measure): `metrics.json`."""
+        from distill.flywheel.measure import OPERATIONAL, measure_round
+
+        recipe = self.recipe
+        settings = recipe.measure
+        microworld = settings.microworld
+        if microworld is None:
+            microworld = any(task.startswith("microworld") for task in recipe.eval.tasks)
+        config = {"measure": settings.model_dump(mode="json", exclude=OPERATIONAL),
+                  "microworld": microworld, "seed": recipe.seed}
+        inputs = {"stages": {name: stage.fingerprint for name, stage in stages.items()},
+                  "model": model.identity, "reference": reference.identity,
+                  "held_out": real and real.identity}
+
+        def work(out: Path) -> dict[str, Any]:
+            if not self.ranks.is_main:
+                return {}
+            manifests = {name: stage.manifest() or {} for name, stage in stages.items()}
+            metrics = measure_round(
+                settings, out, round_index=round_index, seed=recipe.seed,
+                synthetic=read_records(stages["decontaminate"].path / "clean.jsonl"),
+                held_out=real.held_out if real else [], student=model.path,
+                reference=reference.path, scores=manifests["evaluate"].get("scores") or {},
+                manifests=manifests, microworld=microworld,
+                training_mix=manifests["train"].get("data_mix"))
+            headline = {key: metrics[key].get("mean") for key in
+                        ("held_out_perplexity", "generated_perplexity") if key in metrics}
+            return {"metrics": headline}
+
+        return self._stage(label, "measure", config, inputs, work)
+
     # -- helpers --------------------------------------------------------------------------
+
+    def _models_used(self, configs: list[Any]) -> dict[str, Any]:
+        """Identities of the models that generation or filter configs load themselves."""
+        refs = [ref for config in configs
+                for ref in getattr(config, "models_used", lambda teacher: [])(self.recipe.teacher)]
+        if not refs:
+            return {}
+        return {"models": [self._model_ref(model, template).identity for model, template in refs]}
 
     def _seed_tasks_path(self) -> Path:
         if self.recipe.data.seed_tasks:

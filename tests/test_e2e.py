@@ -65,7 +65,7 @@ def test_quickstart_runs_every_stage_and_reports(quickstart_run):
     stages = manifests(quickstart_run)
     assert set(stages) == {("base", "evaluate"), ("round_0", "generate"), ("round_0", "filter"),
                            ("round_0", "decontaminate"), ("round_0", "train"),
-                           ("round_0", "evaluate")}
+                           ("round_0", "evaluate"), ("round_0", "measure")}
     generated = stages["round_0", "generate"]["counts"]["candidates"]
     filtered = stages["round_0", "filter"]["counts"]
     assert generated == 96 and filtered["in"] == 96

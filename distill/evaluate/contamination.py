@@ -46,8 +46,19 @@ order, so a gram may run from a question in the instruction into its answer in t
 
 N-grams are kept as Python hashes in dicts; every reported match is checked against the
 real words, so a hash collision can never flag an example. Each contaminated example keeps
-a list of `Match`es (task, document, view, matched words): issue 5's token-coverage and
-paraphrase scores can add their own kinds of match there.
+a list of `Match`es (task, document, view, matched words, score).
+
+Beyond "any shared n-gram" (`method: ngram`, GPT-3's rule and the default):
+
+- Token coverage (Llama 2's contamination analysis; Tulu 3): every matched document gets a
+  score, the share of its item words (template cut out; best of prompt, target and
+  prompt+target) that lie inside n-grams it shares with the example (`coverage_of:
+  example` counts the example's words instead). Below `clean_below` is clean, above
+  `dirty_above` dirty, in between partial. The score is reported with every match; with
+  `method: coverage` only dirty examples are flagged and partial ones are listed as
+  suspect. Words here are normalised words, not model tokens, and Llama 2's skip-gram
+  budget is not modelled. `preset` names published settings (PRESETS).
+- Paraphrases (`paraphrase:`, LLM Decontaminator): see distill/evaluate/paraphrase.py.
 """
 
 from __future__ import annotations
@@ -62,11 +73,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distill.evaluate.paraphrase import ParaphraseConfig
 from distill.records import Example, Rejected
 
 Policy = Literal["drop", "fail", "warn"]
+Method = Literal["ngram", "coverage"]
+# Published settings: GPT-3 (Brown et al. 2020, appendix C), Tulu 3 (Lambert et al. 2024,
+# decontamination), Llama 2 (Touvron et al. 2023, appendix A.6).
+# Tokens there are model tokens; here they are normalised words.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt3": {"ngram": 13, "method": "ngram"},
+    "tulu3": {"ngram": 8, "method": "coverage", "clean_below": 0.5, "dirty_above": 0.5},
+    "llama2": {"ngram": 11, "method": "coverage", "clean_below": 0.2, "dirty_above": 0.8},
+}
 STAGE = "decontaminate"
 MAX_MATCHES_PER_EXAMPLE = 20
 EXCERPT_CHARS = 240
@@ -94,6 +115,44 @@ class Config(BaseModel):
         0.1, ge=0, le=1, description="Text in at least this fraction of a task's documents "
         "(and in at least `boilerplate_min_docs`) is its template, not an item.")
     boilerplate_min_docs: int = Field(5, ge=2)
+    preset: Literal["gpt3", "tulu3", "llama2"] | None = Field(
+        None, description="Fills ngram, method and the coverage thresholds that are not set: "
+        "gpt3 (13-grams, any shared gram), tulu3 (8-grams, coverage above 0.5), llama2 "
+        "(11-grams, i.e. longer than 10, clean below 0.2, dirty above 0.8). See PRESETS.")
+    method: Method = Field(
+        "ngram", description="ngram: any shared n-gram (or whole short text) flags the "
+        "example. coverage: only a coverage score above `dirty_above` does; scores between "
+        "`clean_below` and `dirty_above` are listed as partial and kept.")
+    coverage_of: Literal["benchmark", "example"] = Field(
+        "benchmark", description="Whose words the coverage score counts: benchmark (the "
+        "share of the benchmark item's words inside n-grams it shares with the example, as "
+        "Llama 2 and Tulu 3 score evaluation samples) or example (the share of the "
+        "example's own words).")
+    clean_below: float = Field(0.2, ge=0, le=1, description="Coverage below this is clean "
+                               "(Llama 2: 0.2).")
+    dirty_above: float = Field(0.8, ge=0, le=1, description="Coverage above this is dirty "
+                               "(Llama 2: 0.8; Tulu 3: 0.5).")
+    paraphrase: ParaphraseConfig | None = Field(
+        None, description="Rephrased benchmark items: nearest benchmark item by sentence "
+        "embedding, optionally confirmed by an LLM judge (LLM Decontaminator). null: off. "
+        "Needs the `embeddings` extra.")
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> Config:
+        # A preset fills only what the recipe left unset, so `preset: tulu3, ngram: 10` works.
+        for key, value in PRESETS.get(self.preset or "", {}).items():
+            if key not in self.model_fields_set:
+                setattr(self, key, value)
+        if self.clean_below > self.dirty_above:
+            raise ValueError(f"clean_below ({self.clean_below}) is above dirty_above "
+                             f"({self.dirty_above})")
+        return self
+
+    def coverage_class(self, score: float) -> str:
+        """"clean", "partial" or "dirty" for a coverage score."""
+        if score > self.dirty_above:
+            return "dirty"
+        return "clean" if score < self.clean_below else "partial"
 
 
 # --------------------------------------------------------------------------- report
@@ -105,9 +164,15 @@ class Match(BaseModel):
     task: str
     doc_index: int = Field(description="Position in the task's eval docs (lm-eval's doc_id).")
     view: str = Field(description='"prompt", "prompt line", "target" or "prompt+target".')
-    kind: str = Field(description='"ngram", or "whole_doc" for a view shorter than ngram.')
-    ngram: str = Field(description="The normalised words both texts share.")
+    kind: str = Field(description='"ngram", "whole_doc" for a view shorter than ngram, or '
+                      '"paraphrase" (embedding neighbour).')
+    ngram: str = Field(description="The normalised words both texts share ('' for a "
+                       "paraphrase).")
     doc_text: str = Field(description="The benchmark text (excerpt).")
+    score: float | None = Field(None, description="Coverage (n-gram matches) or cosine "
+                                "similarity (paraphrase).")
+    judge: str | None = Field(None, description='The LLM judge\'s verdict on a paraphrase: '
+                              '"same", "different" or "unclear"; None when no judge ran.')
 
 
 class ContaminatedExample(BaseModel):
@@ -116,6 +181,11 @@ class ContaminatedExample(BaseModel):
     id: str
     excerpt: str
     matches: list[Match]
+    kind: str = Field("ngram", description='What flags it: "ngram" (a shared n-gram), '
+                      '"coverage" (coverage above dirty_above) or "paraphrase".')
+    score: float | None = Field(None, description="Its best coverage, or for a paraphrase "
+                                "the cosine similarity.")
+    coverage_class: str | None = Field(None, description='"clean", "partial" or "dirty".')
 
     @property
     def tasks(self) -> list[str]:
@@ -148,6 +218,15 @@ class ContaminationReport(BaseModel):
     checked: int = 0
     tasks: dict[str, TaskStats] = Field(default_factory=dict)
     contaminated: list[ContaminatedExample] = Field(default_factory=list)
+    suspect: list[ContaminatedExample] = Field(
+        default_factory=list, description="Listed, not flagged: partial coverage, or a "
+        "paraphrase candidate the judge rejected or could not decide.")
+    method: str = "ngram"
+    coverage_of: str = "benchmark"
+    clean_below: float = 0.2
+    dirty_above: float = 0.8
+    paraphrase: dict[str, Any] | None = Field(None, description="The paraphrase detector's "
+                                              "settings and counts; None when off.")
     seconds: float = 0.0
 
     @property
@@ -159,10 +238,16 @@ class ContaminationReport(BaseModel):
         """A few readable lines: counts per task and the first matches."""
         if not self.enabled:
             return "decontamination: disabled"
-        head = (f"decontamination ({self.ngram}-grams, policy {self.policy}): "
+        method = (f"{self.ngram}-grams" if self.method == "ngram" else
+                  f"{self.ngram}-gram coverage of the {self.coverage_of} > {self.dirty_above}")
+        if self.paraphrase is not None:
+            method += f", paraphrases (cosine >= {self.paraphrase.get('threshold')})"
+        head = (f"decontamination ({method}, policy {self.policy}): "
                 f"{len(self.contaminated)} of {self.checked} training examples overlap "
                 f"{sum(1 for s in self.tasks.values() if s.contaminated_examples)} of "
                 f"{len(self.tasks)} benchmark tasks")
+        if self.suspect:
+            head += f"; {len(self.suspect)} more listed as suspect, kept"
         lines = [head]
         for name, stats in self.tasks.items():
             lines.append(f"  {name}: {stats.contaminated_examples} examples, "
@@ -170,8 +255,10 @@ class ContaminationReport(BaseModel):
             shown = [item for item in self.contaminated if name in item.tasks][:examples]
             for item in shown:
                 match = next(m for m in item.matches if m.task == name)
-                lines.append(f"    {item.id} ~ doc {match.doc_index} ({match.view}): "
-                             f'"{_clip(match.ngram, 100)}"')
+                evidence = match.ngram or match.doc_text
+                lines.append(f"    {item.id} ~ doc {match.doc_index} ({match.view}, "
+                             f"{item.kind} {_score(item.score)}): "
+                             f'"{_clip(evidence, 100)}"')
         return "\n".join(lines)
 
 
@@ -259,6 +346,9 @@ class BenchmarkIndex:
         self.grams: dict[int, int | list[int]] = {}
         # hash of a short text's first m words -> [(doc ref, the text's words)]
         self.short: dict[int, list[tuple[int, tuple[str, ...]]]] = defaultdict(list)
+        # Per task: the template n-gram hashes and short template texts cut out of views.
+        self.common: dict[str, tuple[set[int], set[tuple[str, ...]]]] = {}
+        self._pieces: dict[int, list[list[list[str]]]] = {}  # see item_pieces
         for name, task_docs in docs.items():
             self._add_task(name, task_docs)
 
@@ -311,6 +401,7 @@ class BenchmarkIndex:
         common = {key for key, count in gram_docs.items() if count >= threshold}
         common_short = {seq for seq, count in short_docs.items() if count >= threshold}
         stats.boilerplate = len(common) + len(common_short)
+        self.common[name] = (common, common_short)
 
         grams: set[int] = set()
         short: set[tuple[int, tuple[str, ...]]] = set()
@@ -335,7 +426,11 @@ class BenchmarkIndex:
 
     def match(self, text: str) -> list[Match]:
         """Every benchmark document `text` overlaps, with the first shared words for each."""
-        words = normalize_words(text)
+        found = self.match_refs(normalize_words(text))
+        return sorted(found.values(), key=lambda x: (x.task, x.doc_index))
+
+    def match_refs(self, words: list[str]) -> dict[int, Match]:
+        """Document ref -> the first evidence that the normalised `words` overlap it."""
         n, m = self.n, self.m
         found: dict[int, Match] = {}
         if self.grams and len(words) >= n:
@@ -359,7 +454,78 @@ class BenchmarkIndex:
                         match = self._verify(ref, list(seq), "whole_doc")
                         if match is not None:
                             found[ref] = match
-        return sorted(found.values(), key=lambda x: (x.task, x.doc_index))
+        return found
+
+    def item_pieces(self, ref: int) -> list[list[list[str]]]:
+        """Per whole view of a document, the pieces left once its template text is cut out.
+
+        Whole views are prompt, target and prompt+target: a single line of a multi-line
+        prompt is evidence for the n-gram check but not the item whose share is scored.
+        """
+        pieces = self._pieces.get(ref)
+        if pieces is None:
+            common, common_short = self.common[self.docs[ref].task]
+            pieces = []
+            for view, words, _ in self.views(ref):
+                if view == "prompt line":
+                    continue
+                cut = _segments(words, self.n, common) if len(words) >= self.n else [words]
+                pieces.append([p for p in cut if len(p) >= self.n or tuple(p) not in
+                               common_short])
+            self._pieces[ref] = pieces
+        return pieces
+
+    def coverage(self, words: list[str], grams: set[tuple[str, ...]], ref: int,
+                 of: str = "benchmark") -> float:
+        """Share of words inside n-grams that `words` and document `ref` share.
+
+        A word is covered when it lies in an n-gram both texts hold, or in a piece shorter
+        than n (and at least `min_doc_words` long) that `words` contains whole, the rule
+        the n-gram check itself uses. `of="benchmark"` counts the document's item words
+        (its template cut out) in its prompt, its target and both together, and returns
+        the best of the three; `of="example"` counts the words of `words`. `grams` is the
+        set of `words`' n-grams. A document matched only through one line of its prompt
+        scores 0 here.
+        """
+        n, m = self.n, self.m
+        if of == "example":
+            covered = [False] * len(words)
+            for view in self.item_pieces(ref):
+                for piece in view:
+                    if len(piece) >= n:
+                        doc_grams = {tuple(piece[i:i + n]) for i in range(len(piece) - n + 1)}
+                        for i in range(len(words) - n + 1):
+                            if tuple(words[i:i + n]) in doc_grams:
+                                covered[i:i + n] = [True] * n
+                    elif len(piece) >= m:
+                        for i in _occurrences(words, piece):
+                            covered[i:i + len(piece)] = [True] * len(piece)
+            return sum(covered) / len(words) if words else 0.0
+        best = 0.0
+        for view in self.item_pieces(ref):
+            total = sum(len(piece) for piece in view)
+            hit = 0
+            for piece in view:
+                if len(piece) >= n:
+                    flags = [False] * len(piece)
+                    for i in range(len(piece) - n + 1):
+                        if tuple(piece[i:i + n]) in grams:
+                            flags[i:i + n] = [True] * n
+                    hit += sum(flags)
+                elif len(piece) >= m and _contains(words, piece):
+                    hit += len(piece)
+            if total:
+                best = max(best, hit / total)
+        return best
+
+    def item_text(self, ref: int) -> str:
+        """A document's prompt as written, its task's template words cut off.
+
+        The words every prompt of the task starts and ends with are removed, so
+        "Question: {q} Answer:" gives the question: what paraphrases are compared with.
+        """
+        (head, tail), _ = self.templates[self.docs[ref].task]
+        return _strip_text(self.docs[ref].prompt, head, tail)
 
     def _verify(self, ref: int, gram: list[str], kind: str) -> Match | None:
         """The `Match` if `gram` really occurs in one of the document's views (no collision)."""
@@ -450,9 +616,29 @@ def _refs(value: int | list[int]) -> list[int]:
     return [value] if isinstance(value, int) else value
 
 
+def _strip_text(text: str, head: int, tail: int) -> str:
+    """`text` without its first `head` and last `tail` words, punctuation inside kept."""
+    text = unicodedata.normalize("NFKC", text)
+    spans = [match.span() for match in _WORD.finditer(text)]
+    if not (head or tail) or head + tail >= len(spans):
+        return text.strip()
+    start = spans[head][0]
+    end = spans[len(spans) - tail][0] if tail else len(text)
+    return text[start:end].strip()
+
+
+def _occurrences(words: list[str], seq: list[str]) -> list[int]:
+    k = len(seq)
+    return [i for i in range(len(words) - k + 1) if words[i:i + k] == seq]
+
+
 def _contains(words: list[str], gram: list[str]) -> bool:
     k = len(gram)
     return any(words[i:i + k] == gram for i in range(len(words) - k + 1))
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _clip(text: str, limit: int) -> str:
@@ -468,21 +654,51 @@ def example_text(example: Example, fields: Iterable[str]) -> str:
     return "\n".join(str(getattr(example, name, "") or "") for name in fields)
 
 
+@dataclass
+class TextItem:
+    """A training record as the gate sees it.
+
+    `text` is checked for n-grams; `question` (default: `text`) is compared with the
+    benchmark questions for paraphrases.
+    """
+
+    id: str
+    text: str
+    question: str = ""
+
+
 def find_contamination(examples: Sequence[Example], config: Config,
                        include_path: str | Path | None = None, *,
                        tasks: Sequence[str] | None = None,
                        documents: dict[str, list[BenchmarkDoc]] | None = None,
+                       judge_backend: Any = None,
                        ) -> ContaminationReport:
     """Check every example against the benchmark documents; nothing is removed here.
 
     The tasks are `config.tasks`, else `tasks` (the caller passes the eval tasks); the
     include path is `include_path`, else `config.include_path`. `documents` replaces the
-    lm-eval rendering (for callers that already hold it).
+    lm-eval rendering (for callers that already hold it). `judge_backend` replaces the
+    paraphrase judge that `config.paraphrase.judge` names (tests pass a scripted one).
     """
+    para_fields = config.paraphrase.fields if config.paraphrase else []
+    items = [TextItem(example.id, example_text(example, config.fields),
+                      example_text(example, para_fields)) for example in examples]
+    return check_items(items, config, include_path, tasks=tasks, documents=documents,
+                       judge_backend=judge_backend)
+
+
+def check_items(items: Sequence[TextItem], config: Config,
+                include_path: str | Path | None = None, *,
+                tasks: Sequence[str] | None = None,
+                documents: dict[str, list[BenchmarkDoc]] | None = None,
+                judge_backend: Any = None) -> ContaminationReport:
+    """`find_contamination` for any texts (the `distill decontaminate` command's entry)."""
     started = time.perf_counter()
-    report = ContaminationReport(enabled=config.enabled, ngram=config.ngram,
-                                 min_doc_words=config.min_doc_words, fields=list(config.fields),
-                                 policy=config.policy, checked=len(examples))
+    report = ContaminationReport(
+        enabled=config.enabled, ngram=config.ngram, min_doc_words=config.min_doc_words,
+        fields=list(config.fields), policy=config.policy, checked=len(items),
+        method=config.method, coverage_of=config.coverage_of, clean_below=config.clean_below,
+        dirty_above=config.dirty_above)
     if not config.enabled:
         return report
     if documents is None:
@@ -493,24 +709,83 @@ def find_contamination(examples: Sequence[Example], config: Config,
         include = include_path if include_path is not None else config.include_path
         documents = load_benchmark_docs(names, include)
     index = BenchmarkIndex(documents, config)
-    hit_docs: dict[str, set[int]] = defaultdict(set)
-    for example in examples:
-        text = example_text(example, config.fields)
-        matches = index.match(text)
-        if not matches:
+    n = config.ngram
+    for item in items:
+        words = normalize_words(item.text)
+        found = index.match_refs(words)
+        if not found:
             continue
-        report.contaminated.append(ContaminatedExample(
-            id=example.id, excerpt=_clip(text, EXCERPT_CHARS),
-            matches=matches[:MAX_MATCHES_PER_EXAMPLE]))
-        for task in {m.task for m in matches}:
+        grams = {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+        for ref, match in found.items():
+            match.score = round(index.coverage(words, grams, ref, config.coverage_of), 4)
+        matches = sorted(found.values(), key=lambda x: (-(x.score or 0), x.task, x.doc_index))
+        best = matches[0].score or 0.0
+        entry = ContaminatedExample(
+            id=item.id, excerpt=_clip(item.text, EXCERPT_CHARS),
+            matches=matches[:MAX_MATCHES_PER_EXAMPLE],
+            kind="ngram" if config.method == "ngram" else "coverage",
+            score=best, coverage_class=config.coverage_class(best))
+        if config.method == "ngram" or entry.coverage_class == "dirty":
+            report.contaminated.append(entry)
+        elif entry.coverage_class == "partial":
+            report.suspect.append(entry)
+    if config.paraphrase is not None:
+        report.paraphrase = _add_paraphrases(report, items, index, config.paraphrase,
+                                             judge_backend)
+    hit_docs: dict[str, set[int]] = defaultdict(set)
+    for entry in report.contaminated:
+        for task in entry.tasks:
             index.stats[task].contaminated_examples += 1
-        for match in matches:
+        for match in entry.matches:
             hit_docs[match.task].add(match.doc_index)
     for task, docs in hit_docs.items():
         index.stats[task].contaminated_docs = len(docs)
     report.tasks = index.stats
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _add_paraphrases(report: ContaminationReport, items: Sequence[TextItem],
+                     index: BenchmarkIndex, config: ParaphraseConfig,
+                     judge_backend: Any) -> dict[str, Any]:
+    """Flag the items whose nearest benchmark question is a paraphrase; return the counts.
+
+    Items the n-gram check already flagged are not embedded again. A judge's "unclear"
+    answer flags the item: the judge only takes away candidates it rejects outright.
+    """
+    from distill.evaluate.paraphrase import find_paraphrases
+
+    started = time.perf_counter()
+    flagged = report.contaminated_ids
+    todo = [item for item in items if item.id not in flagged]
+    refs = range(len(index.docs))
+    found = find_paraphrases([item.question or item.text for item in todo],
+                             [index.item_text(ref) for ref in refs], config, judge_backend)
+    suspects = {entry.id: entry for entry in report.suspect}
+    counts = {"threshold": config.threshold, "model": config.model or "all-MiniLM-L6-v2",
+              "judge": config.judge.model if config.judge else None, "checked": len(todo),
+              "candidates": len(found), "flagged": 0, "judge_different": 0,
+              "judge_unclear": 0}
+    for neighbour in found:
+        item, doc = todo[neighbour.item], index.docs[neighbour.doc]
+        match = Match(task=doc.task, doc_index=doc.index, view="prompt", kind="paraphrase",
+                      ngram="", doc_text=_clip(doc.prompt, EXCERPT_CHARS),
+                      score=round(neighbour.cosine, 4), judge=neighbour.judge)
+        earlier = suspects.pop(item.id, None)
+        entry = ContaminatedExample(
+            id=item.id, excerpt=_clip(item.question or item.text, EXCERPT_CHARS),
+            matches=[match] + (earlier.matches if earlier else []), kind="paraphrase",
+            score=match.score, coverage_class=earlier.coverage_class if earlier else None)
+        if neighbour.judge == "different":
+            counts["judge_different"] += 1
+            report.suspect.append(entry)
+            continue
+        counts["judge_unclear"] += neighbour.judge == "unclear"
+        counts["flagged"] += 1
+        report.contaminated.append(entry)
+    report.suspect = [e for e in report.suspect if e.kind == "paraphrase" or e.id in suspects]
+    counts["seconds"] = round(time.perf_counter() - started, 3)
+    return counts
 
 
 def apply_policy(report: ContaminationReport, examples: Sequence[Example],
@@ -538,6 +813,6 @@ def apply_policy(report: ContaminationReport, examples: Sequence[Example],
             continue
         dropped.append(Rejected(
             id=example.id, stage=STAGE, reason=f"contaminated:{item.tasks[0]}",
-            record=example.to_json(), tasks=item.tasks,
+            record=example.to_json(), tasks=item.tasks, kind=item.kind, score=item.score,
             matches=[m.model_dump() for m in item.matches]))
     return clean, dropped

@@ -23,6 +23,10 @@ FILTERS: dict[str, str] = {
     "novelty": "distill.filters.novelty:NoveltyFilter",
     "dedup": "distill.filters.dedup:ExactDedupFilter",
     "verify": "distill.filters.verify:VerifyFilter",
+    "judge": "distill.filters.judge:JudgeFilter",
+    "minhash_dedup": "distill.filters.near_dedup:MinHashDedupFilter",
+    "embedding_dedup": "distill.filters.near_dedup:EmbeddingDedupFilter",
+    "perplexity": "distill.filters.perplexity:PerplexityFilter",
 }
 
 EXAMPLES_PER_REASON = 3
@@ -44,6 +48,8 @@ class FilterContext:
     seed_examples: list[Example] = field(default_factory=list)  # e.g. the novelty pool's start
     run_dir: Path | None = None
     seed: int = 0
+    teacher: Any = None  # the recipe's TeacherSpec: the LLM judge's default model
+    work_dir: Path | None = None  # the filter stage's directory (judge checkpoints)
 
 
 class Filter(Protocol):

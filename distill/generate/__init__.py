@@ -20,6 +20,11 @@ from typing import Any
 # recipe `generate.kind` -> "module:function"; modules are imported only when used.
 GENERATORS: dict[str, str] = {
     "self_instruct": "distill.generate.self_instruct:run",
+    "continuation": "distill.generate.continuation:run",
+    "preference": "distill.generate.preference:run",
+    "doc_qa": "distill.generate.doc_qa:run",
+    "evol_instruct": "distill.generate.evol_instruct:run",
+    "textbook": "distill.generate.textbook:run",
 }
 
 

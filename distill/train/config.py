@@ -7,7 +7,9 @@ runner builds it, and it is JSON so that `accelerate launch` can hand it to
 reports back, and the content of `<output_dir>/train_log.json`.
 
 TRL's own arguments are never re-declared here: `train.args` passes through untouched to
-`trl.SFTConfig`, after the few defaults in `sft_defaults` fill keys the user left out.
+`trl.SFTConfig` (method sft) or `trl.DPOConfig` (dpo, and the DPO step of sft_then_dpo,
+whose SFT step takes `train.sft_args`), after the few defaults in `sft_defaults` /
+`dpo_defaults` fill keys the user left out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import tempfile
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # Keys of `train.args` that distill itself decides: where the trainer writes.
 RESERVED_ARGS = {"output_dir": "the training stage's own directory is used"}
@@ -100,6 +102,37 @@ def resolve_sft_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
     return resolved
 
 
+def dpo_defaults(*, full_finetune: bool) -> dict[str, Any]:
+    """Defaults for `DPOConfig` that distill uses only for keys a recipe leaves unset.
+
+    Zephyr's DPO recipe (Tunstall et al. 2023; alignment-handbook): learning rate 5e-7
+    for all weights and 5e-6 with LoRA, one epoch, cosine schedule, 10 % warm-up. `beta`
+    stays TRL's default, 0.1 (Zephyr later used 0.01). Logging and checkpoints as for SFT.
+    """
+    return {
+        "learning_rate": 5e-7 if full_finetune else 5e-6,
+        "num_train_epochs": 1,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.1,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "ddp_find_unused_parameters": False,
+    }
+
+
+def resolve_dpo_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
+                     quiet: bool = False) -> dict[str, Any]:
+    """`train.args` for `DPOConfig`, with distill's defaults where the user set nothing."""
+    resolved = {**dpo_defaults(full_finetune=full_finetune), "seed": seed,
+                "disable_tqdm": quiet, **args}
+    if "bf16" not in args and "fp16" not in args and not _bf16_device_available():
+        resolved["bf16"] = False
+    if "dataloader_pin_memory" not in args and not _cuda_available():
+        resolved["dataloader_pin_memory"] = False
+    return resolved
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -137,41 +170,64 @@ def check_sft_values(args: dict[str, Any]) -> None:
     Skipped in one rank of several: constructing TrainingArguments sets up devices and
     process groups, which belongs to the trainer there.
     """
+    _check_values(args, "sft")
+
+
+def check_dpo_values(args: dict[str, Any]) -> None:
+    """Construct `trl.DPOConfig` from `args` (plus defaults); its complaint becomes ours."""
+    _check_values(args, "dpo")
+
+
+def _check_values(args: dict[str, Any], trainer: str) -> None:
     if _in_multiprocess_run():
         return
-    from trl import SFTConfig
+    import trl
 
-    checked = resolve_sft_args(args, full_finetune=False, seed=0)
+    resolve = resolve_sft_args if trainer == "sft" else resolve_dpo_args
+    config_class = getattr(trl, TRL_CONFIGS[trainer])
+    checked = resolve(args, full_finetune=False, seed=0)
     # Validation may run where the recipe will not train (a laptop checking a GPU recipe):
     # TrainingArguments refuses bf16 without a bf16 GPU unless told the run is on CPU.
     if "use_cpu" not in checked and not _bf16_device_available():
         checked["use_cpu"] = True
-    with tempfile.TemporaryDirectory(prefix="distill-sftconfig-") as tmp, _accelerate_state_kept():
+    with tempfile.TemporaryDirectory(prefix="distill-trlconfig-") as tmp, _accelerate_state_kept():
         try:
-            SFTConfig(output_dir=tmp, **checked)
+            config_class(output_dir=tmp, **checked)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"trl.SFTConfig rejects these arguments: {error}") from None
+            raise ValueError(f"trl.{config_class.__name__} rejects these arguments: "
+                             f"{error}") from None
 
 
-def check_arg_name(key: str) -> str:
-    """Accept `key` if it is an `SFTConfig` argument the recipe may set."""
+# trainer -> the TRL config class its `train.args` go to
+TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig"}
+
+
+def check_arg_name(key: str, trainer: str = "sft") -> str:
+    """Accept `key` if it is an argument of the trainer's TRL config the recipe may set."""
     if key in RESERVED_ARGS:
         raise ValueError(f"set by distill ({RESERVED_ARGS[key]}); remove it from the recipe")
-    names = _sft_config_fields()
+    names = _config_fields(trainer)
     if key not in names:
         close = difflib.get_close_matches(key, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"not an argument of trl.SFTConfig{hint}")
+        raise ValueError(f"not an argument of trl.{TRL_CONFIGS[trainer]}{hint}")
     return key
 
 
+def _check_train_arg_name(key: str, info: ValidationInfo) -> str:
+    # `args` go to DPOConfig when the method ends with DPO; `sft_args` always to SFTConfig
+    method = info.data.get("method", "sft")
+    return check_arg_name(key, "dpo" if info.field_name == "args" and method != "sft" else "sft")
+
+
 @functools.cache
-def _sft_config_fields() -> frozenset[str]:
+def _config_fields(trainer: str) -> frozenset[str]:
     import dataclasses
 
-    from trl import SFTConfig
+    import trl
 
-    return frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.init)
+    return frozenset(f.name for f in dataclasses.fields(getattr(trl, TRL_CONFIGS[trainer]))
+                     if f.init)
 
 
 def _in_multiprocess_run() -> bool:
@@ -198,6 +254,7 @@ def _accelerate_state_kept():
 
 # A `train.args` key: a wrong one is reported at `train.args.<key>`.
 SFTArgName = Annotated[str, AfterValidator(check_arg_name)]
+TrainArgName = Annotated[str, AfterValidator(_check_train_arg_name)]
 
 
 class TrainConfig(BaseModel):
@@ -205,21 +262,42 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["sft"] = Field(
-        "sft", description="sft: supervised fine-tuning on the kept examples (TRL SFTTrainer).")
+    method: Literal["sft", "dpo", "sft_then_dpo"] = Field(
+        "sft", description="sft: supervised fine-tuning on the kept examples (TRL "
+        "SFTTrainer; a preference pair trains on its chosen answer); dpo: TRL DPOTrainer on "
+        "preference pairs (generate.kind: preference), reference = the student with its "
+        "adapter disabled; sft_then_dpo: SFT on the chosen answers, then DPO from the SFT "
+        "model (Zephyr's two steps).")
     accelerate_config: str | None = Field(
         None, description="accelerate config YAML (see recipes/accelerate/) that `distill run` "
         "launches training with; null trains inside the runner's process.")
-    args: dict[SFTArgName, Any] = Field(
+    args: dict[TrainArgName, Any] = Field(
         default_factory=dict, description="Passed untouched to trl.SFTConfig (learning_rate, "
         "num_train_epochs, per_device_train_batch_size, max_length, ...); distill fills "
         "learning_rate 2e-4 (LoRA) / 2e-5 (full), cosine schedule, warmup 0.03, 3 epochs, "
-        "assistant-only loss and per-step logging where unset.")
+        "assistant-only loss and per-step logging where unset. With dpo and sft_then_dpo "
+        "they go to trl.DPOConfig (beta, loss_type, max_length, ...); distill fills "
+        "learning_rate 5e-6 (LoRA) / 5e-7 (full), 1 epoch, cosine, warmup 0.1 (Zephyr).")
+    sft_args: dict[TrainArgName, Any] = Field(
+        default_factory=dict, description="sft_then_dpo only: trl.SFTConfig arguments of the "
+        "SFT step (defaults as for method sft).")
 
     @field_validator("args")
     @classmethod
-    def _args(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_sft_values(value)  # the keys were checked one by one
+    def _args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # the keys were checked one by one
+        if info.data.get("method", "sft") == "sft":
+            check_sft_values(value)
+        else:
+            check_dpo_values(value)
+        return value
+
+    @field_validator("sft_args")
+    @classmethod
+    def _sft_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if value and info.data.get("method") != "sft_then_dpo":
+            raise ValueError("only used by method sft_then_dpo (method sft takes train.args)")
+        check_sft_values(value)
         return value
 
 
@@ -228,7 +306,7 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["sft"] = "sft"
+    method: Literal["sft", "dpo", "sft_then_dpo"] = "sft"
     model: str = Field(description="Base student: a local checkpoint directory or a hub id.")
     tokenizer: str | None = Field(None, description="Tokenizer location; default: `model`.")
     chat_template: str | None = Field(
@@ -237,8 +315,11 @@ class TrainSpec(BaseModel):
     lora: LoraSettings | None = Field(
         default_factory=LoraSettings, description="None trains every weight.")
     args: dict[str, Any] = Field(default_factory=dict, description="train.args, untouched.")
+    sft_args: dict[str, Any] = Field(default_factory=dict,
+                                     description="train.sft_args (sft_then_dpo), untouched.")
     data_path: str = Field(description="JSONL written by distill.records; each row's "
-                           "`messages` (user, assistant) is what the student learns.")
+                           "`messages` (user, assistant) is what the student learns, or "
+                           "preference pairs (prompt, chosen, rejected) for DPO.")
     output_dir: str = Field(description="Receives adapter/, merged/ and train_log.json.")
     seed: int = 0
     quiet: bool = Field(False, description="No progress bars.")
@@ -280,3 +361,15 @@ class TrainResult(BaseModel):
     total_params: int = 0
     wall_time_s: float = 0.0
     args: dict[str, Any] = Field(default_factory=dict, description="Resolved SFTConfig arguments.")
+    reward_margin_start: float | None = Field(
+        None, description="DPO: mean chosen-minus-rejected implicit reward "
+        "(beta * log-ratio to the reference) in the first logged steps.")
+    reward_margin_end: float | None = Field(
+        None, description="DPO: the same in the last logged steps.")
+    reward_accuracy_end: float | None = Field(
+        None, description="DPO: share of pairs whose chosen reward beats the rejected one, "
+        "last logged steps.")
+    reward_margin_history: list[LossPoint] = Field(
+        default_factory=list, description="DPO: logged reward margin per step (in `loss`).")
+    sft_step: dict[str, Any] | None = Field(
+        None, description="sft_then_dpo: the SFT step's own result.")

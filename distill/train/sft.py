@@ -36,7 +36,8 @@ from distill.train.config import (
     resolve_sft_args,
 )
 
-__all__ = ["LoraSettings", "TrainResult", "TrainSpec", "main", "prepare_sft", "train_sft"]
+__all__ = ["LoraSettings", "TrainResult", "TrainSpec", "main", "prepare_sft", "train_and_save",
+           "train_sft"]
 
 log = logging.getLogger("distill.train")
 
@@ -74,6 +75,9 @@ def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
     conversations = []
     for number, row in enumerate(iter_jsonl(path), start=1):
         messages = row.get("messages")
+        if messages is None and isinstance(row.get("chosen"), list):
+            # a preference pair trains on its prompt and chosen answer
+            messages = [*(row.get("prompt") or []), *row["chosen"]]
         if (not isinstance(messages, list) or not messages
                 or not all(isinstance(m, dict) and "role" in m and "content" in m
                            for m in messages)):
@@ -223,13 +227,20 @@ def train_sft(spec: TrainSpec, callbacks: list | None = None) -> TrainResult:
     Call it on every rank of a distributed launch: training is collective, and the main
     rank alone writes files. Every rank returns the same result.
     """
+    started = time.perf_counter()
+    return train_and_save(spec, prepare_sft(spec, callbacks), started)
+
+
+def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float) -> TrainResult:
+    """Train a prepared TRL trainer; save adapter, merged model and train log (any method).
+
+    Shared by SFT and DPO. Every rank calls it; the main rank alone writes files.
+    """
     from distill.records import write_json
     from distill.train.merge import merge_adapter
 
-    started = time.perf_counter()
     out = Path(spec.output_dir)
     full_finetune = spec.lora is None
-    prepared = prepare_sft(spec, callbacks)
     trainer, tokenizer, args = prepared.trainer, prepared.tokenizer, prepared.args
     trainable, total = count_parameters(trainer.model)
     loss_tokens = count_loss_tokens(trainer.train_dataset)
@@ -250,6 +261,7 @@ def train_sft(spec: TrainSpec, callbacks: list | None = None) -> TrainResult:
     accelerator = trainer.accelerator
     is_main = accelerator.is_main_process
     result = TrainResult(
+        method=spec.method,
         output_dir=str(out),
         merged_dir=str(merged_dir),
         adapter_dir=None if adapter_dir is None else str(adapter_dir),
@@ -268,6 +280,7 @@ def train_sft(spec: TrainSpec, callbacks: list | None = None) -> TrainResult:
         trainable_params=trainable,
         total_params=total,
         args=json.loads(json.dumps(args, default=str)),
+        **reward_margins(state.log_history),
     )
     del trainer, output, prepared
     accelerator.free_memory()  # drops its model and optimizer, collects, empties the cache
@@ -284,6 +297,22 @@ def train_sft(spec: TrainSpec, callbacks: list | None = None) -> TrainResult:
     accelerator.wait_for_everyone()
     result.wall_time_s = round(time.perf_counter() - started, 3)
     return result
+
+
+def reward_margins(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """DPO's logged chosen-minus-rejected reward margins: first, last and per step.
+
+    Empty for trainers that log none (SFT).
+    """
+    points = [LossPoint(step=entry["step"], loss=entry["rewards/margins"])
+              for entry in log_history if "rewards/margins" in entry and "step" in entry]
+    if not points:
+        return {}
+    accuracies = [entry["rewards/accuracies"] for entry in log_history
+                  if "rewards/accuracies" in entry]
+    return {"reward_margin_start": points[0].loss, "reward_margin_end": points[-1].loss,
+            "reward_accuracy_end": accuracies[-1] if accuracies else None,
+            "reward_margin_history": points}
 
 
 def _finish_full_checkpoint(merged_dir: Path, tokenizer) -> None:

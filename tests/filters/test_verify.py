@@ -55,6 +55,6 @@ def test_keep_unverifiable() -> None:
 
 def test_config_is_strict() -> None:
     with pytest.raises(ValidationError):
-        Config(checker="math")
+        Config(checker="sql")
     with pytest.raises(ValidationError):
         Config(threshold=0.5)
