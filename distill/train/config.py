@@ -202,6 +202,37 @@ def _check_values(args: dict[str, Any], trainer: str) -> None:
 TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig"}
 
 
+def coerce_numbers(args: dict[str, Any], trainer: str) -> dict[str, Any]:
+    """Read numbers that YAML left as strings ("1e-3": YAML 1.1 wants "1.0e-3") as numbers.
+
+    TrainingArguments does not check types, so `learning_rate: 1e-3` would otherwise reach
+    the optimizer as a string and fail only once training starts.
+
+    Raises:
+        ValueError: a numeric argument whose value is not a number.
+    """
+    import dataclasses
+    import typing
+
+    import trl
+
+    def numeric_type(declared: Any) -> type | None:
+        options = typing.get_args(declared) or (declared,)  # `int | None` -> (int, None)
+        return next((t for t in (int, float) if t in options), None)
+
+    types = {f.name: f.type for f in dataclasses.fields(getattr(trl, TRL_CONFIGS[trainer]))}
+    coerced = dict(args)
+    for key, value in args.items():
+        number = numeric_type(types.get(key))
+        if number is None or not isinstance(value, str):
+            continue
+        try:
+            coerced[key] = int(value) if number is int else float(value)
+        except ValueError:
+            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+    return coerced
+
+
 def check_arg_name(key: str, trainer: str = "sft") -> str:
     """Accept `key` if it is an argument of the trainer's TRL config the recipe may set."""
     if key in RESERVED_ARGS:
@@ -287,8 +318,10 @@ class TrainConfig(BaseModel):
     def _args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         # the keys were checked one by one
         if info.data.get("method", "sft") == "sft":
+            value = coerce_numbers(value, "sft")
             check_sft_values(value)
         else:
+            value = coerce_numbers(value, "dpo")
             check_dpo_values(value)
         return value
 
@@ -297,6 +330,7 @@ class TrainConfig(BaseModel):
     def _sft_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if value and info.data.get("method") != "sft_then_dpo":
             raise ValueError("only used by method sft_then_dpo (method sft takes train.args)")
+        value = coerce_numbers(value, "sft")
         check_sft_values(value)
         return value
 

@@ -95,3 +95,11 @@ def test_spec_and_result_round_trip_through_json():
     assert TrainSpec.model_validate_json(spec.model_dump_json()) == spec
     result = TrainResult(output_dir="o", merged_dir="o/merged", num_examples=3)
     assert TrainResult.model_validate_json(result.model_dump_json()) == result
+
+
+def test_numbers_yaml_leaves_as_strings_are_read_as_numbers():
+    # YAML 1.1 reads `1e-3` as a string; TrainingArguments would pass it to the optimizer.
+    config = TrainConfig(args={"learning_rate": "1e-3", "max_length": "128"})
+    assert config.args == {"learning_rate": 0.001, "max_length": 128}
+    with pytest.raises(ValueError, match="learning_rate: expected a number, got 'fast'"):
+        TrainConfig(args={"learning_rate": "fast"})
