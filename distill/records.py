@@ -166,15 +166,29 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Iterate a JSONL file's records; blank lines are skipped."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    with Path(path).open(encoding="utf-8") as handle:
+        for _, row in numbered_json_objects(handle, path):
+            yield row
+
+
+def numbered_json_objects(lines: Iterable[str], path: str | Path
+                          ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank JSONL line of `path`.
+
+    Raises:
+        ValueError: "<path>:<line>: ..." for a line that is not a JSON object.
+    """
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got "
+                             f"{type(row).__name__}")
+        yield number, row
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

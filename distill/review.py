@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import math
 import random
 import time
@@ -41,6 +40,7 @@ from distill.records import (
     Lineage,
     atomic_write_text,
     iter_jsonl,
+    numbered_json_objects,
     read_examples,
     read_json,
     write_jsonl,
@@ -151,19 +151,11 @@ def read_review_file(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                 rows.append((start, row))
                 start = reader.line_num + 1
             return rows
-    rows = []
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ReviewError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ReviewError(f"{path}:{number}: expected a JSON object")
-            rows.append((number, row))
-    return rows
+        try:
+            return list(numbered_json_objects(handle, path))
+        except ValueError as error:
+            raise ReviewError(str(error)) from None
 
 
 def import_decisions(run_dir: str | Path, path: str | Path) -> dict[str, dict[str, int]]:

@@ -16,12 +16,11 @@ from yizhongw/self-instruct works unchanged.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from distill.records import Example
+from distill.records import Example, numbered_json_objects
 
 SEED_TASKS_FILE = "seed_tasks.jsonl"
 
@@ -45,16 +44,8 @@ def load_seed_tasks(path: str | Path | None = None) -> list[Example]:
     tasks: list[Example] = []
     seen: dict[str, int] = {}
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+        for number, row in numbered_json_objects(handle, path):
             where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
             task = _seed_task(row, where)
             if task.id in seen:
                 raise ValueError(f"{where}: duplicate id {task.id!r} (first on line "

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from distill.records import numbered_json_objects
 
 SUFFIXES = (".md", ".markdown", ".txt", ".jsonl")
 
@@ -119,14 +120,12 @@ def load_documents(files: list[Path], text_field: str = "text") -> list[Document
         if Path(path).suffix.lower() != ".jsonl":
             documents.append(Document(str(path), content))
             continue
-        for number, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DocumentError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+        try:
+            rows = list(numbered_json_objects(content.splitlines(), path))
+        except ValueError as error:
+            raise DocumentError(str(error)) from None
+        for number, row in rows:
+            if not isinstance(row.get(text_field), str):
                 raise DocumentError(f"{path}:{number}: expected an object with a string "
                                     f"{text_field!r} field (set generate.text_field)")
             documents.append(Document(str(path), row[text_field], line=number))

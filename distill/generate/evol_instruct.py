@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from distill.backends.base import GenerationRequest
 from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.responses import ResponseSampling, SamplingConfig, generate_responses
-from distill.records import Example, Lineage, Rejected
+from distill.records import Example, Lineage, Rejected, numbered_json_objects
 
 METHOD = "evol_instruct"
 
@@ -337,15 +337,8 @@ def load_instructions(path: str | Path) -> list[Example]:
             raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
         located = [(f"{path}: item {i}", f"item-{i}", row) for i, row in enumerate(items)]
     else:
-        located = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            located.append((f"{path}:{number}", f"line-{number}", row))
+        located = [(f"{path}:{number}", f"line-{number}", row)
+                   for number, row in numbered_json_objects(text.splitlines(), path)]
     rows: list[Example] = []
     seen: set[str] = set()
     for where, default_id, row in located:
