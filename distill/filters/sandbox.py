@@ -12,7 +12,7 @@ filesystem with the home and working directories hidden, its own pid namespace (
 process it starts dies with it) and a size-capped tmpfs as its directory; as root it runs
 as `nobody`. Otherwise (`isolation="rlimits"`) sockets, ctypes and spawning programs are
 refused by a Python audit hook, which a determined program can get around: see
-.notes/readme_verification.md for what each mode guarantees. The child side is
+the README (Verification) for what each mode guarantees. The child side is
 `sandbox_boot.py`.
 """
 

@@ -6,7 +6,7 @@ A study file names a base recipe and the arms to compare (each a set of dotted o
 e.g. a data policy and its real fraction), the seeds and the number of rounds:
 
     name: replace_vs_accumulate
-    recipe: ../microworld_flywheel.yaml     # relative to the study file
+    recipe: base/microworld_flywheel.yaml   # relative to the study file
     output_dir: runs/collapse               # cells go to <output_dir>/<name>/<arm>-s<seed>
     rounds: 5
     seeds: [0, 1, 2]
