@@ -116,8 +116,9 @@ def batches(encoded: list[tuple[list[int], list[int]]], batch_tokens: int,
 
 def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_dir: Path, *,
                 seed: int, mask_prompts: set[str],
-                progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
-    """Pretrain a Llama from scratch on `documents`; save it with the tokenizer.
+                progress: Callable[[int, int, float], None] | None = None,
+                init_dir: Path | None = None) -> dict[str, Any]:
+    """Pretrain a Llama from scratch (or go on from `init_dir`) on `documents`; save it.
 
     Returns training statistics (steps, tokens, first and last loss, seconds).
     """
@@ -132,7 +133,8 @@ def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_d
     config = llama_config(len(tokenizer), hidden_size=spec.hidden_size, layers=spec.layers,
                           heads=spec.heads, intermediate_size=spec.intermediate_size,
                           max_positions=spec.max_length, tokenizer=tokenizer)
-    model = LlamaForCausalLM(config)
+    model = (LlamaForCausalLM.from_pretrained(init_dir) if init_dir is not None
+             else LlamaForCausalLM(config))
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
