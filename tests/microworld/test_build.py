@@ -97,9 +97,9 @@ def test_training_data_never_holds_benchmark_items() -> None:
 def test_full_build_teacher_beats_the_untrained_student(tmp_path) -> None:
     """The real build (about 3 minutes on 2 cores) and its headline numbers.
 
-    Measured at BUILD_VERSION 1: teacher 9.8% on the benchmark, student 1.7%; the >60%
-    teacher the microworld aims for is not reached within the 3-minute budget yet, so
-    this asserts what holds: the teacher learned something, the student did not.
+    Measured at BUILD_VERSION 2: teacher 33.6% on the benchmark (52.9% on difficulty 1),
+    student 3.8%. The build is deterministic on one machine; the margins leave room for
+    other CPUs' arithmetic.
     """
     from distill.microworld.benchmark import benchmark_tasks
     from distill.microworld.evaluate import accuracy, load
@@ -108,7 +108,10 @@ def test_full_build_teacher_beats_the_untrained_student(tmp_path) -> None:
     tasks = [t for family in benchmark_tasks().values() for t in family]
     teacher, tokenizer = load(paths["teacher"])
     student, student_tokenizer = load(paths["student"])
-    teacher_score = accuracy(teacher, tokenizer, tasks)["overall"]
+    teacher_scores = accuracy(teacher, tokenizer, tasks)
     student_score = accuracy(student, student_tokenizer, tasks)["overall"]
-    assert student_score < 0.05
-    assert teacher_score > student_score + 0.03
+    assert student_score < 0.08  # it never saw an instruction
+    assert teacher_scores["overall"] > 0.25
+    assert teacher_scores["per_difficulty"][1] > 0.4
+    # learned across the world, not one family: most families above chance-level 10%
+    assert sum(score >= 0.1 for score in teacher_scores["per_family"].values()) >= 10
