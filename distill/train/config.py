@@ -95,11 +95,7 @@ def resolve_sft_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
     """
     resolved = {**sft_defaults(full_finetune=full_finetune), "seed": seed,
                 "disable_tqdm": quiet, **args}
-    if "bf16" not in args and "fp16" not in args and not _bf16_device_available():
-        resolved["bf16"] = False
-    if "dataloader_pin_memory" not in args and not _cuda_available():
-        resolved["dataloader_pin_memory"] = False
-    return resolved
+    return _device_defaults(resolved, args)
 
 
 def dpo_defaults(*, full_finetune: bool) -> dict[str, Any]:
@@ -126,6 +122,11 @@ def resolve_dpo_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
     """`train.args` for `DPOConfig`, with distill's defaults where the user set nothing."""
     resolved = {**dpo_defaults(full_finetune=full_finetune), "seed": seed,
                 "disable_tqdm": quiet, **args}
+    return _device_defaults(resolved, args)
+
+
+def _device_defaults(resolved: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    """No bf16 where the device lacks it, no pinned memory without CUDA, unless asked."""
     if "bf16" not in args and "fp16" not in args and not _bf16_device_available():
         resolved["bf16"] = False
     if "dataloader_pin_memory" not in args and not _cuda_available():
