@@ -184,6 +184,9 @@ def select_training_data(policy: Policy, round_index: int, synthetic: list[list[
         raise ValueError(f"round {round_index}: expected synthetic data of {round_index + 1} "
                          f"round(s), got {len(synthetic)}")
     rng = random.Random(_seed(seed, "policy", policy, round_index))
+    # The shuffle leaves the policy out: under real_first every policy trains round 0 on
+    # the same real data, and so on the very same batches, so the arms share a start.
+    shuffle_rng = random.Random(_seed(seed, "shuffle", round_index))
     tagged: list[tuple[str, Example]] = []
     if policy == "replace":
         tagged = [(f"round_{round_index}", r) for r in synthetic[-1]]
@@ -211,7 +214,7 @@ def select_training_data(policy: Policy, round_index: int, synthetic: list[list[
     else:
         raise ValueError(f"unknown data policy {policy!r}; choose one of {list(POLICIES)}")
     if shuffle:
-        rng.shuffle(tagged)
+        shuffle_rng.shuffle(tagged)
     counts: dict[str, int] = {}
     for source, _ in tagged:
         counts[source] = counts.get(source, 0) + 1

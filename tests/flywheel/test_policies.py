@@ -122,3 +122,12 @@ def test_real_data_shorthand_becomes_a_path_source(tmp_path):
     recipe = load_recipe(write(tmp_path, {**BASE, "data": {"real_data": "real.jsonl"}}))
     assert recipe.data.real.path == str(tmp_path / "real.jsonl")
     assert recipe.data.real.held_out == 0
+
+
+def test_every_policy_trains_round_0_on_the_same_batches():
+    # real_first: round 0's data is the real data, so the arms of a study share a start
+    orders = {policy: [r.id for r in select_training_data(policy, 0, SYNTHETIC[:1], [],
+                                                          seed=3).records]
+              for policy in ("replace", "accumulate")}
+    assert orders["replace"] == orders["accumulate"]
+    assert orders["replace"] != [r.id for r in SYNTHETIC[0]]  # and it was shuffled
