@@ -38,6 +38,7 @@ def metric_plot(series: dict[str, dict[int, list[float]]], metric: str, path: Pa
         axes.fill_between(xs, [min(v) for _, v in kept], [max(v) for _, v in kept],
                           color=line.get_color(), alpha=0.2, linewidth=0)
     axes.set_xlabel("round")
+    axes.xaxis.get_major_locator().set_params(integer=True)  # no round 0.5
     axes.set_ylabel(metric)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)

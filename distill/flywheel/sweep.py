@@ -217,6 +217,9 @@ def write_sweep_report(study: Study, study_dir: Path, grid: list[Cell]) -> Path:
     if not results:
         blocks.append(("p", "No cell has measured a round yet."))
     table = [["metric", "arm", "first round", "last round", "change"]]
+    every_round = sorted({int(row.get("round", index)) for seeds in flat.values()
+                          for rows in seeds.values() for index, row in enumerate(rows)})
+    per_round = [["metric", "arm", *(f"r{r}" for r in every_round)]]
     for metric in metrics:
         series = {arm: _by_round(seeds, metric) for arm, seeds in flat.items()}
         series = {arm: by_round for arm, by_round in series.items() if by_round}
@@ -230,6 +233,8 @@ def write_sweep_report(study: Study, study_dir: Path, grid: list[Cell]) -> Path:
             change = b[0] - a[0] if not (math.isnan(a[0]) or math.isnan(b[0])) else math.nan
             table.append([metric, arm, f"{_fmt(a[0])} ± {_fmt(a[1])} (r{first})",
                           f"{_fmt(b[0])} ± {_fmt(b[1])} (r{last})", _fmt(change)])
+            per_round.append([metric, arm, *(_fmt(_mean_spread(by_round[r])[0])
+                                             if r in by_round else "" for r in every_round)])
     for arm, seeds in results.items():
         seed = min(seeds)
         histograms = {m["round"]: m["generated_perplexity"]["histogram"] for m in seeds[seed]
@@ -242,7 +247,8 @@ def write_sweep_report(study: Study, study_dir: Path, grid: list[Cell]) -> Path:
                        ("img", image.relative_to(study_dir).as_posix())]
     stops = _stops(study_dir, grid)
     if len(table) > 1:
-        blocks += [("h2", "Numbers (mean ± std over seeds)"), ("table", table)]
+        blocks += [("h2", "Numbers (mean ± std over seeds)"), ("table", table),
+                   ("h2", "Every round (mean over seeds)"), ("table", per_round)]
     if stops:
         blocks += [("h2", "Early stops"), ("table", [["cell", "after round", "reason"]] + stops)]
     markdown = _markdown(blocks)

@@ -96,6 +96,7 @@ def test_report_plots_each_metric_per_arm_with_seed_spread(tmp_path):
     row = "| held_out_perplexity.mean | {} | 10.5 ± 0.5 (r0) | {} ± 0.5 (r2) | {} |"
     assert row.format("replace", "20.5", "10") in text
     assert row.format("accumulate", "11.5", "1") in text
+    assert "| held_out_perplexity.mean | replace | 10.5 | 15.5 | 20.5 |" in text  # every round
     assert "| replace-s0 | 2 | it got worse |" in text
     html = (study_dir / "report.html").read_text()
     assert "<img src='plots/held_out_perplexity.mean.png'" in html and "<table>" in html
@@ -152,3 +153,36 @@ def test_cli_sweep_names_a_bad_study_and_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2
     assert "study file not found" in result.output
+
+
+@pytest.mark.slow
+def test_replace_collapses_and_accumulate_stays_bounded(tmp_path):
+    """The shipped study, one seed and three rounds: the papers' result, measured."""
+    from distill.microworld.build import build_models
+
+    build_models(quiet=True)
+    study_file = tmp_path / "short.yaml"
+    study = yaml.safe_load((COLLAPSE / "replace_vs_accumulate.yaml").read_text())
+    study.update(recipe=str(COLLAPSE / "base" / "microworld_flywheel.yaml"),
+                 output_dir=str(tmp_path / "runs"), rounds=3, seeds=[0])
+    study_file.write_text(yaml.safe_dump(study))
+    run_sweep(study_file)
+
+    def metric(arm, round_index, *path):
+        run_dir = tmp_path / "runs" / study["name"] / f"{arm}-s0"
+        value = json.loads((run_dir / f"round_{round_index}/measure/metrics.json").read_text())
+        for key in path:
+            value = value[key]
+        return value
+
+    perplexity = ("held_out_perplexity", "mean")
+    tail = ("microworld", "tail_mass")
+    # both arms start from the same generation 0, trained on the same real batches
+    assert metric("replace", 0, *perplexity) == pytest.approx(metric("accumulate", 0, *perplexity))
+    # replace: real data grows less likely and the rare families vanish from what it writes
+    assert metric("replace", 2, *perplexity) > 1.2 * metric("replace", 0, *perplexity)
+    assert metric("replace", 2, *tail) < 0.5 * metric("replace", 0, *tail)
+    # accumulate: keeping the real data bounds both
+    assert metric("accumulate", 2, *perplexity) < 1.1 * metric("accumulate", 0, *perplexity)
+    assert metric("accumulate", 2, *perplexity) < metric("replace", 2, *perplexity)
+    assert metric("accumulate", 2, *tail) > metric("replace", 2, *tail)
