@@ -34,7 +34,7 @@ from distill.microworld.train import ModelSpec
 
 MODEL_NAMES = ("teacher", "student")
 # Bump when a change to the generators, corpus or training changes what a build produces.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 
 @dataclass(frozen=True)

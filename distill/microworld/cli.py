@@ -2,6 +2,7 @@
 
 distill microworld build [--seed 0] [--force] [--cache-dir DIR] [--evaluate]
 distill microworld benchmark eval/tasks/microworld/data
+distill microworld seeds recipes/data/microworld_seed_tasks.jsonl
 """
 
 from __future__ import annotations
@@ -52,3 +53,12 @@ def benchmark(directory: Annotated[Path, typer.Argument(
 
     counts = write_benchmark(directory)
     typer.echo(f"wrote {sum(counts.values())} items in {len(counts)} families to {directory}")
+
+
+@app.command()
+def seeds(path: Annotated[Path, typer.Argument(help="The seed-task JSONL to write.")] = Path(
+        "recipes/data/microworld_seed_tasks.jsonl")) -> None:
+    """Write the seed tasks Self-Instruct starts from (a few per family, none in the benchmark)."""
+    from distill.microworld.seeds import write_seed_tasks
+
+    typer.echo(f"wrote {write_seed_tasks(path)} seed tasks to {path}")

@@ -21,6 +21,15 @@ def test_committed_data_is_what_write_benchmark_writes(tmp_path) -> None:
                            shallow=False), f"regenerate: distill microworld benchmark ({family})"
 
 
+def test_committed_seed_tasks_are_what_the_generators_write(tmp_path) -> None:
+    from distill.microworld.seeds import write_seed_tasks
+
+    write_seed_tasks(tmp_path / "seeds.jsonl")
+    committed = TASKS_DIR.parents[1] / "recipes" / "data" / "microworld_seed_tasks.jsonl"
+    assert filecmp.cmp(tmp_path / "seeds.jsonl", committed, shallow=False), \
+        "regenerate: distill microworld seeds"
+
+
 def test_items_are_distinct_and_stratified() -> None:
     for family, tasks in benchmark_tasks().items():
         assert len({t.key for t in tasks}) == len(tasks), family

@@ -79,6 +79,16 @@ def test_generated_tasks_verify_and_subtle_mistakes_fail(family: str, difficulty
             assert check(record.model_copy(update={"output": wrong})).status == "wrong_answer"
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_no_single_answer_wins_a_family(family: str) -> None:
+    # a family where one constant reply scores well measures nothing: count_letter once
+    # drew its letter from the word, and "1" was right four times in five
+    rng = random.Random(7)
+    answers = Counter(str(FAMILIES[family].generate(rng, difficulty).answer.value)
+                      for difficulty in (1, 2, 3) for _ in range(200))
+    assert answers.most_common(1)[0][1] / 600 < 0.4, answers.most_common(3)
+
+
 @pytest.mark.parametrize(("instruction", "input", "truth"), [
     ("Add the two numbers.", "17 + 25", "42"),
     ("Compute the sum of the numbers.", "1 + 2 + 3", "6"),

@@ -27,6 +27,10 @@ WORDS = {
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
+def _counts(word: str) -> dict[str, int]:
+    return {letter: word.count(letter) for letter in set(word)}
+
+
 class Reverse:
     """Reverse a word: "apple" -> "elppa"."""
 
@@ -68,13 +72,17 @@ class CountLetter:
     )
 
     def generate(self, rng: random.Random, difficulty: int) -> Draft:
-        """A new task at `difficulty` (1 easy .. 3 hard)."""
-        word = pick(rng, WORDS[difficulty])
-        if difficulty == 3 and rng.random() < 0.25:
-            letter = pick(rng, [c for c in _LETTERS if c not in word])  # answer 0
+        """A new task at `difficulty` (1 easy .. 3 hard: longer words)."""
+        # The count is drawn first, uniformly over 0, 1 and 2, and then a word and a letter
+        # with that count: letters drawn from the word itself occur once nearly always, so
+        # answering "1" to every task would score about 80 %.
+        count = pick(rng, [0, 1, 2])
+        words = [w for w in WORDS[difficulty] if count == 0 or count in _counts(w).values()]
+        word = pick(rng, words)
+        if count == 0:
+            letter = pick(rng, [c for c in _LETTERS if c not in word])
         else:
-            letter = pick(rng, word)  # by occurrence: repeated letters come up more often
-        count = word.count(letter)
+            letter = pick(rng, sorted(c for c, n in _counts(word).items() if n == count))
         times = "time" if count == 1 else "times"
         statement = f"The letter '{letter}' appears {count} {times} in {word}."
         instruction = pick(rng, self.templates).format(letter=letter)
