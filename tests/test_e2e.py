@@ -68,8 +68,9 @@ def test_quickstart_runs_every_stage_and_reports(quickstart_run):
                            ("round_0", "evaluate"), ("round_0", "measure")}
     generated = stages["round_0", "generate"]["counts"]["candidates"]
     filtered = stages["round_0", "filter"]["counts"]
-    assert generated == 96 and filtered["in"] == 96
-    assert 0 < filtered["kept"] < 96  # the verifier drops the teacher's wrong answers
+    # 96 tasks parsed; a task the teacher then answers with nothing is rejected
+    assert 90 <= generated <= 96 and filtered["in"] == generated
+    assert 0 < filtered["kept"] < generated  # the verifier drops the teacher's wrong answers
     funnel = read_json(quickstart_run / "round_0" / "filter" / "funnel.json")
     assert [step["filter"] for step in funnel] == ["heuristics", "verify", "dedup", "novelty"]
     assert funnel[1]["dropped"].get("wrong_answer", 0) > 0
@@ -80,7 +81,7 @@ def test_quickstart_runs_every_stage_and_reports(quickstart_run):
                     "wrong_answer"):
         assert heading in report
     rejected = read_jsonl(quickstart_run / "round_0" / "filter" / "rejected.jsonl")
-    assert len(rejected) == 96 - filtered["kept"]  # every dropped record is kept on disk
+    assert len(rejected) == generated - filtered["kept"]  # every dropped record is kept on disk
 
 
 def test_student_is_trained_and_scored_before_and_after(quickstart_run):
