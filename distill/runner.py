@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from distill.flywheel.data import RealDraw
 from distill.recipe import Recipe
 from distill.records import read_json, read_records, write_json, write_jsonl
@@ -93,6 +95,14 @@ def resolve_model_path(model: str) -> str:
         log.info("%s: using the cached build, or building it now (a few minutes, once)", model)
         return str(resolve_model_ref(model))
     return model
+
+
+def fingerprinted(settings: BaseModel) -> dict[str, Any]:
+    """A stage's settings as they enter its fingerprint, less those that change only speed.
+
+    A settings class names those in its `OPERATIONAL` class variable.
+    """
+    return settings.model_dump(mode="json", exclude=set(getattr(settings, "OPERATIONAL", ())))
 
 
 class _StopAfter(Exception):  # noqa: N818 - control flow, not an error
@@ -286,7 +296,7 @@ class Runner:
     def filter(self, label: str, generated: Stage) -> Stage:
         """Quality filters in order: `kept.jsonl`, `rejected.jsonl`, `funnel.json`."""
         recipe = self.recipe
-        config = {"filters": [f.model_dump(mode="json") for f in recipe.filters],
+        config = {"filters": [fingerprinted(f) for f in recipe.filters],
                   "seed": recipe.seed}
         inputs = {"generate": generated.fingerprint,
                   "seed_tasks": file_sha256(self._seed_tasks_path()),
@@ -441,14 +451,14 @@ class Runner:
     def measure(self, label: str, round_index: int, stages: dict[str, Stage],
                 model: ModelRef, reference: ModelRef, real: RealDraw | None) -> Stage:
         """Per-round metrics (distill.flywheel.measure): `metrics.json`."""
-        from distill.flywheel.measure import OPERATIONAL, measure_round
+        from distill.flywheel.measure import measure_round
 
         recipe = self.recipe
         settings = recipe.measure
         microworld = settings.microworld
         if microworld is None:
             microworld = any(task.startswith("microworld") for task in recipe.eval.tasks)
-        config = {"measure": settings.model_dump(mode="json", exclude=OPERATIONAL),
+        config = {"measure": fingerprinted(settings),
                   "microworld": microworld, "seed": recipe.seed}
         inputs = {"stages": {name: stage.fingerprint for name, stage in stages.items()},
                   "model": model.identity, "reference": reference.identity,

@@ -52,3 +52,16 @@ def test_begin_keeps_checkpoints_of_same_fingerprint_only(tmp_path):
     # another config must not reuse those checkpoints
     other = store.stage("round_0", "generate", {"k": 2}, {})
     assert not (other.begin() / "checkpoints").exists()
+
+
+def test_speed_only_settings_stay_out_of_stage_fingerprints():
+    from distill.filters.near_dedup import EmbeddingConfig
+    from distill.filters.perplexity import Config as PerplexityConfig
+    from distill.flywheel.measure import MeasureConfig
+    from distill.runner import fingerprinted
+
+    for make in (lambda **kw: PerplexityConfig(model="m", **kw), EmbeddingConfig, MeasureConfig):
+        assert fingerprinted(make(batch_size=2)) == fingerprinted(make(batch_size=64))
+        assert "batch_size" in make(batch_size=2).model_dump()  # still in the resolved recipe
+    assert fingerprinted(PerplexityConfig(model="m", max_length=8)) != \
+        fingerprinted(PerplexityConfig(model="m", max_length=16))

@@ -44,7 +44,7 @@ import itertools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -130,6 +130,9 @@ class EmbeddingConfig(BaseModel):
         "first", description="Which record of a cluster survives: the first in stream order, "
         "or the longest text (ties: the first).")
     batch_size: int = Field(64, ge=1, description="Texts per embedding forward pass.")
+
+    # settings that change only speed: left out of the filter stage's fingerprint
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
 
 @dataclass

@@ -20,7 +20,7 @@ empty output) gets None and is kept.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,6 +53,9 @@ class Config(BaseModel):
     batch_size: int = Field(8, ge=1, description="Records per forward pass.")
     device: str | None = Field(None, description="Where the reference model runs; default "
                                "CUDA when available.")
+
+    # settings that change only speed (batching is exact, see tests/metrics/test_perplexity)
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> Config:

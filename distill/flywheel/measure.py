@@ -24,17 +24,13 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill.records import Example, write_json
 
 log = logging.getLogger("distill")
-
-# Changing these only changes speed; they stay out of the stage's fingerprint.
-OPERATIONAL = {"batch_size"}
-
 
 class MeasureConfig(BaseModel):
     """`measure:` settings of the per-round metrics."""
@@ -67,6 +63,9 @@ class MeasureConfig(BaseModel):
                                     "include the microworld benchmark.")
     tail_fraction: float = Field(0.5, gt=0, lt=1, description="Rarest share of microworld "
                                  "families counted as the tail.")
+
+    # settings that change only speed: left out of the stage's fingerprint
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
 
 def record_text(example: Example, tokenizer: Any = None) -> str:
