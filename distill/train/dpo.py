@@ -21,7 +21,6 @@ records TRL's chosen-minus-rejected reward margin in the first and last logged s
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ from pathlib import Path
 from distill.train.config import TrainResult, TrainSpec, resolve_dpo_args
 from distill.train.sft import (
     PreparedTraining,
-    _close_process_group,
     _silence_progress_bars,
     load_tokenizer,
+    run_entry_point,
     train_and_save,
     train_sft,
 )
@@ -133,19 +132,10 @@ def _rewrite_log(result: TrainResult) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `python -m distill.train.dpo spec.json` (under accelerate or not)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m distill.train.dpo SPEC.json", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    spec = TrainSpec.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
-    result = train_dpo(spec)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"distill.train.dpo: {result.num_examples} pairs, {result.steps} steps, "
-              f"reward margin {result.reward_margin_start} -> {result.reward_margin_end}, "
-              f"merged model in {result.merged_dir}", flush=True)
-    _close_process_group()
-    return 0
+    return run_entry_point("distill.train.dpo", train_dpo, lambda result: (
+        f"{result.num_examples} pairs, {result.steps} steps, reward margin "
+        f"{result.reward_margin_start} -> {result.reward_margin_end}, merged model in "
+        f"{result.merged_dir}"), argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,17 +337,23 @@ def _silence_progress_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `python -m distill.train.sft spec.json` (under accelerate or not)."""
+    return run_entry_point("distill.train.sft", train_sft, lambda result: (
+        f"{result.num_examples} examples, {result.steps} steps, loss {result.first_loss} -> "
+        f"{result.final_loss}, merged model in {result.merged_dir}"), argv)
+
+
+def run_entry_point(module: str, train: Callable[[TrainSpec], TrainResult],
+                    summary: Callable[[TrainResult], str], argv: list[str] | None) -> int:
+    """What `python -m <module> spec.json` does: train, then rank 0 prints `summary`."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m distill.train.sft SPEC.json", file=sys.stderr)
+        print(f"usage: python -m {module} SPEC.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     spec = TrainSpec.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
-    result = train_sft(spec)
+    result = train(spec)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"distill.train.sft: {result.num_examples} examples, {result.steps} steps, "
-              f"loss {result.first_loss} -> {result.final_loss}, merged model in "
-              f"{result.merged_dir}", flush=True)
+        print(f"{module}: {summary(result)}", flush=True)
     _close_process_group()
     return 0
 
