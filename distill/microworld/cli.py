@@ -24,7 +24,8 @@ def build(
     cache_dir: Annotated[Path | None, typer.Option(
         help="Where builds live (default $DISTILL_CACHE/microworld).")] = None,
     evaluate: Annotated[bool, typer.Option(
-        help="Then score both models on the held-out benchmark (greedy, in-process).")] = False,
+        help="Then score both models on the held-out benchmark (greedy, in-process) and "
+        "count the tasks the teacher writes when prompted Self-Instruct style.")] = False,
 ) -> None:
     """Build (or find cached) the teacher and student; print their directories."""
     from distill.microworld.build import build_models
@@ -34,7 +35,7 @@ def build(
         typer.echo(f"{name}: {path}")
     if evaluate:
         from distill.microworld.benchmark import benchmark_tasks
-        from distill.microworld.evaluate import accuracy, load
+        from distill.microworld.evaluate import accuracy, load, task_writing
 
         tasks = [t for family in benchmark_tasks().values() for t in family]
         for name, path in paths.items():
@@ -42,6 +43,11 @@ def build(
             scores = accuracy(model, tokenizer, tasks)
             scores.pop("mistakes")
             typer.echo(f"{name} accuracy: {json.dumps(scores)}")
+            if name == "teacher":
+                written = task_writing(model, tokenizer, prompts=48, temperature=0.8)
+                summary = {k: written[k] for k in ("expected_tasks", "parsed_tasks", "status",
+                                                   "families")}
+                typer.echo(f"teacher task writing: {json.dumps(summary)}")
 
 
 @app.command()

@@ -94,15 +94,14 @@ def test_training_data_never_holds_benchmark_items() -> None:
 
 
 @pytest.mark.slow
-def test_full_build_teacher_beats_the_untrained_student(tmp_path) -> None:
-    """The real build (about 3 minutes on 2 cores) and its headline numbers.
+def test_full_build_teacher_answers_and_writes_tasks_the_student_base_cannot(tmp_path) -> None:
+    """The real build (about 5 minutes on 2 cores) and its headline numbers.
 
-    Measured at BUILD_VERSION 2: teacher 33.6% on the benchmark (52.9% on difficulty 1),
-    student 3.8%. The build is deterministic on one machine; the margins leave room for
-    other CPUs' arithmetic.
+    Measured at BUILD_VERSION 4 (README, "What the quickstart does"). The build is
+    deterministic on one machine; the margins leave room for other CPUs' arithmetic.
     """
     from distill.microworld.benchmark import benchmark_tasks
-    from distill.microworld.evaluate import accuracy, load
+    from distill.microworld.evaluate import accuracy, load, task_writing
 
     paths = build_models(tmp_path, quiet=True)
     tasks = [t for family in benchmark_tasks().values() for t in family]
@@ -111,7 +110,12 @@ def test_full_build_teacher_beats_the_untrained_student(tmp_path) -> None:
     teacher_scores = accuracy(teacher, tokenizer, tasks)
     student_score = accuracy(student, student_tokenizer, tasks)["overall"]
     assert student_score < 0.08  # it never saw an instruction
-    assert teacher_scores["overall"] > 0.25
-    assert teacher_scores["per_difficulty"][1] > 0.4
-    # learned across the world, not one family: most families above chance-level 10%
-    assert sum(score >= 0.1 for score in teacher_scores["per_family"].values()) >= 10
+    assert teacher_scores["overall"] > 0.22
+    # learned across the world, not one family: most families at 10 % or more
+    assert sum(score >= 0.1 for score in teacher_scores["per_family"].values()) >= 9
+    # Self-Instruct prompting makes it write whole tasks that the verifier can check
+    written = task_writing(teacher, tokenizer, prompts=48, temperature=0.8)
+    assert written["parsed_tasks"] >= 0.6 * written["expected_tasks"]
+    verifiable = written["parsed_tasks"] - written["status"].get("unverifiable", 0)
+    assert verifiable >= 0.8 * written["parsed_tasks"]
+    assert len(written["families"]) >= 6
