@@ -1,9 +1,11 @@
 """How much a microworld student base knows, and how much fine-tuning unlocks.
 
-    python scripts/probe_student_base.py --pre-steps 3000 --answers sentence
+    python scripts/probe_student_base.py                    # the build's student base
+    python scripts/probe_student_base.py --pre-steps 1000 --pre-lr 5e-4   # build 3's
 
-Pretrains a student-sized model on the world's facts as plain sentences (the build's
-student corpus), then measures:
+Pretrains a student-sized model on the world's facts as plain sentences, exactly as
+`distill microworld build` does (same tokenizer, corpus and seed; the schedule defaults
+to the build's), then measures:
 
 - statement accuracy: the base completes each benchmark fact's sentence up to its answer
   ("The sum of 6 and 9 is") and is right when it writes the answer;
@@ -11,9 +13,9 @@ student corpus), then measures:
   teacher could give), answering either with the short answer or with the fact's sentence
   (the form it was pretrained on), scored on the 420-item benchmark like the build report.
 
-The README's issue-3 figures (2 % / 16 % statement accuracy after 1,000 / 3,000 steps;
-0.067 short, 0.086 sentence answers) come from this script. Models go to a temporary
-folder; nothing is cached.
+The README's student-base figures come from this script (build 4's base: 26 % statement
+accuracy; build 3's 1,000-step base: 4 %). Models go to a temporary folder; nothing is
+cached.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from distill.microworld.benchmark import benchmark_keys, benchmark_tasks
+from distill.microworld.build import BuildConfig
 from distill.microworld.corpus import (
     END,
     Document,
@@ -57,22 +60,26 @@ def statement_accuracy(model, tokenizer) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pre-steps", type=int, default=1000)
-    parser.add_argument("--pre-lr", type=float, default=5e-4)
-    parser.add_argument("--documents", type=int, default=60000)
+    build = BuildConfig()
+    parser.add_argument("--pre-steps", type=int, default=build.student.steps)
+    parser.add_argument("--pre-lr", type=float, default=build.student.lr)
+    parser.add_argument("--documents", type=int, default=build.student_documents)
     parser.add_argument("--sft-chats", type=int, default=1000)
     parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--answers", choices=["short", "sentence"], default="short")
     args = parser.parse_args()
 
-    tokenizer = train_tokenizer(tokenizer_texts(random.Random(0), 3000), 1024)
+    tokenizer = train_tokenizer(tokenizer_texts(random.Random(build.seed), build.tokenizer_tasks),
+                                build.vocab_size)
     held_out = benchmark_keys()
-    size = dict(hidden_size=128, layers=2, heads=2, intermediate_size=256)  # the student's
+    student = build.student
+    size = dict(hidden_size=student.hidden_size, layers=student.layers, heads=student.heads,
+                intermediate_size=student.intermediate_size)
     work = Path(tempfile.mkdtemp(prefix="probe-student-"))
-    documents = student_documents(args.documents, random.Random(2), held_out,
-                                  family_exponent=0.3)
+    documents = student_documents(args.documents, random.Random(build.seed + 2), held_out,
+                                  family_exponent=build.family_exponent)
     pretrained = train_model(documents, tokenizer, ModelSpec(
-        **size, steps=args.pre_steps, batch_tokens=1024, lr=args.pre_lr),
+        **size, steps=args.pre_steps, batch_tokens=student.batch_tokens, lr=args.pre_lr),
         work / "base", seed=0, mask_prompts=set())
     base, base_tokenizer = load(work / "base")
 
