@@ -64,7 +64,8 @@ class BuildConfig:
     # The student needs about 3,000 steps to know enough facts for fine-tuning to unlock:
     # after 1,000 steps it completed 4 % of the benchmark's facts as sentences and learned
     # nothing but the answer format from the teacher's data; after 3,000 (lr 1e-3), 26 %,
-    # and two quickstart rounds took it from 0.04 to 0.11, add from 0.07 to 0.30.
+    # and two quickstart rounds take it from 0.038 to 0.12-0.16 (seeds 0-2), add from 0.07
+    # to 0.20-0.30 (README).
     student: ModelSpec = field(default_factory=lambda: ModelSpec(
         hidden_size=128, layers=2, heads=2, intermediate_size=256, steps=3000,
         batch_tokens=1024, lr=1e-3))
