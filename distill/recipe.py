@@ -372,6 +372,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: invalid recipe\n{format_validation_error(error)}") from None
 
 
+def recipe_model() -> type[Recipe]:
+    """The recipe's pydantic model, with every registered component in its unions."""
+    return Recipe
+
+
 def recipe_json_schema() -> dict[str, Any]:
     """The recipe's JSON Schema, for editors."""
-    return Recipe.model_json_schema()
+    return recipe_model().model_json_schema()
