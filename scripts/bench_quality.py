@@ -20,7 +20,7 @@ the decisions a greedy pass over those exact pairs makes. Precision and recall a
 dropped documents against those decisions; "rep. ok" is the fraction of dropped documents
 whose named representative truly is a near-duplicate (Jaccard >= threshold).
 
-    .venv/bin/python scripts/bench_quality.py                  # every section, ~1 min
+    .venv/bin/python scripts/bench_quality.py                  # every section, a few minutes
     .venv/bin/python scripts/bench_quality.py --only minhash --docs 5000   # a smoke run
     .venv/bin/python scripts/bench_quality.py --only decontamination       # see its section
 

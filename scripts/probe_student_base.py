@@ -13,9 +13,8 @@ to the build's), then measures:
   teacher could give), answering either with the short answer or with the fact's sentence
   (the form it was pretrained on), scored on the 420-item benchmark like the build report.
 
-The README's student-base figures come from this script (build 4's base: 26 % statement
-accuracy; build 3's 1,000-step base: 4 %). Models go to a temporary folder; nothing is
-cached.
+The student-base figures in docs/results.md ("How the quickstart got here") come from
+this script. Models go to a temporary folder; nothing is cached.
 """
 
 from __future__ import annotations

@@ -45,27 +45,25 @@ class BuildConfig:
     seed: int = 0
     vocab_size: int = 1024
     tokenizer_tasks: int = 3000
-    # Measured with one-off runs of train_model on 90k chats, 3,000 steps of 1,024 tokens,
-    # scored by evaluate.accuracy on the benchmark: the learning rate matters most (2e-3:
-    # 10 %, 1e-3: 26 %, 5e-4: 30 %, 3e-4: 26 %). Small batches give more steps for the same
-    # compute. `distill microworld build --evaluate` reports what this config reaches.
+    # One-off runs of train_model (docs/results.md, "Microworld teacher's learning rate"):
+    # the learning rate matters most, and 5e-4 learned the mix best. Small batches give
+    # more steps for the same compute. `distill microworld build --evaluate` reports what
+    # this config reaches.
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec(
         hidden_size=128, layers=2, heads=2, intermediate_size=512, steps=3500,
         batch_tokens=1024, lr=5e-4))
     teacher_chats: int = 100000
     # Self-Instruct task lists, about a third of the teacher's tokens, and loss on the
-    # chats' user turns too. Measured (`evaluate.task_writing`, 48 prompts at temperature
-    # 0.8): with 1,500 lists and loss on answers only, 36 of 240 asked-for tasks parsed and
-    # none was a coherent, verifiable task ("Subtract the product of the numbers." /
-    # "35 + 61"); with 8,000 lists and loss on whole chats, 195 parsed and 187 were
-    # verifiable, for a benchmark accuracy of 0.26 against 0.28.
+    # chats' user turns too: with 1,500 lists and loss on answers only the teacher wrote
+    # no coherent, verifiable task, with 8,000 and loss on whole chats nearly every task it
+    # writes is verifiable, at a little answer accuracy (`evaluate.task_writing`, which
+    # `--evaluate` runs; figures in docs/results.md, "How the quickstart got here").
     teacher_task_lists: int = 8000
     teacher_learns_user_turns: bool = True
     # The student needs about 3,000 steps to know enough facts for fine-tuning to unlock:
-    # after 1,000 steps it completed 4 % of the benchmark's facts as sentences and learned
-    # nothing but the answer format from the teacher's data; after 3,000 (lr 1e-3), 26 %,
-    # and two quickstart rounds take it from 0.038 to 0.12-0.16 (seeds 0-2), add from 0.07
-    # to 0.20-0.30 (README).
+    # after 1,000 steps it learned nothing but the answer format from the teacher's data;
+    # after 3,000 (lr 1e-3) two quickstart rounds raise its benchmark score several-fold
+    # (scripts/probe_student_base.py; figures in docs/results.md, "Quickstart").
     student: ModelSpec = field(default_factory=lambda: ModelSpec(
         hidden_size=128, layers=2, heads=2, intermediate_size=256, steps=3000,
         batch_tokens=1024, lr=1e-3))
