@@ -84,8 +84,9 @@ def default_text(field) -> str:
             return ""
     else:
         return "**required**"
-    if isinstance(value, BaseModel):
-        return "(section)"
+    if isinstance(value, BaseModel):  # a section; one of a union says which kind
+        kind = getattr(value, "kind", None)
+        return f"(section, `kind: {kind}`)" if isinstance(kind, str) else "(section)"
     return "`" + stable_repr(value).replace("|", "\\|") + "`"
 
 
