@@ -5,24 +5,20 @@ A request holds chat messages (rendered with the model's chat template) or a raw
 parameters and `n`. A backend returns one `Generation` per sample, tagged with the
 request id and the sample index, in request order.
 
-Backends are named in recipes (`hf`, `vllm`, `openai`) and imported only when used, so
-`import distill` never imports vLLM.
+Backends register in `distill.registry.BACKENDS` under the name recipes use (`hf`,
+`vllm`, `openai`) and import their libraries only when built, so `import distill` never
+imports vLLM. Each names the engine options that change only speed in `OPERATIONAL`; the
+others (dtype, max_model_len, ...) enter generation fingerprints.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-# name -> "module:Class"; the only plugin machinery there is.
-BACKENDS: dict[str, str] = {
-    "hf": "distill.backends.hf:HFBackend",
-    "vllm": "distill.backends.vllm:VLLMBackend",
-    "openai": "distill.backends.openai:OpenAIBackend",
-}
+from distill.registry import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -98,6 +94,9 @@ ProgressFn = Callable[[int], None]
 class Backend(Protocol):
     """What the generation stages need from a model server."""
 
+    # engine options that change only speed (batch sizes, memory, parallelism, endpoints)
+    OPERATIONAL: ClassVar[frozenset[str]]
+
     def identity(self) -> dict[str, Any]:
         """What makes this model's outputs what they are (model, weights hash, template)."""
         ...
@@ -114,9 +113,11 @@ class Backend(Protocol):
 
 
 def load_backend(name: str, **options: Any) -> Backend:
-    """Instantiate a backend by its recipe name, importing its module only now."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
-    module_name, class_name = BACKENDS[name].split(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)(**options)
+    """Instantiate a backend by its recipe name."""
+    return BACKENDS.get(name)(**options)
+
+
+def semantic_engine_options(name: str, engine: dict[str, Any]) -> dict[str, Any]:
+    """A backend's engine options as they enter a fingerprint: all but the speed-only."""
+    operational = BACKENDS.get(name).OPERATIONAL
+    return {key: value for key, value in sorted(engine.items()) if key not in operational}

@@ -38,7 +38,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from distill.backends.base import (
     Generation,
@@ -47,7 +47,8 @@ from distill.backends.base import (
     request_seed,
     sample_seed,
 )
-from distill.backends.identity import model_identity, resolve_chat_template
+from distill.identity import model_identity, resolve_chat_template
+from distill.registry import BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +108,13 @@ class _Row:
     finish_reason: str | None = None
 
 
+@BACKENDS.register("hf")
 class HFBackend:
     """transformers generation behind the backend protocol (see the module docstring)."""
 
     name = "hf"
+    # batching is exact here (left padding, per-request seeds): only speed changes
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
     def __init__(self, model: str, chat_template: str | None = None, dtype: str = "auto",
                  batch_size: int = 16, device: str | None = None, seed: int = 0,

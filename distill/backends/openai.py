@@ -37,9 +37,10 @@ import logging
 import os
 import random
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from distill.backends.base import Generation, GenerationRequest, ProgressFn, request_seed
+from distill.registry import BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +96,15 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+@BACKENDS.register("openai")
 class OpenAIBackend:
     """An OpenAI-compatible endpoint behind the backend protocol (see the module docstring)."""
 
     name = "openai"
+    # where the server is and how patiently it is asked: the model name is the identity
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({
+        "base_url", "api_key_env", "max_concurrency", "max_retries", "timeout", "backoff_base",
+        "backoff_max"})
 
     def __init__(self, model: str, base_url: str | None = None,
                  api_key_env: str | None = "OPENAI_API_KEY", max_concurrency: int = 8,

@@ -35,11 +35,12 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from distill.backends.base import Generation, GenerationRequest, ProgressFn, request_seed
 from distill.backends.hf import encode_request
-from distill.backends.identity import model_identity, resolve_chat_template
+from distill.identity import model_identity, resolve_chat_template
+from distill.registry import BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +70,17 @@ def _progress_bar_factory(progress: ProgressFn):
     return _Bar
 
 
+@BACKENDS.register("vllm")
 class VLLMBackend:
     """vLLM offline generation behind the backend protocol (see the module docstring)."""
 
     name = "vllm"
+    # memory, parallelism and scheduling change speed (design.md: parallel sizes are
+    # operational), not what a seeded request samples
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({
+        "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size",
+        "data_parallel_size", "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens",
+        "enforce_eager", "swap_space"})
 
     def __init__(self, model: str, chat_template: str | None = None, dtype: str = "auto",
                  seed: int = 0, enable_prefix_caching: bool = True,

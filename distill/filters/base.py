@@ -1,4 +1,8 @@
-"""The filter protocol and the funnel that runs filters in order.
+"""The filter seam and the funnel that runs filters in order.
+
+A filter is one module: its settings class derives from `FilterSettings`, registers under
+its `kind` (`@FILTERS.register`), declares what its verdicts depend on
+(`dependencies()`) and builds the filter (`build(context)`).
 
 A filter sees the whole batch of surviving records at once (novelty and dedup depend on
 what came before) and returns one `Verdict` per record. The funnel runs the recipe's
@@ -8,26 +12,15 @@ with its reason, and counts what each filter took out, with a few examples per r
 
 from __future__ import annotations
 
-import importlib
+from abc import abstractmethod
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from distill.component import Component, undeclared
 from distill.records import Example, Rejected
-
-# recipe name -> "module:Class". Each class is built as Class(config, context).
-FILTERS: dict[str, str] = {
-    "heuristics": "distill.filters.heuristics:HeuristicFilter",
-    "novelty": "distill.filters.novelty:NoveltyFilter",
-    "dedup": "distill.filters.dedup:ExactDedupFilter",
-    "verify": "distill.filters.verify:VerifyFilter",
-    "judge": "distill.filters.judge:JudgeFilter",
-    "minhash_dedup": "distill.filters.near_dedup:MinHashDedupFilter",
-    "embedding_dedup": "distill.filters.near_dedup:EmbeddingDedupFilter",
-    "perplexity": "distill.filters.perplexity:PerplexityFilter",
-}
 
 EXAMPLES_PER_REASON = 3
 
@@ -43,13 +36,13 @@ class Verdict:
 
 @dataclass
 class FilterContext:
-    """What filters may need beyond their own config."""
+    """What filters may need beyond their own settings."""
 
-    seed_examples: list[Example] = field(default_factory=list)  # e.g. the novelty pool's start
-    run_dir: Path | None = None
     seed: int = 0
-    teacher: Any = None  # the recipe's TeacherSpec: the LLM judge's default model
     work_dir: Path | None = None  # the filter stage's directory (judge checkpoints)
+    teacher: Any = None  # the recipe's teacher (a ServedModel): "teacher" in dependencies
+    # the run's seed tasks (the novelty pool's start); raises unless the filter declared them
+    seed_tasks: Callable[[], list[Example]] = undeclared("seed_tasks")
 
 
 class Filter(Protocol):
@@ -62,11 +55,12 @@ class Filter(Protocol):
         ...
 
 
-def build_filter(config: Any, context: FilterContext) -> Filter:
-    """Instantiate the filter named by `config.kind`, importing its module only now."""
-    module_name, class_name = FILTERS[config.kind].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(config, context)
+class FilterSettings(Component):
+    """Base of every filter's settings in the recipe's `filters:` list."""
+
+    @abstractmethod
+    def build(self, context: FilterContext) -> Filter:
+        """The filter these settings describe."""
 
 
 @dataclass

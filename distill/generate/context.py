@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.backends.base import Backend, Generation, GenerationRequest
+from distill.component import undeclared
 from distill.records import Rejected, atomic_write_text, iter_jsonl
 
 
@@ -40,10 +41,14 @@ class GenerationStats:
 
 @dataclass
 class GenerationContext:
-    """Checkpoint directory, rank layout and backend for one generation stage."""
+    """Checkpoint directory, rank layout, backend and run inputs for one generation stage."""
 
     backend: Backend
     checkpoint_dir: Path
+    teacher_name: str = ""  # the teacher's path or hub id, for lineage
+    # The run inputs; each raises unless the method declared it in dependencies().inputs.
+    seed_tasks: Callable[[], list[Any]] = undeclared("seed_tasks")
+    real_records: Callable[[], list[Any]] = undeclared("real")
     round: int = 0
     seed: int = 0
     rank: int = 0

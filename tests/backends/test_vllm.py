@@ -109,7 +109,7 @@ def test_identity(engine, tiny_model_dir):
     identity = engine.identity()
     assert identity["backend"] == "vllm"
     assert identity["source"] == "local"
-    from distill.backends.identity import model_identity
+    from distill.identity import model_identity
 
     assert identity["fingerprint"] == model_identity(str(tiny_model_dir))["fingerprint"]
 

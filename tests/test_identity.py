@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from distill.backends import identity as identity_module
-from distill.backends.identity import cached_file_sha256, model_identity, resolve_chat_template
+from distill import identity as identity_module
+from distill.identity import cached_file_sha256, model_identity, resolve_chat_template
 
 
 @pytest.fixture

@@ -1,0 +1,132 @@
+"""Models as a recipe names them, and as a stage loads them.
+
+- `ModelSpec`: a model to load. A hub id (`org/name`, at a `revision`), a local
+  checkpoint directory, or `scheme:name` for models a plugin provides
+  (`microworld:teacher`); and the chat template it is used with. Recipes may write a bare
+  string for it.
+- `ServedModel`: a model to load and the backend that serves it (teacher, judges,
+  answer models).
+- `ModelRef`: a resolved model: the path or hub id the libraries load, and its identity
+  (`distill.identity`), which every fingerprint that depends on the model folds in.
+
+Schemes are registered in `distill.registry.MODEL_SCHEMES` by the plugins that own them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from distill.registry import BACKENDS, MODEL_SCHEMES
+from distill.settings import Strict, base_dir, resolve_path
+
+log = logging.getLogger("distill")
+
+_SCHEME = re.compile(r"^([a-z][a-z0-9_]*):(.+)$")
+
+
+@dataclass(frozen=True)
+class ModelScheme:
+    """Models a plugin provides: their names, and how to get one's checkpoint directory."""
+
+    names: tuple[str, ...]
+    resolve: Callable[[str], str]  # name -> checkpoint directory (built on first use)
+
+
+class ModelSpec(Strict):
+    """A model to load, and the chat template it is used with."""
+
+    model: str = Field(description="Hub id (org/name), local checkpoint directory, or "
+                       "scheme:name of a plugin's model (microworld:teacher).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) "
+                                 "of a hub id; null: main.")
+    chat_template: str | None = Field(None, description="Path to a Jinja chat template that "
+                                      "replaces the tokenizer's own.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_string(cls, value: Any) -> Any:
+        return {"model": value} if isinstance(value, str) else value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str, info: ValidationInfo) -> str:
+        return check_model_reference(value, base_dir(info))
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(value, info)
+
+
+class ServedModel(ModelSpec):
+    """A model to load and the backend that serves it."""
+
+    backend: str = Field("hf", description="Which backend serves the model.",
+                         json_schema_extra=lambda schema: schema.update(enum=BACKENDS.names()))
+    engine: dict[str, Any] = Field(default_factory=dict, description="Options passed to the "
+                                   "backend as they are (batch_size, gpu_memory_utilization, "
+                                   "tensor_parallel_size, base_url, max_concurrency, ...).")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        BACKENDS.get(value)  # raises, naming the known backends
+        return value
+
+
+def check_model_reference(value: str, base: Path) -> str:
+    """Keep hub ids and known `scheme:name`s; resolve and check local directories."""
+    match = _SCHEME.match(value)
+    if match:
+        scheme, name = match.groups()
+        provider: ModelScheme = MODEL_SCHEMES.get(scheme)
+        if name not in provider.names:
+            raise ValueError(f"unknown {scheme} model {name!r}; choose one of "
+                             f"{list(provider.names)}")
+        return value
+    candidate = (base / Path(value).expanduser())
+    looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1
+    if looks_local or candidate.exists():
+        path = candidate.resolve()
+        if not path.exists():
+            raise ValueError(f"file or directory not found: {value} (looked at {path})")
+        return str(path)
+    return value  # "org/name" on a model hub, loaded by the backend
+
+
+def model_path(model: str) -> str:
+    """What the libraries load for a reference: a plugin's checkpoint, or `model` itself."""
+    match = _SCHEME.match(model)
+    if not match:
+        return model
+    scheme, name = match.groups()
+    log.info("%s: using the cached build, or building it now (a few minutes, once)", model)
+    return MODEL_SCHEMES.get(scheme).resolve(name)
+
+
+@dataclass
+class ModelRef:
+    """A model some stage loads, and what makes it that model (for fingerprints)."""
+
+    path: str
+    identity: dict[str, Any]
+    chat_template: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def resolve(cls, spec: ModelSpec) -> ModelRef:
+        """Find (or build) the model's files and hash what makes it that model."""
+        from distill.identity import model_identity
+
+        path = model_path(spec.model)
+        identity = model_identity(path, chat_template=spec.chat_template,
+                                  revision=spec.revision)
+        return cls(path=path, identity=identity, chat_template=spec.chat_template,
+                   revision=spec.revision)
