@@ -5,89 +5,45 @@ resolves relative paths against the recipe's own directory and validates everyth
 Any problem raises `RecipeError` with one line per problem naming the field path
 (`filters.1.threshold: ...`); the CLI prints it and exits with code 2.
 
-Component settings are defined once, next to the code that uses them (the generation
-method, each filter, training, evaluation), and embedded here.
+Component settings are defined once, next to the code that uses them, and registered
+(`distill.registry`); `recipe_model()` assembles the recipe's unions of generators,
+filters, data policies and real-data sources from the registries.
 """
 
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from distill.evaluate.contamination import Config as DecontaminationConfig
 from distill.evaluate.harness import Config as EvalConfig
-from distill.filters.dedup import Config as DedupConfig
-from distill.filters.heuristics import Config as HeuristicsConfig
-from distill.filters.judge import Config as JudgeFilterConfig
-from distill.filters.near_dedup import EmbeddingConfig as EmbeddingDedupConfig
-from distill.filters.near_dedup import MinHashConfig as MinHashDedupConfig
-from distill.filters.novelty import Config as NoveltyConfig
-from distill.filters.perplexity import Config as PerplexityConfig
-from distill.filters.verify import Config as VerifyConfig
-from distill.flywheel.data import Policy, RealDataConfig
+from distill.filters.base import FilterSettings
 from distill.flywheel.measure import MeasureConfig
+from distill.flywheel.policies import DataPolicy
+from distill.flywheel.real import RealSource
 from distill.flywheel.stopping import StopRule
-from distill.generate.continuation import Config as ContinuationConfig
-from distill.generate.doc_qa import Config as DocQAConfig
-from distill.generate.evol_instruct import Config as EvolInstructConfig
-from distill.generate.preference import Config as PreferenceConfig
-from distill.generate.self_instruct import Config as SelfInstructConfig
-from distill.generate.textbook import Config as TextbookConfig
+from distill.generate.base import GeneratorSettings
+from distill.models import ModelSpec, ServedModel
+from distill.registry import FILTERS, GENERATORS, POLICIES, REAL_SOURCES
 from distill.review import Config as ReviewConfig
+from distill.settings import Strict, resolve_path
 from distill.train.config import LoraSettings, TrainConfig
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names every offending field."""
-
-
-class Strict(BaseModel):
-    """Base for recipe sections: unknown keys are errors, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-def resolve_path(value: str | None, info: ValidationInfo, *, must_exist: bool = True) -> str | None:
-    """Resolve a path relative to the recipe's directory and check that it exists."""
-    if value is None:
-        return None
-    base = Path((info.context or {}).get("base_dir", "."))
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    path = path.resolve()
-    if must_exist and not path.exists():
-        raise ValueError(f"file or directory not found: {value} (looked at {path})")
-    return str(path)
-
-
-def resolve_model(value: str, info: ValidationInfo) -> str:
-    """Keep hub ids and `microworld:` references; resolve and check local directories."""
-    if value.startswith("microworld:"):
-        from distill.microworld.build import MODEL_NAMES
-
-        name = value.split(":", 1)[1]
-        if name not in MODEL_NAMES:
-            raise ValueError(f"unknown microworld model {name!r}; choose one of {MODEL_NAMES}")
-        return value
-    looks_local = value.startswith((".", "/", "~")) or value.count("/") != 1
-    base = Path((info.context or {}).get("base_dir", "."))
-    candidate = (base / Path(value).expanduser())
-    if looks_local or candidate.exists():
-        return resolve_path(value, info)  # type: ignore[return-value]
-    return value  # "org/name" on a model hub, loaded by the backend
 
 
 # distill's own lm-eval tasks (the microworld benchmark), beside the package in a checkout.
@@ -103,34 +59,9 @@ def _include_path(value: str | None, info: ValidationInfo) -> str | None:
         raise ValueError(f"include_path: {error}") from None
 
 
-class ModelSpec(Strict):
-    """A model named in a recipe, and the chat template it is used with."""
-
-    model: str = Field(description="Hub id (org/name), local checkpoint directory, or "
-                       "microworld:teacher / microworld:student.")
-    chat_template: str | None = Field(None, description="Path to a Jinja chat template that "
-                                      "replaces the tokenizer's own.")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str, info: ValidationInfo) -> str:
-        return resolve_model(value, info)
-
-    @field_validator("chat_template")
-    @classmethod
-    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return resolve_path(value, info)
-
-
-class TeacherSpec(ModelSpec):
+class TeacherSpec(ServedModel):
     """The model that writes the synthetic data."""
 
-    backend: Literal["hf", "vllm", "openai"] = Field(
-        "hf", description="hf: transformers on CPU/GPU; vllm: offline vLLM engine; openai: any "
-        "OpenAI-compatible server (set engine.base_url and engine.api_key_env).")
-    engine: dict[str, Any] = Field(default_factory=dict, description="Options passed to the "
-                                   "backend as they are (batch_size, gpu_memory_utilization, "
-                                   "tensor_parallel_size, base_url, max_concurrency, ...).")
     checkpoint_every: int = Field(64, ge=1, description="Requests per generation checkpoint "
                                   "chunk; chunks are also the unit split across ranks. Use "
                                   "hundreds with vLLM so its batches stay full.")
@@ -149,26 +80,27 @@ class DataSpec(Strict):
 
     seed_tasks: str | None = Field(None, description="JSONL of seed tasks (instruction, input, "
                                    "output); default: distill's own general-purpose seed file.")
-    real_data: str | None = Field(None, description="JSONL of real examples that data policies "
-                                  "mix into training (shorthand for real.path with "
-                                  "held_out 0).")
-    real: RealDataConfig | None = Field(None, description="Real data for the data policies, "
-                                        "the measure stage and continuation prompts: a JSONL "
-                                        "`path` or `microworld: {count: N}` ground-truth "
-                                        "tasks, with `held_out` records kept for measuring.")
+    real: RealSource | None = Field(None, description="Real data for the data policies, "
+                                    "the measure stage and continuation prompts, chosen by "
+                                    "`kind` (a JSONL `path`, or a plugin's source), with "
+                                    "`held_out` records kept for measuring.")
 
-    @field_validator("seed_tasks", "real_data")
+    @field_validator("seed_tasks")
     @classmethod
     def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
         return resolve_path(value, info)
 
-    @model_validator(mode="after")
-    def _one_real_source(self) -> DataSpec:
-        if self.real_data is not None and self.real is not None:
-            raise ValueError("give real data once: real_data (a path) or real, not both")
-        if self.real_data is not None:
-            self.real = RealDataConfig(path=self.real_data, held_out=0)
-        return self
+    @field_validator("real", mode="before")
+    @classmethod
+    def _bare_path(cls, value: Any) -> Any:
+        # `real: data.jsonl` is short for a path source with nothing held out
+        return {"kind": "path", "path": value, "held_out": 0} if isinstance(value, str) else value
+
+    def seed_tasks_path(self) -> Path:
+        """The seed-task file: the recipe's, or distill's general-purpose default."""
+        from distill.data import seed_tasks_path
+
+        return Path(self.seed_tasks) if self.seed_tasks else seed_tasks_path()
 
 
 class RoundsSpec(Strict):
@@ -178,15 +110,10 @@ class RoundsSpec(Strict):
     next_teacher: Literal["teacher", "student"] = Field(
         "teacher", description="student: the round's trained student generates the next "
         "round's data (the flywheel); teacher: the original teacher always does.")
-    data_policy: Policy = Field(
-        "replace", description="replace: train on this round's synthetic data only; "
-        "accumulate: real data plus every round's synthetic data so far; "
-        "accumulate_subsample: accumulate, then a seeded sample of `budget` records; mix: "
-        "this round's synthetic data with a `real_fraction` share of real data, same size.")
-    budget: int | None = Field(None, ge=1, description="accumulate_subsample: training "
-                               "records per round.")
-    real_fraction: float | None = Field(None, gt=0, lt=1, description="mix: share of real "
-                                        "records in the training set (Shumailov: 0.1).")
+    data_policy: DataPolicy = Field(
+        default_factory=lambda: POLICIES.get("replace")(),
+        description="Which data each round trains on, chosen by `kind` (a bare name is "
+        "short for `{kind: name}`).")
     fresh_real: bool = Field(False, description="Draw a new real sample every round (seeded "
                              "by round) instead of reusing round 0's.")
     real_first: bool = Field(False, description="Round 0 trains on the real data instead of "
@@ -197,32 +124,18 @@ class RoundsSpec(Strict):
                                  "after each round's measure stage: plateau (metric, mode, "
                                  "min_delta, patience), floor or ceiling (metric, value).")
 
+    @field_validator("data_policy", mode="before")
+    @classmethod
+    def _bare_policy(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _policy_settings(self) -> RoundsSpec:
-        if self.data_policy == "accumulate_subsample" and self.budget is None:
-            raise ValueError("data_policy accumulate_subsample needs budget (records per round)")
-        if self.budget is not None and self.data_policy != "accumulate_subsample":
-            raise ValueError(f"budget is for accumulate_subsample, not {self.data_policy}")
-        if self.data_policy == "mix" and self.real_fraction is None:
-            raise ValueError("data_policy mix needs real_fraction (e.g. 0.1)")
-        if self.real_fraction is not None and self.data_policy != "mix":
-            raise ValueError(f"real_fraction is for mix, not {self.data_policy}")
         if self.real_first and self.fresh_real:
             raise ValueError("real_first and fresh_real do not combine (round 0's data is the "
                              "real data that accumulate keeps)")
         return self
 
-
-Filter = Annotated[
-    HeuristicsConfig | NoveltyConfig | DedupConfig | VerifyConfig | MinHashDedupConfig
-    | EmbeddingDedupConfig | PerplexityConfig | JudgeFilterConfig,
-    Field(discriminator="kind"),
-]
-GenerateConfig = Annotated[
-    SelfInstructConfig | EvolInstructConfig | DocQAConfig | TextbookConfig | PreferenceConfig
-    | ContinuationConfig,
-    Field(discriminator="kind"),
-]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -237,8 +150,8 @@ class Recipe(Strict):
     teacher: TeacherSpec = Field(description="The model that writes the data.")
     student: StudentSpec = Field(description="The model that is trained.")
     data: DataSpec = Field(default_factory=DataSpec, description="Seed tasks and real data.")
-    generate: GenerateConfig = Field(description="The generation method, chosen by `kind`.")
-    filters: list[Filter] = Field(default_factory=list, description="Quality filters, each "
+    generate: GeneratorSettings = Field(description="The generation method, chosen by `kind`.")
+    filters: list[FilterSettings] = Field(default_factory=list, description="Quality filters, each "
                                   "chosen by `kind`, applied in order.")
     decontamination: DecontaminationConfig = Field(
         default_factory=DecontaminationConfig, description="The gate against benchmark "
@@ -257,14 +170,16 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _needs_real_data(self) -> Recipe:
         needs = []
-        if self.rounds.data_policy == "mix":
-            needs.append("rounds.data_policy mix")
+        if self.rounds.data_policy.NEEDS_REAL:
+            needs.append(f"rounds.data_policy {self.rounds.data_policy.kind}")
         if self.rounds.fresh_real:
             needs.append("rounds.fresh_real")
         if self.rounds.real_first:
             needs.append("rounds.real_first")
-        if self.generate.kind == "continuation":
-            needs.append("generate.kind continuation (its prompts are real texts)")
+        for where, component in [("generate", self.generate),
+                                  *((f"filters.{i}", f) for i, f in enumerate(self.filters))]:
+            if "real" in component.dependencies().inputs:
+                needs.append(f"{where} (kind {component.kind}) reads real data")
         if needs and self.data.real is None:
             raise ValueError(f"{', '.join(needs)} needs real data: set data.real")
         if self.rounds.stop and not self.measure.enabled:
@@ -274,9 +189,9 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _dpo_needs_pairs(self) -> Recipe:
-        if self.train.method != "sft" and self.generate.kind != "preference":
+        if self.train.method != "sft" and self.generate.OUTPUT != "pairs":
             raise ValueError(f"train.method {self.train.method} trains on preference pairs: "
-                             "use generate.kind preference")
+                             "use a generation method that writes them (kind preference)")
         return self
 
     @field_validator("eval")
@@ -367,14 +282,43 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: a recipe is a YAML mapping of sections")
     data = apply_overrides(data, overrides or [])
     try:
-        return Recipe.model_validate(data, context={"base_dir": path.parent.resolve()})
+        return recipe_model().model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as error:
         raise RecipeError(f"{path}: invalid recipe\n{format_validation_error(error)}") from None
 
 
 def recipe_model() -> type[Recipe]:
     """The recipe's pydantic model, with every registered component in its unions."""
-    return Recipe
+    registries = (GENERATORS, FILTERS, POLICIES, REAL_SOURCES)
+    return _recipe_model(tuple(tuple(registry.classes()) for registry in registries))
+
+
+@cache
+def _recipe_model(classes: tuple[tuple[type, ...], ...]) -> type[Recipe]:
+    # Built per set of registered classes, so a component registered later (a plugin, a
+    # test's toy filter) gets a model that knows it.
+    generators, filters, policies, sources = (_union(group) for group in classes)
+    data = _narrow(DataSpec, real=(sources | None, DataSpec.model_fields["real"]))
+    rounds = _narrow(RoundsSpec, data_policy=(policies, RoundsSpec.model_fields["data_policy"]))
+    return _narrow(Recipe, generate=(generators, Recipe.model_fields["generate"]),
+                   filters=(list[filters], Recipe.model_fields["filters"]),
+                   data=(data, Field(default_factory=data, description=Recipe.model_fields[
+                       "data"].description)),
+                   rounds=(rounds, Field(default_factory=rounds, description=Recipe.model_fields[
+                       "rounds"].description)))
+
+
+def _union(classes: tuple[type, ...]) -> Any:
+    """A `kind`-discriminated union of registered settings classes."""
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[classes], Field(discriminator="kind")]  # noqa: UP007
+
+
+def _narrow(base: type[Strict], **fields: Any) -> Any:
+    """`base` with some fields' types narrowed (to unions of registered classes)."""
+    return create_model(base.__name__, __base__=base, __module__=base.__module__,
+                        __doc__=base.__doc__, **fields)
 
 
 def recipe_json_schema() -> dict[str, Any]:

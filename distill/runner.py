@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from distill.flywheel.data import RealDraw
+from distill.component import Component, Dependent, fingerprint_inputs, path_sha256
+from distill.dist import Ranks
+from distill.flywheel.real import RealDraw
+from distill.models import ModelRef, ModelSpec
 from distill.recipe import Recipe
 from distill.records import read_json, read_records, write_json, write_jsonl
 from distill.store import RunStore, Stage, file_sha256
@@ -33,51 +33,6 @@ STAGES = ("generate", "filter", "decontaminate", "train", "evaluate", "measure")
 
 
 @dataclass
-class Ranks:
-    """This process's place among the accelerate ranks (one rank when not launched)."""
-
-    rank: int = 0
-    world_size: int = 1
-    _state: Any = None
-
-    @classmethod
-    def from_env(cls) -> Ranks:
-        """Join the process group only when `accelerate launch` started several ranks."""
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls()
-        import torch
-        from accelerate import PartialState
-
-        # Without cpu=True, accelerate 1.x silently starts a lone non-distributed state on a
-        # machine without GPUs, and every rank believes it is the main one.
-        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-        state = PartialState(cpu=use_cpu or not torch.cuda.is_available())
-        if state.num_processes != int(os.environ["WORLD_SIZE"]):
-            raise RuntimeError(f"accelerate started {state.num_processes} process(es) but "
-                               f"WORLD_SIZE is {os.environ['WORLD_SIZE']}")
-        return cls(rank=state.process_index, world_size=state.num_processes, _state=state)
-
-    @property
-    def is_main(self) -> bool:
-        """True on the rank that filters, decontaminates and writes shared files."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait for every rank (a no-op on one process)."""
-        if self._state is not None:
-            self._state.wait_for_everyone()
-
-
-@dataclass
-class ModelRef:
-    """A model some stage loads, and what makes it that model (for fingerprints)."""
-
-    path: str
-    identity: dict[str, Any]
-    chat_template: str | None = None
-
-
-@dataclass
 class RunOptions:
     """How to run, as opposed to what to run (never part of a fingerprint)."""
 
@@ -85,24 +40,6 @@ class RunOptions:
     stop_after: str | None = None  # stop once this stage of round 0 is done (debugging)
     quiet: bool = False
     progress: Callable[[str, int, int], None] | None = None  # (task, done, total)
-
-
-def resolve_model_path(model: str) -> str:
-    """Turn `microworld:<name>` into its built checkpoint; other references pass through."""
-    if model.startswith("microworld:"):
-        from distill.microworld.build import resolve_model_ref
-
-        log.info("%s: using the cached build, or building it now (a few minutes, once)", model)
-        return str(resolve_model_ref(model))
-    return model
-
-
-def fingerprinted(settings: BaseModel) -> dict[str, Any]:
-    """A stage's settings as they enter its fingerprint, less those that change only speed.
-
-    A settings class names those in its `OPERATIONAL` class variable.
-    """
-    return settings.model_dump(mode="json", exclude=set(getattr(settings, "OPERATIONAL", ())))
 
 
 class _StopAfter(Exception):  # noqa: N818 - control flow, not an error
@@ -118,6 +55,7 @@ class Runner:
         self.ranks = Ranks.from_env()
         self.store = RunStore(Path(recipe.output_dir) / recipe.name)
         self._forcing: set[str] = set()
+        self._models: dict[str, ModelRef] = {}  # resolved once per run
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -140,8 +78,8 @@ class Runner:
 
     def _rounds(self) -> None:
         recipe = self.recipe
-        student = self._model_ref(recipe.student.model, recipe.student.chat_template)
-        teacher = self._model_ref(recipe.teacher.model, recipe.teacher.chat_template)
+        student = self._model_ref(recipe.student)
+        teacher = self._model_ref(recipe.teacher)
         self.evaluate("base", student)
         clean_data: list[Stage] = []
         real_draws: list[RealDraw] = []
@@ -184,24 +122,40 @@ class Runner:
 
     def _real_draw(self, round_index: int) -> RealDraw | None:
         """The round's real data (training sample and held-out set), or None."""
-        from distill.flywheel.data import draw_real
+        from distill.flywheel.real import draw_real
 
         real = self.recipe.data.real
         if real is None:
             return None
         return draw_real(real, self.recipe.seed, round_index, fresh=self.recipe.rounds.fresh_real)
 
-    def _model_ref(self, model: str, chat_template: str | None) -> ModelRef:
-        from distill.backends.identity import model_identity
+    def _model_ref(self, spec: ModelSpec) -> ModelRef:
+        # The main rank builds plugin models first; the others then find them cached.
+        key = spec.model_dump_json(include={"model", "revision", "chat_template"})
+        if key not in self._models:
+            if not self.ranks.is_main:
+                self.ranks.barrier()
+            self._models[key] = ModelRef.resolve(spec)
+            if self.ranks.is_main:
+                self.ranks.barrier()
+        return self._models[key]
 
-        # The main rank builds microworld models first; the others then find them cached.
-        if self.ranks.is_main:
-            path = resolve_model_path(model)
-        self.ranks.barrier()
-        if not self.ranks.is_main:
-            path = resolve_model_path(model)
-        return ModelRef(path=path, identity=model_identity(path, chat_template=chat_template),
-                        chat_template=chat_template)
+    def _identity(self, spec: ModelSpec | str) -> str:
+        """A declared model's identity fingerprint ("teacher": the recipe's teacher)."""
+        return self._model_ref(self.recipe.teacher if spec == "teacher" else spec
+                               ).identity["fingerprint"]
+
+    def _seed_tasks(self) -> list[Any]:
+        from distill.data import load_seed_tasks
+
+        return load_seed_tasks(self.recipe.data.seed_tasks_path())
+
+    def _component(self, component: Dependent, real: RealDraw | None = None) -> dict[str, Any]:
+        """What a generator or filter contributes to its stage's fingerprint."""
+        seed_tasks = self.recipe.data.seed_tasks_path()
+        run_inputs = {"seed_tasks": file_sha256(seed_tasks),
+                      "real": real.identity if real is not None else None}
+        return fingerprint_inputs(component, self._identity, run_inputs)
 
     def _stage(self, label: str, name: str, config: Any, inputs: dict[str, Any],
                work: Callable[[Path], dict[str, Any]]) -> Stage:
@@ -233,47 +187,44 @@ class Runner:
     def generate(self, label: str, round_index: int, teacher: ModelRef,
                  real: RealDraw | None = None) -> Stage:
         """Teacher writes candidates: `candidates.jsonl` (+ `rejected.jsonl`)."""
+        from distill.backends.base import semantic_engine_options
+
         recipe = self.recipe
-        seed_tasks = self._seed_tasks_path()
-        config = {"method": recipe.generate.model_dump(mode="json"), "seed": recipe.seed,
-                  "round": round_index, "backend": recipe.teacher.backend}
-        inputs = {"teacher": teacher.identity, "seed_tasks": file_sha256(seed_tasks)}
-        # the continuation method prompts with the round's real data, not the seed tasks
-        prompts_from_real = recipe.generate.kind == "continuation"
-        real_first = recipe.rounds.real_first and round_index == 0
-        if prompts_from_real or real_first:
-            inputs["real"] = real.identity
-        if real_first:  # round 0 trains on real data: the "generation" is the real draw
+        method = recipe.generate
+        if recipe.rounds.real_first and round_index == 0:
+            # round 0 trains on real data: the "generation" is the real draw
             config = {"real_first": True, "seed": recipe.seed}
-            inputs = {"real": real.identity}
-            return self._stage(label, "generate", config, inputs,
+            return self._stage(label, "generate", config, {"real": real.identity},
                                lambda out: self._real_as_candidates(out, real))
-        # files a method reads besides the seed tasks (e.g. evol_instruct's instructions)
-        input_files = getattr(recipe.generate, "input_files", dict)()
-        inputs.update({name: file_sha256(path) for name, path in input_files.items()})
-        # models a method uses besides the teacher (preference: answer models, the judge)
-        inputs.update(self._models_used([recipe.generate]))
+        backend = recipe.teacher.backend
+        config = {"method": self._component(method, real), "seed": recipe.seed,
+                  "round": round_index, "backend": backend,
+                  "engine": semantic_engine_options(backend, recipe.teacher.engine)}
+        inputs = {"teacher": teacher.identity}
 
         def work(out: Path) -> dict[str, Any]:
             from distill.backends.base import load_backend
-            from distill.generate import load_generator
             from distill.generate.context import GenerationContext
-            from distill.generate.self_instruct import load_seed_tasks
 
-            backend = load_backend(recipe.teacher.backend, model=teacher.path,
-                                   chat_template=teacher.chat_template, seed=recipe.seed,
-                                   **recipe.teacher.engine)
+            declared = method.dependencies().inputs
+            loaders: dict[str, Any] = {}
+            if "seed_tasks" in declared:
+                loaders["seed_tasks"] = self._seed_tasks
+            if "real" in declared:
+                loaders["real_records"] = lambda: list(real.train)
+            engine = load_backend(backend, model=teacher.path,
+                                  chat_template=teacher.chat_template, seed=recipe.seed,
+                                  **recipe.teacher.engine)
             context = GenerationContext(
-                backend=backend, checkpoint_dir=out / "checkpoints", round=round_index,
-                seed=recipe.seed, rank=self.ranks.rank, world_size=self.ranks.world_size,
-                chunk_size=recipe.teacher.checkpoint_every,
-                barrier=self.ranks.barrier, progress=self._progress(f"{label} generate"))
+                backend=engine, checkpoint_dir=out / "checkpoints", teacher_name=teacher.path,
+                round=round_index, seed=recipe.seed, rank=self.ranks.rank,
+                world_size=self.ranks.world_size, chunk_size=recipe.teacher.checkpoint_every,
+                barrier=self.ranks.barrier, progress=self._progress(f"{label} generate"),
+                **loaders)
             try:
-                generate = load_generator(recipe.generate.kind)
-                seeds = real.train if prompts_from_real else load_seed_tasks(seed_tasks)
-                result = generate(recipe.generate, context, seeds, teacher_name=teacher.path)
+                result = method.run(context)
             finally:
-                backend.close()
+                engine.close()
             if not self.ranks.is_main:
                 return {}
             write_jsonl(out / "candidates.jsonl", result.examples)
@@ -296,23 +247,22 @@ class Runner:
     def filter(self, label: str, generated: Stage) -> Stage:
         """Quality filters in order: `kept.jsonl`, `rejected.jsonl`, `funnel.json`."""
         recipe = self.recipe
-        config = {"filters": [fingerprinted(f) for f in recipe.filters],
-                  "seed": recipe.seed}
-        inputs = {"generate": generated.fingerprint,
-                  "seed_tasks": file_sha256(self._seed_tasks_path()),
-                  **self._models_used(recipe.filters)}  # the judge filter's judge
+        config = {"filters": [self._component(f) for f in recipe.filters], "seed": recipe.seed}
+        inputs = {"generate": generated.fingerprint}
 
         def work(out: Path) -> dict[str, Any]:
             if not self.ranks.is_main:
                 return {}
-            from distill.filters.base import FilterContext, build_filter, run_funnel
-            from distill.generate.self_instruct import load_seed_tasks
+            from distill.filters.base import FilterContext, run_funnel
+
+            def context(settings: Component) -> FilterContext:
+                declared = settings.dependencies().inputs
+                loaders = {"seed_tasks": self._seed_tasks} if "seed_tasks" in declared else {}
+                return FilterContext(seed=recipe.seed, work_dir=out, teacher=recipe.teacher,
+                                     **loaders)
 
             candidates = read_records(generated.path / "candidates.jsonl")
-            context = FilterContext(seed_examples=load_seed_tasks(self._seed_tasks_path()),
-                                    run_dir=self.store.root, seed=recipe.seed,
-                                    teacher=recipe.teacher, work_dir=out)
-            filters = [build_filter(config, context) for config in recipe.filters]
+            filters = [settings.build(context(settings)) for settings in recipe.filters]
             report = self._progress(f"{label} filter")
             result = run_funnel(filters, candidates,
                                 progress=lambda name, n: report and report(name, n, n))
@@ -331,9 +281,8 @@ class Runner:
         tasks = decon.tasks or recipe.eval.tasks
         # The section's own include_path wins; the eval tasks' is the default.
         include_path = decon.include_path or recipe.eval.include_path
-        config = {"decontamination": decon.model_dump(mode="json"), "tasks": tasks,
-                  "include_path": include_path}
-        inputs = {"filter": filtered.fingerprint}
+        config = {"decontamination": self._component(decon), "tasks": tasks}
+        inputs = {"filter": filtered.fingerprint, "benchmarks": _tasks_identity(include_path)}
 
         def work(out: Path) -> dict[str, Any]:
             if not self.ranks.is_main:
@@ -366,27 +315,21 @@ class Runner:
     def train(self, label: str, student: ModelRef, clean_data: list[Stage],
               real_draws: list[RealDraw] | None = None) -> Stage:
         """LoRA (or full) fine-tuning of the base student on this round's data policy."""
-        from distill.flywheel.data import select_training_data
-
         recipe = self.recipe
-        rounds = recipe.rounds
-        policy = rounds.data_policy
-        accumulating = policy in ("accumulate", "accumulate_subsample")
-        sources = clean_data if accumulating else clean_data[-1:]
-        real_draws = (real_draws or []) if policy != "replace" else []
-        if rounds.real_first and policy != "mix":
-            real_draws = []  # round 0's data is the real data; counting it twice would skew
+        policy = recipe.rounds.data_policy
+        round_index = len(clean_data) - 1
+        sources = policy.sources(round_index, real_first=recipe.rounds.real_first)
+        data = [clean_data[r] for r in sources.synthetic]
+        real = [(real_draws or [])[r] for r in sources.real]
         config = {"train": recipe.train.model_dump(mode="json", exclude={"accelerate_config"}),
                   "lora": recipe.student.lora and recipe.student.lora.model_dump(mode="json"),
-                  "policy": policy, "budget": rounds.budget,
-                  "real_fraction": rounds.real_fraction, "seed": recipe.seed}
-        inputs = {"student": student.identity, "data": [s.fingerprint for s in sources],
-                  "real": [d.identity for d in (real_draws if accumulating else real_draws[-1:])]}
+                  "policy": policy.model_dump(mode="json"), "seed": recipe.seed}
+        inputs = {"student": student.identity, "data": [s.fingerprint for s in data],
+                  "real": [draw.identity for draw in real]}
         if recipe.review.apply:  # importing decisions retrains (distill.review)
             from distill.review import decisions_hash
 
-            inputs["review"] = [decisions_hash(self.store.root, s.round_dir.name)
-                                for s in clean_data]
+            inputs["review"] = [decisions_hash(self.store.root, s.round_dir.name) for s in data]
 
         def work(out: Path) -> dict[str, Any]:
             from distill.train.launch import launch_training
@@ -395,21 +338,21 @@ class Runner:
             data_path = out / "train.jsonl"
             mix: dict[str, int] = {}
             if self.ranks.is_main:
-                synthetic = [read_records(s.path / "clean.jsonl") for s in clean_data]
+                synthetic = {r: read_records(s.path / "clean.jsonl")
+                             for r, s in zip(sources.synthetic, data, strict=True)}
                 if recipe.review.apply:  # drop rejected examples, train on fixes
                     from distill.review import apply_decisions
 
-                    synthetic = [apply_decisions(self.store.root, s.round_dir.name, rows)[0]
-                                 for s, rows in zip(clean_data, synthetic, strict=True)]
+                    synthetic = {r: apply_decisions(self.store.root, f"round_{r}", rows)[0]
+                                 for r, rows in synthetic.items()}
                 # sequential sampling trains in the order the stages wrote (the textbook
                 # method's curriculum order, simple to complex)
-                selection = select_training_data(
-                    policy, len(clean_data) - 1, synthetic, [d.train for d in real_draws],
-                    seed=recipe.seed, budget=rounds.budget, real_fraction=rounds.real_fraction,
+                selection = policy.select(
+                    round_index, synthetic, [draw.train for draw in real], seed=recipe.seed,
                     shuffle=recipe.train.args.get("train_sampling_strategy") != "sequential")
                 if not selection.records:
                     raise RuntimeError(f"{label}: no training data survived the filters; see "
-                                       f"the funnel in {sources[-1].round_dir}")
+                                       f"the funnel in {data[-1].round_dir}")
                 write_jsonl(data_path, selection.records)
                 mix = selection.counts
             self.ranks.barrier()
@@ -437,7 +380,7 @@ class Runner:
         # batch size only changes speed, so it stays out of the fingerprint
         config = {"eval": recipe.eval.model_dump(mode="json", exclude={"batch_size"}),
                   "seed": recipe.seed}
-        inputs = {"model": model.identity}
+        inputs = {"model": model.identity, "benchmarks": _tasks_identity(recipe.eval.include_path)}
 
         def work(out: Path) -> dict[str, Any]:
             from distill.evaluate.harness import evaluate_model
@@ -458,7 +401,7 @@ class Runner:
         microworld = settings.microworld
         if microworld is None:
             microworld = any(task.startswith("microworld") for task in recipe.eval.tasks)
-        config = {"measure": fingerprinted(settings),
+        config = {"measure": settings.model_dump(mode="json", exclude=set(settings.OPERATIONAL)),
                   "microworld": microworld, "seed": recipe.seed}
         inputs = {"stages": {name: stage.fingerprint for name, stage in stages.items()},
                   "model": model.identity, "reference": reference.identity,
@@ -483,26 +426,23 @@ class Runner:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _models_used(self, configs: list[Any]) -> dict[str, Any]:
-        """Identities of the models that generation or filter configs load themselves."""
-        refs = [ref for config in configs
-                for ref in getattr(config, "models_used", lambda teacher: [])(self.recipe.teacher)]
-        if not refs:
-            return {}
-        return {"models": [self._model_ref(model, template).identity for model, template in refs]}
-
-    def _seed_tasks_path(self) -> Path:
-        if self.recipe.data.seed_tasks:
-            return Path(self.recipe.data.seed_tasks)
-        from distill.generate.self_instruct import DEFAULT_SEED_TASKS
-
-        return Path(DEFAULT_SEED_TASKS)
-
     def _progress(self, task: str) -> Callable[[str, int, int], None] | None:
         callback = self.options.progress
         if callback is None or not self.ranks.is_main:
             return None
         return lambda key, done, total: callback(f"{task}: {key}", done, total)
+
+
+def _tasks_identity(include_path: str | None) -> str | None:
+    """The local task folder's contents: editing a benchmark or its YAML re-runs what read it.
+
+    Tasks that lm-eval ships are identified by their names (in the stage config) and the
+    installed lm-eval.
+    """
+    from importlib.metadata import version
+
+    local = path_sha256(include_path) if include_path else None
+    return f"{local}|lm-eval {version('lm_eval')}"
 
 
 def checkpoint_tokens(checkpoint_dir: Path) -> dict[str, int]:

@@ -73,8 +73,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from distill.component import Dependencies, Dependent
 from distill.evaluate.paraphrase import ParaphraseConfig
 from distill.records import Example, Rejected
 
@@ -95,10 +96,8 @@ EXCERPT_CHARS = 240
 _WORD = re.compile(r"[^\W_]+")
 
 
-class Config(BaseModel):
+class Config(Dependent):
     """The recipe's `decontamination` section."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     ngram: int = Field(13, ge=1, description="Word n-gram length.")
@@ -136,6 +135,22 @@ class Config(BaseModel):
         None, description="Rephrased benchmark items: nearest benchmark item by sentence "
         "embedding, optionally confirmed by an LLM judge (LLM Decontaminator). null: off. "
         "Needs the `embeddings` extra.")
+
+    def dependencies(self) -> Dependencies:
+        """The paraphrase judge and its prompt, and a local embedding model's files.
+
+        The benchmark texts themselves are the runner's to hash (the task directory).
+        """
+        paraphrase = self.paraphrase
+        if paraphrase is None or not self.enabled:
+            return Dependencies()
+        files = {}
+        if paraphrase.model is not None and Path(paraphrase.model).exists():
+            files["embedding_model"] = paraphrase.model
+        if paraphrase.judge is None:
+            return Dependencies(files=files)
+        return Dependencies(models={"paraphrase_judge": paraphrase.judge}, files=files,
+                            templates=(paraphrase.judge.template,))
 
     @model_validator(mode="after")
     def _apply_preset(self) -> Config:

@@ -24,34 +24,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from distill.models import ServedModel
+from distill.settings import Strict
 
 INSTALL_HINT = "pip install 'distill[embeddings]'"
 
 
-class JudgeConfig(BaseModel):
-    """The LLM that confirms a paraphrase candidate."""
+class JudgeConfig(ServedModel):
+    """The LLM that confirms a paraphrase candidate, on any backend.
 
-    model_config = ConfigDict(extra="forbid")
+    GPT-4 behind an OpenAI-compatible server, as in LLM Decontaminator: set
+    engine.base_url and engine.api_key_env.
+    """
 
-    backend: Literal["hf", "vllm", "openai"] = Field(
-        "hf", description="As teacher.backend: hf, vllm or openai (any OpenAI-compatible "
-        "server, e.g. GPT-4 as in LLM Decontaminator; set engine.base_url and "
-        "engine.api_key_env).")
-    model: str = Field(description="Hub id, local checkpoint directory, microworld:<name>, "
-                       "or the server's model name.")
-    engine: dict[str, Any] = Field(default_factory=dict, description="Backend options, as "
-                                   "teacher.engine.")
-    chat_template: str | None = None
     template: str = Field("decontamination_judge", description="Prompt template in "
                           "distill/prompts (variables benchmark, candidate).")
     max_tokens: int = Field(8, ge=1, description="The answer is one word.")
 
 
-class ParaphraseConfig(BaseModel):
+class ParaphraseConfig(Strict):
     """The recipe's `decontamination.paraphrase` section."""
-
-    model_config = ConfigDict(extra="forbid")
 
     threshold: float = Field(
         0.8, ge=-1, le=1, description="Top-1 cosine similarity at or above which a training "
@@ -125,8 +119,8 @@ def judge_pairs(pairs: Sequence[tuple[str, str]], config: JudgeConfig | None,
     `config` and closed afterwards.
     """
     from distill.backends.base import GenerationRequest, Sampling, load_backend
+    from distill.models import model_path
     from distill.prompts import render
-    from distill.runner import resolve_model_path
 
     template = config.template if config is not None else "decontamination_judge"
     max_tokens = config.max_tokens if config is not None else 8
@@ -134,7 +128,7 @@ def judge_pairs(pairs: Sequence[tuple[str, str]], config: JudgeConfig | None,
     if owned:
         if config is None:
             raise ValueError("judge_pairs: give a judge config or a backend")
-        backend = load_backend(config.backend, model=resolve_model_path(config.model),
+        backend = load_backend(config.backend, model=model_path(config.model),
                                chat_template=config.chat_template, **config.engine)
     # Greedy: the same pair always gets the same verdict (LLM Decontaminator samples at 0.3).
     sampling = Sampling(temperature=0.0, max_tokens=max_tokens, seed=0)

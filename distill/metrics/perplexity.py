@@ -56,9 +56,9 @@ def load_scorer(model: str | Path, *, device: str | None = None,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distill.runner import resolve_model_path
+    from distill.models import model_path
 
-    path = resolve_model_path(str(model))
+    path = model_path(str(model))
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         bf16 = torch_device.type == "cuda" and torch.cuda.is_bf16_supported()
