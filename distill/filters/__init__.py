@@ -1,1 +1,1 @@
-"""Quality filters. Each is named in recipes and built lazily from its config."""
+"""Quality filters: one module each, registered under its `kind` in `distill.registry.FILTERS`."""

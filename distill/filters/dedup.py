@@ -19,22 +19,31 @@ from __future__ import annotations
 import unicodedata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from distill.filters.base import FilterContext, Verdict
+from distill.component import Dependencies
+from distill.filters.base import FilterContext, FilterSettings, Verdict
 from distill.records import Example
+from distill.registry import FILTERS
 
 
-class Config(BaseModel):
+@FILTERS.register
+class Config(FilterSettings):
     """Exact duplicates after normalisation."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["dedup"] = "dedup"
     fields: list[Literal["instruction", "input", "output"]] = Field(
         default_factory=lambda: ["instruction", "input"], min_length=1,
         description="Record fields that together form the duplicate key; the first record "
         "with a given key is kept, later ones are dropped.")
+
+    def dependencies(self) -> Dependencies:
+        """None: the keys come from the records alone."""
+        return Dependencies()
+
+    def build(self, context: FilterContext) -> ExactDedupFilter:
+        """The exact-duplicate filter."""
+        return ExactDedupFilter(self, context)
 
 
 class _PunctuationToSpace(dict):

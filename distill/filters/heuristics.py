@@ -25,10 +25,12 @@ import re
 import string
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from distill.filters.base import FilterContext, Verdict
+from distill.component import Dependencies
+from distill.filters.base import FilterContext, FilterSettings, Verdict
 from distill.records import Example
+from distill.registry import FILTERS
 
 # Self-Instruct's list, then what Alpaca added.
 SELF_INSTRUCT_BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file",
@@ -44,10 +46,9 @@ RULES = ("empty_instruction", "truncated_instruction", "truncated_output", "too_
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
-class Config(BaseModel):
+@FILTERS.register
+class Config(FilterSettings):
     """Self-Instruct / Alpaca rule filters; each rule can be changed or switched off."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["heuristics"] = "heuristics"
     min_instruction_words: int | None = Field(
@@ -87,6 +88,14 @@ class Config(BaseModel):
     max_output_words: int | None = Field(
         None, ge=1, description="Outputs with more words are dropped (`output_too_long`). "
         "null (the default) disables.")
+
+    def dependencies(self) -> Dependencies:
+        """None: the rules read only the records."""
+        return Dependencies()
+
+    def build(self, context: FilterContext) -> HeuristicFilter:
+        """The rule filter."""
+        return HeuristicFilter(self, context)
 
 
 class HeuristicFilter:

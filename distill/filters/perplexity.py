@@ -22,20 +22,23 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from distill.filters.base import FilterContext, Verdict
+from distill.component import Dependencies
+from distill.filters.base import FilterContext, FilterSettings, Verdict
+from distill.models import ModelSpec, model_path
 from distill.records import Example
+from distill.registry import FILTERS
 
 
-class Config(BaseModel):
+@FILTERS.register
+class Config(FilterSettings):
     """Perplexity bounds under a reference model."""
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["perplexity"] = "perplexity"
-    model: str = Field(description="The reference causal LM: a checkpoint directory, a hub "
-                       "name, or `microworld:<name>`.")
+    model: ModelSpec = Field(description="The reference causal LM: a checkpoint directory, "
+                             "a hub id, or a plugin's `scheme:name`; its own tokenizer, no "
+                             "revision or chat template (raw text is scored).")
     text: Literal["output", "prompt_output", "output_given_prompt"] = Field(
         "output", description="What is scored: the output alone; the prompt and output "
         "joined by a blank line, all scored; or the output conditioned on the prompt.")
@@ -57,6 +60,16 @@ class Config(BaseModel):
     # settings that change only speed (batching is exact, see tests/metrics/test_perplexity)
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
+    @field_validator("model")
+    @classmethod
+    def _plain_checkpoint(cls, value: ModelSpec) -> ModelSpec:
+        # The scorer loads the checkpoint as it is and scores raw text: a revision or a chat
+        # template would enter the fingerprint while changing nothing that is loaded.
+        if value.revision is not None or value.chat_template is not None:
+            raise ValueError("the perplexity filter loads the checkpoint as it is and scores "
+                             "raw text: give no revision or chat_template")
+        return value
+
     @model_validator(mode="after")
     def _ordered_bounds(self) -> Config:
         for low, high in (("min_perplexity", "max_perplexity"),
@@ -65,6 +78,14 @@ class Config(BaseModel):
                     getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} must not exceed {high}")
         return self
+
+    def dependencies(self) -> Dependencies:
+        """The reference model: another model gives other scores."""
+        return Dependencies(models={"reference": self.model})
+
+    def build(self, context: FilterContext) -> PerplexityFilter:
+        """The perplexity filter."""
+        return PerplexityFilter(self, context)
 
 
 class PerplexityFilter:
@@ -93,7 +114,8 @@ class PerplexityFilter:
             return []
         config = self.config
         texts, contexts = self.texts(records)
-        values = sequence_perplexities(config.model, texts, contexts=contexts,
+        values = sequence_perplexities(model_path(config.model.model), texts,
+                                       contexts=contexts,
                                        batch_size=config.batch_size,
                                        max_length=config.max_length, device=config.device)
         finite = np.array([v for v in values if math.isfinite(v)])

@@ -32,17 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from distill.settings import Strict
 
 BOOT = Path(__file__).with_name("sandbox_boot.py")
 PROGRAM = "main.py"
 NOBODY = 65534
 
 
-class SandboxConfig(BaseModel):
+class SandboxConfig(Strict):
     """Limits and isolation of one sandboxed run."""
-
-    model_config = ConfigDict(extra="forbid")
 
     timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit; the whole process "
                              "group (and pid namespace) is killed when it passes.")

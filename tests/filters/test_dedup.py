@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from distill.filters.base import FilterContext
-from distill.filters.dedup import Config, ExactDedupFilter, normalize
+from distill.filters.dedup import Config, normalize
 from distill.records import Example
 
 
@@ -35,7 +35,7 @@ def test_normalize_output():
 
 
 def dedup(records, **config):
-    return ExactDedupFilter(Config(**config), FilterContext())(records)
+    return Config(**config).build(FilterContext())(records)
 
 
 def ex(id, instruction, input="", output="out"):

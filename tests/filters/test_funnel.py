@@ -1,6 +1,6 @@
 import json
 
-from distill.filters.base import FilterContext, build_filter, run_funnel
+from distill.filters.base import FilterContext, run_funnel
 from distill.filters.dedup import Config as DedupConfig
 from distill.filters.heuristics import Config as HeuristicsConfig
 from distill.filters.novelty import Config as NoveltyConfig
@@ -28,9 +28,9 @@ RECORDS = [
 
 
 def funnel():
-    context = FilterContext(seed_examples=[SEED])
+    context = FilterContext(seed_tasks=lambda: [SEED])
     configs = [HeuristicsConfig(), NoveltyConfig(), DedupConfig()]
-    filters = [build_filter(config, context) for config in configs]
+    filters = [config.build(context) for config in configs]
     seen = []
     result = run_funnel(filters, [r.model_copy(deep=True) for r in RECORDS],
                         progress=lambda name, n: seen.append((name, n)))
@@ -91,8 +91,8 @@ def test_records_dropped_early_never_enter_the_novelty_pool():
     # Record 5 was truncated; a later copy of it is judged against the pool without it.
     records = [r.model_copy(deep=True) for r in RECORDS]
     records.append(ex("11", "List five uses of a paperclip at home."))
-    context = FilterContext(seed_examples=[SEED])
-    filters = [build_filter(c, context) for c in (HeuristicsConfig(), NoveltyConfig())]
+    context = FilterContext(seed_tasks=lambda: [SEED])
+    filters = [c.build(context) for c in (HeuristicsConfig(), NoveltyConfig())]
     result = run_funnel(filters, records)
     assert "11" in [r.id for r in result.kept]
 
@@ -100,7 +100,7 @@ def test_records_dropped_early_never_enter_the_novelty_pool():
 def test_dedup_catches_what_novelty_lets_through_when_run_alone():
     records = [ex("a", "Name three fruits."), ex("b", "name three fruits!!"),
                ex("c", "Name three vegetables.")]
-    [dedup] = [build_filter(DedupConfig(), FilterContext())]
+    dedup = DedupConfig().build(FilterContext())
     result = run_funnel([dedup], records)
     assert [r.id for r in result.kept] == ["a", "c"]
     assert result.rejected[0].record["scores"]["dedup"] == {"duplicate_of": "a"}

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from distill.filters.base import FilterContext
-from distill.filters.heuristics import ALPACA_BLACKLIST, Config, HeuristicFilter
+from distill.filters.heuristics import ALPACA_BLACKLIST, Config
 from distill.records import Example, Lineage
 
 GOOD = "Explain why the sky is blue."
@@ -10,7 +10,7 @@ GOOD = "Explain why the sky is blue."
 
 def judge(instruction=GOOD, output="Because of Rayleigh scattering.", input="", lineage=None,
           **config):
-    flt = HeuristicFilter(Config(**config), FilterContext())
+    flt = Config(**config).build(FilterContext())
     record = Example(id="r", instruction=instruction, input=input, output=output,
                      lineage=lineage or Lineage())
     [verdict] = flt([record])
@@ -117,7 +117,7 @@ def test_truncated_generations_are_dropped():
     record = Example(id="r", instruction=GOOD, output="ok",
                      lineage=Lineage(finish_reason="length"))
     again = Example.from_json(record.to_json())
-    [verdict] = HeuristicFilter(Config(), FilterContext())([again])
+    [verdict] = Config().build(FilterContext())([again])
     assert verdict.reason == "truncated_output"
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from distill.filters import judge as judge_filter
 from distill.filters.base import FilterContext, run_funnel
-from distill.filters.judge import Config, JudgeFilter
+from distill.filters.judge import Config
 from distill.judge import ASPECTS, combine_orders, parse_rubric, parse_verdict
+from distill.models import ServedModel
 from distill.records import Example, PreferencePair
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "generate"))
@@ -125,16 +126,12 @@ def scripted_judge(monkeypatch):
     return judges
 
 
-class Teacher:  # the recipe's TeacherSpec, as the runner hands it over
-    model = "org/teacher"
-    backend = "hf"
-    engine: dict = {}
-    chat_template = None
+TEACHER = ServedModel(model="org/teacher")  # the recipe's teacher, as the runner hands it over
 
 
 def test_judge_filter_keeps_scores_and_rationales(scripted_judge, tmp_path):
-    context = FilterContext(teacher=Teacher(), work_dir=tmp_path, seed=0)
-    result = run_funnel([JudgeFilter(Config(threshold=4.0), context)],
+    context = FilterContext(teacher=TEACHER, work_dir=tmp_path, seed=0)
+    result = run_funnel([Config(threshold=4.0).build(context)],
                         [r.model_copy(deep=True) for r in RECORDS])
     assert [r.id for r in result.kept] == ["r0", "r3"]
     assert {r.id: r.reason for r in result.rejected} == {"r1": "judge_score<4",
@@ -147,42 +144,50 @@ def test_judge_filter_keeps_scores_and_rationales(scripted_judge, tmp_path):
     assert result.funnel[0]["dropped"] == {"judge_score<4": 1, "judge_malformed": 1}
     # the judge defaulted to the teacher, greedy, once per record
     (model, backend), = scripted_judge
-    assert model.model == "org/teacher"
+    assert model is TEACHER
     assert [r.sampling.temperature for r in backend.requests] == [0.0] * 4
 
     # a second run (a resumed filter stage) reads the checkpoints: no judge calls
-    again = JudgeFilter(Config(threshold=4.0), context)([r.model_copy() for r in RECORDS])
+    again = Config(threshold=4.0).build(context)([r.model_copy() for r in RECORDS])
     assert scripted_judge[-1][1].calls == 0
     assert [v.keep for v in again] == [True, False, False, True]
 
 
 def test_unjudged_records_can_be_kept(scripted_judge, tmp_path):
-    context = FilterContext(teacher=Teacher(), work_dir=tmp_path)
-    verdicts = JudgeFilter(Config(threshold=1.0, keep_unjudged=True), context)(RECORDS)
+    context = FilterContext(teacher=TEACHER, work_dir=tmp_path)
+    verdicts = Config(threshold=1.0, keep_unjudged=True).build(context)(RECORDS)
     assert all(v.keep for v in verdicts)
 
 
 def test_a_pair_is_judged_by_its_chosen_answer(scripted_judge, tmp_path):
     pair = PreferencePair.build("p0", Example(id="q", instruction="Rate me."), "quality 5",
                                 "quality 1")
-    context = FilterContext(teacher=Teacher(), work_dir=tmp_path)
-    (verdict,) = JudgeFilter(Config(threshold=4.5), context)([pair])
+    context = FilterContext(teacher=TEACHER, work_dir=tmp_path)
+    (verdict,) = Config(threshold=4.5).build(context)([pair])
     assert verdict.keep and verdict.scores["mean"] == 5.0
 
 
-def test_judge_filter_config_in_a_recipe():
-    from pydantic import TypeAdapter
+def test_judge_filter_settings_and_their_dependencies():
+    from typing import Annotated, Union
 
-    from distill.recipe import Filter as FilterUnion
+    from pydantic import Field, TypeAdapter
 
-    parsed = TypeAdapter(FilterUnion).validate_python(
+    from distill.registry import FILTERS
+
+    # the recipe's `filters:` entries: a kind-discriminated union of the registered classes
+    union = TypeAdapter(Annotated[Union[tuple(FILTERS.classes())],  # noqa: UP007
+                                  Field(discriminator="kind")])
+    parsed = union.validate_python(
         {"kind": "judge", "threshold": 4.5, "aspects": ["helpfulness"],
          "model": {"model": "org/judge", "backend": "vllm"}})
     assert isinstance(parsed, Config) and parsed.model.backend == "vllm"
-    assert parsed.models_used(Teacher()) == [("org/judge", None)]
-    assert Config().models_used(Teacher()) == [("org/teacher", None)]
+    assert parsed.dependencies().models == {"judge": parsed.model}
+    assert parsed.dependencies().templates == ("judge_rubric",)
+    assert Config().dependencies().models == {"judge": "teacher"}
     with pytest.raises(ValueError, match="aspects"):
-        TypeAdapter(FilterUnion).validate_python({"kind": "judge", "aspects": ["wit"]})
+        union.validate_python({"kind": "judge", "aspects": ["wit"]})
+    with pytest.raises(ValueError, match="no judge model and no teacher"):
+        Config().build(FilterContext(work_dir=Path(".")))(RECORDS)
 
 
 def test_a_real_model_that_cannot_judge_is_counted_not_fatal(tiny_model_dir, tmp_path):
@@ -190,6 +195,6 @@ def test_a_real_model_that_cannot_judge_is_counted_not_fatal(tiny_model_dir, tmp
     # one aspect: the whole rubric prompt must fit the tiny model's 512 positions
     config = Config.model_validate({"model": {"model": str(tiny_model_dir)}, "max_tokens": 8,
                                     "aspects": ["helpfulness"]})
-    verdicts = JudgeFilter(config, FilterContext(work_dir=tmp_path))(RECORDS[:2])
+    verdicts = config.build(FilterContext(work_dir=tmp_path))(RECORDS[:2])
     assert [v.reason for v in verdicts] == ["judge_malformed"] * 2
     assert not any(v.keep for v in verdicts)

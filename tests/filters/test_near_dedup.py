@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from distill.filters import near_dedup
-from distill.filters.base import FilterContext, build_filter, run_funnel
+from distill.filters.base import FilterContext, run_funnel
 from distill.filters.near_dedup import (
     EmbeddingConfig,
     MinHashConfig,
@@ -42,7 +42,7 @@ def test_small_edits_are_caught_and_distinct_texts_kept():
     copies = [edit(rng, text, 1) for text in originals[:10]]
     copies += [text.upper().replace(" ", ", ", 3) + "!" for text in originals[:10]]
     texts = originals + copies
-    flt = build_filter(MinHashConfig(fields=["output"]), FilterContext())
+    flt = MinHashConfig(fields=["output"]).build(FilterContext())
     verdicts = flt(records(texts))
 
     assert all(v.keep for v in verdicts[:40])  # distinct texts: nothing lost
@@ -164,7 +164,7 @@ def test_embedding_dedup_catches_paraphrases_and_keeps_distinct_items():
              "Describe the process by which plants turn sunlight into energy.",
              "List three yellow fruits.", "What is the capital of France?"]
     batch = [Example(id=f"q{i}", instruction=text) for i, text in enumerate(texts)]
-    flt = build_filter(EmbeddingConfig(threshold=0.7, fields=["instruction"]), FilterContext())
+    flt = EmbeddingConfig(threshold=0.7, fields=["instruction"]).build(FilterContext())
     result = run_funnel([flt], batch)
     assert [r.id for r in result.kept] == ["q0", "q1", "q2", "q3", "q7"]
     named = {r.id: r.record["scores"]["embedding_dedup"]["duplicate_of"]

@@ -12,7 +12,7 @@ from rouge_score import rouge_scorer, tokenize
 
 from distill.filters import novelty
 from distill.filters.base import FilterContext
-from distill.filters.novelty import Config, NoveltyFilter, rouge_l_fmeasure, rouge_tokens
+from distill.filters.novelty import Config, rouge_l_fmeasure, rouge_tokens
 from distill.records import Example
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -46,10 +46,9 @@ def reference(seeds: list[str], stream: list[str], threshold: float = 0.7):
 
 
 def run(seeds: list[str], stream: list[str], **config):
-    context = FilterContext(seed_examples=[Example(id=f"s{i}", instruction=t)
-                                           for i, t in enumerate(seeds)])
+    seed_tasks = [Example(id=f"s{i}", instruction=t) for i, t in enumerate(seeds)]
     records = [Example(id=str(i), instruction=t) for i, t in enumerate(stream)]
-    return NoveltyFilter(Config(**config), context)(records)
+    return Config(**config).build(FilterContext(seed_tasks=lambda: seed_tasks))(records)
 
 
 @pytest.mark.parametrize("text", TRICKY)
@@ -150,7 +149,7 @@ def test_instructions_without_tokens_score_zero_and_are_kept():
 
 
 def test_each_call_starts_from_the_seed_pool():
-    flt = NoveltyFilter(Config(), FilterContext())
+    flt = Config().build(FilterContext(seed_tasks=list))
     records = [Example(id="1", instruction="List five common birds in Europe.")]
     assert flt(records)[0].keep and flt(records)[0].keep
     assert flt([]) == []
@@ -234,14 +233,15 @@ def test_bench_script_replays_a_stream_with_no_differences():
 
 def test_fields_option_compares_instruction_and_input():
     from distill.filters.base import FilterContext
-    from distill.filters.novelty import Config, NoveltyFilter
+    from distill.filters.novelty import Config
     from distill.records import Example
 
     records = [Example(id="a", instruction="Add the two numbers.", input="59 + 22"),
                Example(id="b", instruction="Add the two numbers.", input="34 + 31"),
                Example(id="c", instruction="Add the two numbers.", input="59 + 22")]
-    by_instruction = NoveltyFilter(Config(include_seed_tasks=False), FilterContext())(records)
+    # without the seed tasks, a context that has none will do
+    by_instruction = Config(include_seed_tasks=False).build(FilterContext())(records)
     assert [v.keep for v in by_instruction] == [True, False, False]
-    with_input = NoveltyFilter(Config(include_seed_tasks=False, fields=["instruction", "input"]),
-                               FilterContext())(records)
+    with_input = Config(include_seed_tasks=False,
+                        fields=["instruction", "input"]).build(FilterContext())(records)
     assert [v.keep for v in with_input] == [True, True, False]

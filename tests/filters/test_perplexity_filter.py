@@ -4,7 +4,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from distill.filters.base import FilterContext, build_filter, run_funnel
+from distill.filters.base import FilterContext, run_funnel
 from distill.filters.perplexity import Config
 from distill.metrics.perplexity import load_scorer, sequence_perplexities
 from distill.records import Example
@@ -79,7 +79,7 @@ def test_percentile_bounds_drop_both_tails(reference_model):
     outputs = [REPETITIVE, *PROSE, noise(1), REPETITIVE[:70], noise(2)]
     config = Config(model=str(reference_model), low_percentile=20, high_percentile=80,
                     device="cpu")
-    result = run_funnel([build_filter(config, FilterContext())], records(outputs))
+    result = run_funnel([config.build(FilterContext())], records(outputs))
     dropped = {r.id: r.reason for r in result.rejected}
     assert dropped == {"r0": "too_predictable", "r8": "too_predictable",
                        "r7": "too_surprising", "r9": "too_surprising"}
@@ -95,8 +95,7 @@ def test_absolute_bounds_and_unscorable_records(reference_model):
     high = (max(values[1:-1]) + values[-1]) / 2
     config = Config(model=str(reference_model), min_perplexity=low, max_perplexity=high,
                     device="cpu")
-    verdicts = build_filter(config, FilterContext())(records([REPETITIVE, *PROSE, noise(3),
-                                                              ""]))
+    verdicts = config.build(FilterContext())(records([REPETITIVE, *PROSE, noise(3), ""]))
     assert [v.reason for v in verdicts] == ["too_predictable"] + [""] * 6 + [
         "too_surprising", ""]
     assert verdicts[0].scores == {"perplexity": pytest.approx(values[0], rel=1e-4),
@@ -107,19 +106,30 @@ def test_absolute_bounds_and_unscorable_records(reference_model):
 def test_output_given_prompt_scores_the_output_only(reference_model):
     config = Config(model=str(reference_model), text="output_given_prompt", device="cpu")
     record = Example(id="a", instruction="What is 12 plus 30?", output="The answer is 42.")
-    verdict = build_filter(config, FilterContext())([record])[0]
+    verdict = config.build(FilterContext())([record])[0]
     expected = sequence_perplexities(reference_model, [record.output], device="cpu",
                                      contexts=[record.prompt_text + "\n\n"])[0]
     assert verdict.keep and verdict.scores["perplexity"] == pytest.approx(expected)
-    whole = build_filter(config.model_copy(update={"text": "prompt_output"}),
-                         FilterContext())([record])[0]
+    whole = config.model_copy(update={"text": "prompt_output"}).build(FilterContext())([record])[0]
     assert whole.scores["perplexity"] != pytest.approx(expected)
 
 
 def test_bounds_are_validated():
     with pytest.raises(ValidationError, match="min_perplexity"):
-        Config(model="m", min_perplexity=10, max_perplexity=5)
+        Config(model="org/m", min_perplexity=10, max_perplexity=5)
     with pytest.raises(ValidationError, match="low_percentile"):
-        Config(model="m", low_percentile=90, high_percentile=10)
+        Config(model="org/m", low_percentile=90, high_percentile=10)
     with pytest.raises(ValidationError):
-        Config(model="m", high_percentile=101)
+        Config(model="org/m", high_percentile=101)
+
+
+def test_the_model_is_a_model_spec_and_a_declared_dependency(reference_model, tmp_path):
+    config = Config(model=str(reference_model))  # a bare string, as recipes write it
+    assert config.model.model == str(reference_model)
+    assert config.dependencies().models == {"reference": config.model}
+    assert Config(model={"model": "org/m"}).dependencies().models["reference"].model == "org/m"
+    with pytest.raises(ValidationError, match="not found"):
+        Config(model=str(tmp_path / "missing"))
+    # the scorer loads the checkpoint as it is: a revision or chat template would be ignored
+    with pytest.raises(ValidationError, match="revision"):
+        Config(model={"model": "org/m", "revision": "v2"})

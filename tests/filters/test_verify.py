@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from distill.filters.base import FilterContext, build_filter, run_funnel
+import distill.microworld.plugin  # noqa: F401 - registers the microworld checker
+from distill.filters.base import FilterContext, run_funnel
 from distill.filters.verify import Config, VerifyFilter
 from distill.records import Example
 
@@ -26,8 +27,8 @@ RECORDS = [
 
 
 def test_verdicts_reasons_and_scores() -> None:
-    flt = build_filter(Config(), FilterContext())
-    assert isinstance(flt, VerifyFilter) and flt.name == "verify"
+    flt = Config(checker="microworld").build(FilterContext())
+    assert isinstance(flt, VerifyFilter) and flt.name == "verify_microworld"
     verdicts = flt(RECORDS)
     assert [v.keep for v in verdicts] == [True, True, False, False, False, False, False]
     assert [v.reason for v in verdicts] == ["", "", "wrong_answer", "wrong_answer",
@@ -40,21 +41,25 @@ def test_verdicts_reasons_and_scores() -> None:
 
 
 def test_funnel_counts_and_keeps_rejected_records() -> None:
-    result = run_funnel([VerifyFilter(Config())], [r.model_copy(deep=True) for r in RECORDS])
+    flt = Config(checker="microworld").build(FilterContext())
+    result = run_funnel([flt], [r.model_copy(deep=True) for r in RECORDS])
     assert [r.id for r in result.kept] == ["right", "right-free-text"]
     assert result.funnel[0]["dropped"] == {"wrong_answer": 3, "unverifiable": 2}
     assert {r.id for r in result.rejected} == {"off-by-one", "wrong-unit", "wrong-order",
                                                "unknown", "malformed"}
-    assert result.kept[0].scores["verify"]["correct"] is True
+    assert result.kept[0].scores["verify_microworld"]["correct"] is True
 
 
 def test_keep_unverifiable() -> None:
-    verdicts = VerifyFilter(Config(keep_unverifiable=True))(RECORDS)
+    flt = Config(checker="microworld", keep_unverifiable=True).build(FilterContext())
+    verdicts = flt(RECORDS)
     assert [v.keep for v in verdicts] == [True, True, False, False, False, True, True]
 
 
 def test_config_is_strict() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="unknown answer checker 'sql'.*microworld"):
         Config(checker="sql")
     with pytest.raises(ValidationError):
-        Config(threshold=0.5)
+        Config(checker="microworld", threshold=0.5)
+    with pytest.raises(ValidationError, match="checker"):
+        Config()  # no default: the core names no plugin's checker

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from distill.filters.base import FilterContext, build_filter, run_funnel
+from distill.filters.base import FilterContext, run_funnel
 from distill.filters.code_check import build_program, extract_code
 from distill.filters.math_check import equivalent, extract_answer
 from distill.filters.sandbox import SandboxConfig
-from distill.filters.verify import Config, VerifyFilter
+from distill.filters.verify import Config
 from distill.records import Example
 
 SOLUTION = '''Here is the function:
@@ -60,7 +60,7 @@ def test_extract_code() -> None:
 
 
 def test_code_checker_verdicts() -> None:
-    flt = build_filter(CODE_CONFIG, FilterContext())
+    flt = CODE_CONFIG.build(FilterContext())
     assert flt.name == "verify_code"
     verdicts = flt(CODE_RECORDS)
     assert [(v.keep, v.reason) for v in verdicts] == [
@@ -75,12 +75,12 @@ def test_code_checker_verdicts() -> None:
 
 def test_code_funnel_and_keep_unverifiable() -> None:
     records = [r.model_copy(deep=True) for r in CODE_RECORDS[:4]]
-    result = run_funnel([VerifyFilter(CODE_CONFIG)], records)
+    result = run_funnel([CODE_CONFIG.build(FilterContext())], records)
     assert [r.id for r in result.kept] == ["correct"]
     assert result.funnel[0]["dropped"] == {"tests_failed": 1, "syntax_error": 1,
                                            "unverifiable": 1}
     keep = Config(checker="code", keep_unverifiable=True, sandbox=SandboxConfig(timeout_s=3))
-    assert [v.keep for v in VerifyFilter(keep)(CODE_RECORDS[2:4])] == [False, True]
+    assert [v.keep for v in keep.build(FilterContext())(CODE_RECORDS[2:4])] == [False, True]
 
 
 @pytest.mark.parametrize(("output", "answer"), [
@@ -131,8 +131,8 @@ def test_code_then_math_on_mixed_exercises() -> None:
     code = code_record("code", SOLUTION)
     math = Example(id="math", instruction="1/2 + 1/4?", output="\\boxed{3/4}", answer="0.75")
     wrong = Example(id="math-wrong", instruction="1/2 + 1/4?", output="2/6", answer="0.75")
-    filters = [VerifyFilter(CODE_CONFIG.model_copy(update={"keep_unverifiable": True})),
-               VerifyFilter(Config(checker="math", keep_unverifiable=True))]
+    filters = [CODE_CONFIG.model_copy(update={"keep_unverifiable": True}).build(FilterContext()),
+               Config(checker="math", keep_unverifiable=True).build(FilterContext())]
     result = run_funnel(filters, [code, math, wrong])
     assert [r.id for r in result.kept] == ["code", "math"]
     assert [row["filter"] for row in result.funnel] == ["verify_code", "verify_math"]
@@ -148,7 +148,7 @@ def test_math_checker_verdicts() -> None:
         Example(id="no-ref", instruction="Write a poem.", output="Roses."),
         Example(id="number", instruction="How many?", output="\\boxed{42}", answer=42),
     ]
-    verdicts = build_filter(Config(checker="math"), FilterContext())(records)
+    verdicts = Config(checker="math").build(FilterContext())(records)
     assert [(v.keep, v.reason) for v in verdicts] == [
         (True, ""), (False, "wrong_answer"), (False, "no_final_answer"),
         (False, "unverifiable"), (True, "")]
