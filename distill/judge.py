@@ -30,11 +30,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from distill.backends.base import GenerationRequest, Sampling
 from distill.generate.context import GenerationContext
+from distill.models import ServedModel
 from distill.records import Example
+from distill.settings import Strict
 
 # UltraFeedback's aspects and the question its annotation templates ask of each.
 ASPECTS: dict[str, tuple[str, str]] = {
@@ -57,38 +59,10 @@ RUBRIC_TEMPLATE = "judge_rubric"
 PAIRWISE_TEMPLATE = "judge_pairwise"
 
 
-class ModelChoice(BaseModel):
-    """A model other than the teacher, for responses or judging."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="Hub id, local checkpoint directory or microworld:<name>.")
-    backend: Literal["hf", "vllm", "openai"] = Field("hf", description="As teacher.backend.")
-    engine: dict[str, Any] = Field(default_factory=dict,
-                                   description="Backend options, as teacher.engine.")
-    chat_template: str | None = Field(None, description="Jinja chat template file.")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str, info: ValidationInfo) -> str:
-        from distill.recipe import resolve_model
-
-        return resolve_model(value, info)
-
-    @field_validator("chat_template")
-    @classmethod
-    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from distill.recipe import resolve_path
-
-        return resolve_path(value, info)
-
-
-class JudgeSettings(BaseModel):
+class JudgeSettings(Strict):
     """Which model judges, on which aspects (shared by the generator and the filter)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: ModelChoice | None = Field(
+    model: ServedModel | None = Field(
         None, description="The judge model; null: the teacher (the report warns when the "
         "judge also wrote the responses: LLM judges favour their own outputs).")
     aspects: list[Aspect] = Field(
@@ -107,11 +81,14 @@ class LLMJudgeConfig(JudgeSettings):
         "pairwise: every two responses of a prompt compared, in both orders (score = share "
         "of comparisons won, ties half).")
 
+    @property
+    def template(self) -> str:
+        """The prompt template this judge renders (declared by whoever uses the judge)."""
+        return RUBRIC_TEMPLATE if self.mode == "rubric" else PAIRWISE_TEMPLATE
 
-class VerifierJudgeConfig(BaseModel):
+
+class VerifierJudgeConfig(Strict):
     """An exact checker as judge: a correct answer scores 5, a wrong one 1."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["verifier"] = "verifier"
     checker: Literal["microworld"] = Field(
@@ -378,12 +355,12 @@ class VerifierJudge:
         return ratings
 
 
-def open_judge_backend(model: ModelChoice, seed: int):
-    """Load a judge or response model's backend (microworld references resolved)."""
+def open_judge_backend(model: ServedModel, seed: int):
+    """Load a judge or answer model's backend (`scheme:name` references resolved)."""
     from distill.backends.base import load_backend
-    from distill.runner import resolve_model_path
+    from distill.models import model_path
 
-    return load_backend(model.backend, model=resolve_model_path(model.model),
+    return load_backend(model.backend, model=model_path(model.model),
                         chat_template=model.chat_template, seed=seed, **model.engine)
 
 

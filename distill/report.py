@@ -38,8 +38,7 @@ def write_report(run_dir: str | Path) -> Path:
             continue
         lines += [f"## {label}", ""]
         lines += _funnel_section(run_dir / label, stages)
-        lines += _evolution_section(stages)
-        lines += _preference_section(stages)
+        lines += _method_section(stages)
         lines += _contamination_section(run_dir / label, stages)
         lines += _review_section(run_dir, label)
         lines += _training_section(stages)
@@ -170,19 +169,26 @@ def _parse_rejects(path: Path, per_reason: int = 3) -> list[str]:
     return lines + [""] if lines else []
 
 
+def _method(stats: dict[str, Any]) -> Any:
+    """The generation method's settings class, or None (real data as round 0, old runs)."""
+    from distill.registry import GENERATORS
+
+    method = stats.get("method")
+    return GENERATORS.get(method) if method and method in GENERATORS else None
+
+
 def _generate_rejects(stats: dict[str, Any]) -> dict[str, int]:
-    """Reject counts by reason: `parse_rejected` (self_instruct) or `rejected` (others)."""
-    return stats.get("parse_rejected") or stats.get("rejected") or {}
+    """Refused teacher outputs by reason, as the method counts them in its stats."""
+    from distill.generate.base import GeneratorSettings
+
+    return (_method(stats) or GeneratorSettings).reject_counts(stats)
 
 
-def _evolution_section(stages: dict[str, dict[str, Any]]) -> list[str]:
-    """Evol-Instruct's per-round difficulty growth, when the round used that method."""
+def _method_section(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """The generation method's own section (Evol-Instruct's rounds, preference pairs)."""
     stats = stages.get("generate", {}).get("stats", {})
-    if stats.get("method") != "evol_instruct":
-        return []
-    from distill.generate.evol_instruct import difficulty_table
-
-    return difficulty_table(stats)
+    method = _method(stats)
+    return method.report_section(stats) if method is not None else []
 
 
 def _review_section(run_dir: Path, label: str) -> list[str]:
@@ -220,16 +226,6 @@ def _contamination_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -
             lines += [f"{len(report.suspect)} suspect item(s), listed and kept:", ""]
             lines += item_rows(report.suspect, limit=20) + [""]
     return lines
-
-
-def _preference_section(stages: dict[str, dict[str, Any]]) -> list[str]:
-    """Pairs and judge hygiene, when the round made preference pairs."""
-    stats = stages.get("generate", {}).get("stats", {})
-    if stats.get("method") != "preference":
-        return []
-    from distill.generate.preference import report_section
-
-    return report_section(stats)
 
 
 def _training_section(stages: dict[str, dict[str, Any]]) -> list[str]:

@@ -28,12 +28,15 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from distill.backends.base import GenerationRequest
+from distill.component import Dependencies
+from distill.generate.base import GeneratorSettings
 from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.responses import ResponseSampling, SamplingConfig, generate_responses
 from distill.records import Example, Lineage, Rejected
+from distill.registry import GENERATORS
 
 
 class ContinuationSampling(SamplingConfig):
@@ -43,10 +46,9 @@ class ContinuationSampling(SamplingConfig):
     max_tokens: int = Field(64, ge=1, description="New tokens per continuation.")
 
 
-class Config(BaseModel):
+@GENERATORS.register
+class Config(GeneratorSettings):
     """`generate:` settings of the continuation method."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["continuation"] = "continuation"
     mode: Literal["text", "chat"] = Field(
@@ -63,59 +65,67 @@ class Config(BaseModel):
         default_factory=lambda: ResponseSampling(temperature=0.0, max_tokens=32),
         description="chat mode: sampling of the answer to each written task.")
 
+    def dependencies(self) -> Dependencies:
+        """The round's real records; the teacher's own tokenizer cuts them."""
+        return Dependencies(inputs=("real",))
 
-def run(config: Config, ctx: GenerationContext, seed_tasks: list[Example],
-        teacher_name: str) -> GenerationResult:
-    """Continue the real records the runner passes as `seed_tasks` (the round's real data)."""
-    if not seed_tasks:
-        raise ValueError("continuation: no real records to prompt with (data.real is empty)")
-    tokenizer = getattr(ctx.backend, "tokenizer", None) or _load_tokenizer(teacher_name)
-    count = config.num_prompts or len(seed_tasks)
-    order = list(range(len(seed_tasks)))
-    random.Random(ctx.request_seed("continuation-order")).shuffle(order)
-    sources = [seed_tasks[order[i % len(order)]] for i in range(count)]
-    header = _user_header(tokenizer) if config.mode == "chat" else ""
-    requests, prompts = [], []
-    for index, source in enumerate(sources):
-        text = _source_text(source, config.mode)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:config.prompt_tokens]
-        prompt = header + (tokenizer.decode(ids) if ids else "")
-        request_id = f"r{ctx.round}-cont-{index:06d}-{source.id}"
-        sampling = config.sampling.to_sampling(seed=ctx.request_seed("continuation", request_id))
-        requests.append(GenerationRequest(id=request_id, prompt=prompt, sampling=sampling))
-        prompts.append(prompt[len(header):])
-    generations = {g.request_id: g for g in ctx.generate("continuations", requests)
-                   if g.index == 0}
-    examples: list[Example] = []
-    rejected: list[Rejected] = []
-    for request, prompt, source in zip(requests, prompts, sources, strict=True):
-        generation = generations.get(request.id)
-        continuation = generation.text if generation is not None else ""
-        lineage = Lineage(round=ctx.round, method="continuation", teacher=teacher_name,
-                          sampling=request.sampling.as_dict(), source_id=source.id,
-                          prompt_tokens=config.prompt_tokens,
-                          instruction_finish_reason=generation.finish_reason
-                          if generation is not None else "missing")
-        if not continuation.strip():
-            rejected.append(Rejected(id=request.id, stage="continuation",
-                                     reason="empty_continuation",
-                                     record={"prompt": prompt, "raw": continuation}))
-            continue
-        if config.mode == "text":
-            examples.append(Example(id=request.id, instruction=prompt, output=continuation,
-                                    text=prompt + continuation, lineage=lineage))
-        else:
-            instruction, _, input_text = (prompt + continuation).strip().partition("\n\n")
-            examples.append(Example(id=request.id, instruction=instruction.strip(),
-                                    input=input_text.strip(), lineage=lineage))
-    stats: dict[str, Any] = {"method": "continuation", "mode": config.mode,
-                             "prompts": len(requests),
-                             "rejected": {"empty_continuation": len(rejected)}}
-    if config.mode == "chat":
-        examples, refused = generate_responses(examples, config.response_sampling, ctx)
-        rejected += refused
-        stats["rejected"]["empty_response"] = len(refused)
-    return GenerationResult(examples=examples, rejected=rejected, stats=stats)
+    def run(self, ctx: GenerationContext) -> GenerationResult:
+        """Continue the round's real records (`ctx.real_records()`) with the teacher."""
+        real = ctx.real_records()
+        if not real:
+            raise ValueError("continuation: no real records to prompt with (data.real is empty)")
+        tokenizer = getattr(ctx.backend, "tokenizer", None) or _load_tokenizer(ctx.teacher_name)
+        count = self.num_prompts or len(real)
+        order = list(range(len(real)))
+        random.Random(ctx.request_seed("continuation-order")).shuffle(order)
+        sources = [real[order[i % len(order)]] for i in range(count)]
+        header = _user_header(tokenizer) if self.mode == "chat" else ""
+        requests, prompts = [], []
+        for index, source in enumerate(sources):
+            text = _source_text(source, self.mode)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"][:self.prompt_tokens]
+            prompt = header + (tokenizer.decode(ids) if ids else "")
+            request_id = f"r{ctx.round}-cont-{index:06d}-{source.id}"
+            sampling = self.sampling.to_sampling(seed=ctx.request_seed("continuation", request_id))
+            requests.append(GenerationRequest(id=request_id, prompt=prompt, sampling=sampling))
+            prompts.append(prompt[len(header):])
+        generations = {g.request_id: g for g in ctx.generate("continuations", requests)
+                       if g.index == 0}
+        examples: list[Example] = []
+        rejected: list[Rejected] = []
+        for request, prompt, source in zip(requests, prompts, sources, strict=True):
+            generation = generations.get(request.id)
+            continuation = generation.text if generation is not None else ""
+            lineage = Lineage(round=ctx.round, method="continuation", teacher=ctx.teacher_name,
+                              sampling=request.sampling.as_dict(), source_id=source.id,
+                              prompt_tokens=self.prompt_tokens,
+                              instruction_finish_reason=generation.finish_reason
+                              if generation is not None else "missing")
+            if not continuation.strip():
+                rejected.append(Rejected(id=request.id, stage="continuation",
+                                         reason="empty_continuation",
+                                         record={"prompt": prompt, "raw": continuation}))
+                continue
+            if self.mode == "text":
+                examples.append(Example(id=request.id, instruction=prompt, output=continuation,
+                                        text=prompt + continuation, lineage=lineage))
+            else:
+                instruction, _, input_text = (prompt + continuation).strip().partition("\n\n")
+                examples.append(Example(id=request.id, instruction=instruction.strip(),
+                                        input=input_text.strip(), lineage=lineage))
+        stats: dict[str, Any] = {"method": "continuation", "mode": self.mode,
+                                 "prompts": len(requests),
+                                 "rejected": {"empty_continuation": len(rejected)}}
+        if self.mode == "chat":
+            examples, refused = generate_responses(examples, self.response_sampling, ctx)
+            rejected += refused
+            stats["rejected"]["empty_response"] = len(refused)
+        return GenerationResult(examples=examples, rejected=rejected, stats=stats)
+
+    @classmethod
+    def reject_counts(cls, stats: dict[str, Any]) -> dict[str, int]:
+        """Empty continuations (and, in chat mode, empty answers)."""
+        return {reason: n for reason, n in stats.get("rejected", {}).items() if n}
 
 
 def _source_text(record: Example, mode: str) -> str:

@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distill.backends.base import GenerationRequest
+from distill.component import Dependencies
+from distill.generate.base import GeneratorSettings
 from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.documents import (
     Chunk,
@@ -53,6 +55,7 @@ from distill.generate.documents import (
 )
 from distill.generate.responses import SamplingConfig
 from distill.records import Example, Lineage, Rejected
+from distill.registry import GENERATORS
 
 METHOD = "doc_qa"
 
@@ -76,10 +79,9 @@ class QASampling(SamplingConfig):
                             "(all its pairs).")
 
 
-class Config(BaseModel):
+@GENERATORS.register
+class Config(GeneratorSettings):
     """`generate:` settings of document-grounded question answering."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["doc_qa"] = "doc_qa"
     documents: list[str] = Field(
@@ -150,9 +152,111 @@ class Config(BaseModel):
         """The document files, sorted."""
         return expand_sources(self.documents)
 
-    def input_files(self) -> dict[str, str]:
-        """Document files by name; the runner hashes them into the generate fingerprint."""
-        return {f"document:{path}": str(path) for path in self.files()}
+    def dependencies(self) -> Dependencies:
+        """Every document file the sources name now, and the prompt template."""
+        return Dependencies(files={f"document:{path}": str(path) for path in self.files()},
+                            templates=(self.template,))
+
+    def run(self, ctx: GenerationContext) -> GenerationResult:
+        """Chunk the documents and ask the teacher for grounded pairs about each chunk.
+
+        Args:
+            ctx: checkpointing and rank sharding (one checkpoint key, "doc_qa"), and the
+                teacher's name for lineage; every rank calls this and gets the same result.
+
+        Returns:
+            Examples (ids "r{round}-d{document}-c{chunk}-q{position}") in document and chunk
+            order, every refused pair with its reason, and stats.
+
+        Raises:
+            DocumentError: a document vanished or cannot be read, or none holds any text.
+        """
+        from distill.prompts import render, template_hash
+        from distill.store import file_sha256
+
+        files = self.files()
+        documents = load_documents(files, self.text_field)
+        file_hashes = {str(path): file_sha256(path) for path in files}
+        sources: list[_Source] = []
+        empty = 0
+        for doc_index, document in enumerate(documents):
+            chunks = chunk_text(document.text, self.chunk_words, self.overlap_words,
+                                self.min_chunk_words)
+            empty += not chunks
+            sources += [_Source(doc_index, document, chunk) for chunk in chunks]
+        if not sources:
+            raise DocumentError(f"doc_qa: the {len(documents)} document(s) in {self.documents} "
+                                "hold no text")
+        total_chunks = len(sources)
+        if self.max_chunks is not None and total_chunks > self.max_chunks:
+            rng = random.Random(ctx.request_seed("doc_qa-max_chunks"))
+            picked = sorted(rng.sample(range(total_chunks), self.max_chunks))
+            sources = [sources[i] for i in picked]
+
+        requests = []
+        for source in sources:
+            doc = source.document
+            prompt = render(self.template, num_questions=self.questions_per_chunk,
+                            chunk=source.chunk.text, heading=source.chunk.heading,
+                            source=Path(doc.path).name + (f" line {doc.line}" if doc.line else ""),
+                            open_book=self.book == "open")
+            messages = [{"role": "user", "content": prompt}]
+            if self.system_prompt:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            seed = ctx.request_seed(METHOD, doc.name, source.chunk.index, source.chunk.sha256)
+            requests.append(GenerationRequest(
+                id=f"dq-d{source.doc_index}-c{source.chunk.index}", messages=messages,
+                sampling=self.sampling.to_sampling(seed=seed)))
+        generations = ctx.generate(METHOD, requests)
+        by_id = {g.request_id: g for g in generations if g.index == 0}
+
+        base_lineage = {"round": ctx.round, "method": METHOD, "teacher": ctx.teacher_name,
+                        "template": self.template,
+                        "template_hash": template_hash(self.template), "book": self.book}
+        examples: list[Example] = []
+        rejected: list[Rejected] = []
+        reasons: Counter[str] = Counter()
+        truncated = 0
+        for source, request in zip(sources, requests, strict=True):
+            generation = by_id.get(request.id)
+            text = generation.text if generation is not None else ""
+            finish = generation.finish_reason if generation is not None else "missing"
+            truncated += finish == "length"
+            parsed = parse_qa_pairs(text, finish, limit=self.questions_per_chunk)
+            lineage = {**base_lineage, **_chunk_lineage(source, file_hashes),
+                       "sampling": request.sampling.as_dict(), "prompt_id": request.id,
+                       "completion_finish_reason": finish}
+            record_id = f"r{ctx.round}-d{source.doc_index}-c{source.chunk.index}-q{{}}"
+            for pair in parsed.pairs:
+                examples.append(Example(
+                    id=record_id.format(pair.position), instruction=pair.question,
+                    input=source.chunk.text if self.book == "open" else "", output=pair.answer,
+                    # A parsed pair is complete (the parser refuses the one a cut-off ended in).
+                    lineage=Lineage(**lineage, finish_reason="stop",
+                                    question_position=pair.position)))
+            for failure in parsed.failures:
+                reasons[failure.reason] += 1
+                rejected.append(Rejected(id=record_id.format(failure.position), stage="parse",
+                                         reason=failure.reason,
+                                         record={"raw": failure.raw, "lineage": lineage}))
+        stats = {
+            "method": METHOD,
+            "template": self.template,
+            "book": self.book,
+            "documents": len(documents),
+            "empty_documents": empty,
+            "chunks": total_chunks,
+            "chunks_used": len(sources),
+            "mean_chunk_words": round(sum(s.chunk.words for s in sources) / len(sources), 1),
+            "requests": len(requests),
+            "truncated_completions": truncated,
+            "asked": len(requests) * self.questions_per_chunk,
+            "parsed": len(examples),
+            "parse_rejected": dict(sorted(reasons.items())),
+            "examples": len(examples),
+            "chunks_without_pairs": len(sources) - len({e.lineage.prompt_id for e in examples}),
+        }
+        return GenerationResult(examples=examples, rejected=rejected, stats=stats)
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,116 +374,6 @@ class _Source:
     doc_index: int
     document: Document
     chunk: Chunk
-
-
-def generate_doc_qa(config: Config, ctx: GenerationContext,
-                    teacher_name: str) -> GenerationResult:
-    """Chunk the documents and ask the teacher for grounded pairs about each chunk.
-
-    Args:
-        config: the method's settings.
-        ctx: checkpointing and rank sharding (one checkpoint key, "doc_qa"); every rank
-            calls this and gets the same result.
-        teacher_name: the teacher's identity for lineage.
-
-    Returns:
-        Examples (ids "r{round}-d{document}-c{chunk}-q{position}") in document and chunk
-        order, every refused pair with its reason, and stats.
-
-    Raises:
-        DocumentError: a document vanished or cannot be read, or none holds any text.
-    """
-    from distill.prompts import render, template_hash
-    from distill.store import file_sha256
-
-    files = config.files()
-    documents = load_documents(files, config.text_field)
-    file_hashes = {str(path): file_sha256(path) for path in files}
-    sources: list[_Source] = []
-    empty = 0
-    for doc_index, document in enumerate(documents):
-        chunks = chunk_text(document.text, config.chunk_words, config.overlap_words,
-                            config.min_chunk_words)
-        empty += not chunks
-        sources += [_Source(doc_index, document, chunk) for chunk in chunks]
-    if not sources:
-        raise DocumentError(f"doc_qa: the {len(documents)} document(s) in {config.documents} "
-                            "hold no text")
-    total_chunks = len(sources)
-    if config.max_chunks is not None and total_chunks > config.max_chunks:
-        rng = random.Random(ctx.request_seed("doc_qa-max_chunks"))
-        picked = sorted(rng.sample(range(total_chunks), config.max_chunks))
-        sources = [sources[i] for i in picked]
-
-    requests = []
-    for source in sources:
-        doc = source.document
-        prompt = render(config.template, num_questions=config.questions_per_chunk,
-                        chunk=source.chunk.text, heading=source.chunk.heading,
-                        source=Path(doc.path).name + (f" line {doc.line}" if doc.line else ""),
-                        open_book=config.book == "open")
-        messages = [{"role": "user", "content": prompt}]
-        if config.system_prompt:
-            messages.insert(0, {"role": "system", "content": config.system_prompt})
-        seed = ctx.request_seed(METHOD, doc.name, source.chunk.index, source.chunk.sha256)
-        requests.append(GenerationRequest(
-            id=f"dq-d{source.doc_index}-c{source.chunk.index}", messages=messages,
-            sampling=config.sampling.to_sampling(seed=seed)))
-    generations = ctx.generate(METHOD, requests)
-    by_id = {g.request_id: g for g in generations if g.index == 0}
-
-    base_lineage = {"round": ctx.round, "method": METHOD, "teacher": teacher_name,
-                    "template": config.template,
-                    "template_hash": template_hash(config.template), "book": config.book}
-    examples: list[Example] = []
-    rejected: list[Rejected] = []
-    reasons: Counter[str] = Counter()
-    truncated = 0
-    for source, request in zip(sources, requests, strict=True):
-        generation = by_id.get(request.id)
-        text = generation.text if generation is not None else ""
-        finish = generation.finish_reason if generation is not None else "missing"
-        truncated += finish == "length"
-        parsed = parse_qa_pairs(text, finish, limit=config.questions_per_chunk)
-        lineage = {**base_lineage, **_chunk_lineage(source, file_hashes),
-                   "sampling": request.sampling.as_dict(), "prompt_id": request.id,
-                   "completion_finish_reason": finish}
-        record_id = f"r{ctx.round}-d{source.doc_index}-c{source.chunk.index}-q{{}}"
-        for pair in parsed.pairs:
-            examples.append(Example(
-                id=record_id.format(pair.position), instruction=pair.question,
-                input=source.chunk.text if config.book == "open" else "", output=pair.answer,
-                # A parsed pair is complete (the parser refuses the one a cut-off ended in).
-                lineage=Lineage(**lineage, finish_reason="stop", question_position=pair.position)))
-        for failure in parsed.failures:
-            reasons[failure.reason] += 1
-            rejected.append(Rejected(id=record_id.format(failure.position), stage="parse",
-                                     reason=failure.reason,
-                                     record={"raw": failure.raw, "lineage": lineage}))
-    stats = {
-        "method": METHOD,
-        "template": config.template,
-        "book": config.book,
-        "documents": len(documents),
-        "empty_documents": empty,
-        "chunks": total_chunks,
-        "chunks_used": len(sources),
-        "mean_chunk_words": round(sum(s.chunk.words for s in sources) / len(sources), 1),
-        "requests": len(requests),
-        "truncated_completions": truncated,
-        "asked": len(requests) * config.questions_per_chunk,
-        "parsed": len(examples),
-        "parse_rejected": dict(sorted(reasons.items())),
-        "examples": len(examples),
-        "chunks_without_pairs": len(sources) - len({e.lineage.prompt_id for e in examples}),
-    }
-    return GenerationResult(examples=examples, rejected=rejected, stats=stats)
-
-
-def run(config: Config, ctx: GenerationContext, seed_tasks: list[Example],
-        teacher_name: str) -> GenerationResult:
-    """The generation-method entry point (`distill.generate.GENERATORS`); no seed tasks."""
-    return generate_doc_qa(config, ctx, teacher_name=teacher_name)
 
 
 def _chunk_lineage(source: _Source, file_hashes: dict[str, str]) -> dict[str, Any]:

@@ -46,12 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from distill.backends.base import GenerationRequest
+from distill.component import Dependencies
+from distill.generate.base import GeneratorSettings
 from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.responses import ResponseSampling, SamplingConfig, generate_responses
 from distill.records import Example, Lineage, Rejected, numbered_json_objects
+from distill.registry import GENERATORS
+from distill.settings import resolve_path
 
 METHOD = "evol_instruct"
 
@@ -94,10 +98,9 @@ class JudgeSampling(SamplingConfig):
     max_tokens: int = Field(16, ge=1, description="Most new tokens per judgement.")
 
 
-class Config(BaseModel):
+@GENERATORS.register
+class Config(GeneratorSettings):
     """`generate:` settings of the Evol-Instruct method."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["evol_instruct"] = "evol_instruct"
     instructions: str | None = Field(
@@ -187,13 +190,133 @@ class Config(BaseModel):
     @field_validator("instructions")
     @classmethod
     def _instructions_path(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from distill.recipe import resolve_path
-
         return resolve_path(value, info)
 
-    def input_files(self) -> dict[str, str]:
-        """Files whose content the generation depends on (hashed into the fingerprint)."""
-        return {"instructions": self.instructions} if self.instructions else {}
+    def dependencies(self) -> Dependencies:
+        """The templates it renders, and its instructions file or else the seed pool."""
+        weights = self.operation_weights
+        templates = []
+        if any(weights.get(op, 0.0) > 0 for op in IN_DEPTH):
+            templates.append(self.depth_template)
+        if weights.get("in_breadth", 0.0) > 0:
+            templates.append(self.breadth_template)
+        if self.equality_check == "teacher":
+            templates.append(self.equality_template)
+        if self.difficulty_judge:
+            templates.append(self.difficulty_template)
+        if self.response_template is not None:
+            templates.append(self.response_template)
+        if self.instructions:
+            return Dependencies(files={"instructions": self.instructions},
+                                templates=tuple(templates))
+        return Dependencies(templates=tuple(templates), inputs=("seed_tasks",))
+
+    def run(self, ctx: GenerationContext) -> GenerationResult:
+        """Evolve the initial instructions for `evolution_rounds` rounds and answer them.
+
+        The initial pool is the `instructions` file, or else the run's seed tasks. Every
+        rank calls this and gets the same result.
+
+        Returns:
+            Examples (initial ones "r{round}-c{chain}-e0", evolved ones
+            "r{round}-c{chain}-e{t}" for evolution round t), every failed evolution and
+            malformed output as `Rejected`, and stats with a per-round table
+            (`stats["rounds"]`).
+        """
+        initial = _initial_pool(self, ctx)
+        pool = list(initial)  # one entry per chain: its newest successful evolution
+        rejected: list[Rejected] = []
+        examples: list[Example] = []
+        rounds: list[dict[str, Any]] = []
+
+        if self.include_initial:
+            answered, refused = _answer_initial(self, initial, ctx)
+            scored, malformed = _difficulty(self, answered, ctx, 0)
+            examples += scored
+            rejected += refused + malformed
+            rounds.append(_round_stats(0, initial, scored, [], Counter(r.reason for r in refused)))
+        else:
+            rounds.append(_round_stats(0, initial, initial, [], Counter()))
+
+        for t in range(1, self.evolution_rounds + 1):
+            attempts = [_attempt(self, ctx, t, chain, parent) for chain, parent in enumerate(pool)]
+            generations = ctx.generate(f"evolve-round{t:02d}", [a.request for a in attempts])
+            by_id = {g.request_id: g for g in generations if g.index == 0}
+            failures: Counter[str] = Counter()
+            children: list[tuple[_Attempt, Example]] = []
+            for attempt in attempts:
+                generation = by_id.get(attempt.request.id)
+                text = (generation.text if generation is not None else "") or ""
+                finish = generation.finish_reason if generation is not None else "missing"
+                child = _child(attempt, text.strip(), finish, ctx)
+                reason = _instruction_failure(self, attempt, child.instruction, finish)
+                if reason is not None:
+                    rejected.append(_reject(child, reason, raw=text))
+                    failures[reason] += 1
+                else:
+                    children.append((attempt, child))
+
+            children, judged_out = _equality(self, children, ctx, t)
+            for child, reason, raw in judged_out:
+                rejected.append(_reject(child, reason, raw=raw))
+                failures[reason] += 1
+
+            answered, refused = generate_responses(
+                [child for _, child in children], self.response_sampling, ctx,
+                key=f"responses-round{t:02d}", system_prompt=self.response_system_prompt,
+                template=self.response_template)
+            for item in refused:
+                failures[item.reason] += 1
+            rejected += refused
+            kept: list[Example] = []
+            for child in answered:
+                reason = _response_failure(self, child.output)
+                if reason is not None:
+                    rejected.append(_reject(child, reason, raw=child.output))
+                    failures[reason] += 1
+                else:
+                    kept.append(child)
+
+            scored, malformed = _difficulty(self, kept, ctx, t)
+            rejected += malformed
+            examples += scored
+            by_chain = {child.lineage.model_extra["chain"]: child for child in scored}
+            # A failed evolution leaves the parent in place: it is evolved again next round.
+            pool = [by_chain.get(chain, parent) for chain, parent in enumerate(pool)]
+            drawn = Counter(a.operation for a in attempts)
+            evolved = Counter(c.lineage.model_extra["operation"] for c in scored)
+            rounds.append(_round_stats(t, [a.parent for a in attempts], scored,
+                                       [(op, drawn[op], evolved[op]) for op in OPERATIONS],
+                                       failures))
+
+        failures_total: Counter[str] = Counter()
+        for row in rounds[1:]:  # round 0's rejects are unanswered initial instructions
+            failures_total.update(row["failures"])
+        stats = {
+            "method": METHOD,
+            "evolution_rounds": self.evolution_rounds,
+            "operation_weights": {op: self.operation_weights.get(op, 0.0) for op in OPERATIONS},
+            "equality_check": self.equality_check,
+            "initial": len(initial),
+            "evolved": sum(row["evolved"] for row in rounds[1:]),
+            "examples": len(examples),
+            "failures": dict(sorted(failures_total.items())),
+            "rejected": dict(sorted(Counter(r.reason for r in rejected).items())),
+            "final_pool_mean_depth": _mean([p.lineage.model_extra.get("evolution_depth", 0)
+                                            for p in pool]),
+            "rounds": rounds,
+        }
+        return GenerationResult(examples=examples, rejected=rejected, stats=stats)
+
+    @classmethod
+    def report_section(cls, stats: dict[str, Any]) -> list[str]:
+        """The per-round curriculum table: what was tried, what survived, how hard it is."""
+        return difficulty_table(stats)
+
+    @classmethod
+    def reject_counts(cls, stats: dict[str, Any]) -> dict[str, int]:
+        """Every refused evolution and answer, by reason."""
+        return stats.get("rejected", {})
 
 
 @dataclass
@@ -208,113 +331,6 @@ class _Attempt:
     input_format: str | None
     template: str
     request: GenerationRequest
-
-
-def generate_evol_instruct(config: Config, seed_tasks: list[Example], ctx: GenerationContext,
-                           teacher_name: str) -> GenerationResult:
-    """Evolve the initial instructions for `config.evolution_rounds` rounds and answer them.
-
-    Args:
-        config: the method's settings.
-        seed_tasks: the initial pool when `config.instructions` is not set.
-        ctx: checkpointing and rank sharding; every rank calls this and gets the same result.
-        teacher_name: the teacher's identity for lineage.
-
-    Returns:
-        Examples (initial ones "r{round}-c{chain}-e0", evolved ones "r{round}-c{chain}-e{t}"
-        for evolution round t), every failed evolution and malformed output as `Rejected`,
-        and stats with a per-round table (`stats["rounds"]`).
-    """
-    initial = _initial_pool(config, seed_tasks, ctx, teacher_name)
-    pool = list(initial)  # one entry per chain: its newest successful evolution
-    rejected: list[Rejected] = []
-    examples: list[Example] = []
-    rounds: list[dict[str, Any]] = []
-
-    if config.include_initial:
-        answered, refused = _answer_initial(config, initial, ctx)
-        scored, malformed = _difficulty(config, answered, ctx, 0)
-        examples += scored
-        rejected += refused + malformed
-        rounds.append(_round_stats(0, initial, scored, [], Counter(r.reason for r in refused)))
-    else:
-        rounds.append(_round_stats(0, initial, initial, [], Counter()))
-
-    for t in range(1, config.evolution_rounds + 1):
-        attempts = [_attempt(config, ctx, t, chain, parent) for chain, parent in enumerate(pool)]
-        generations = ctx.generate(f"evolve-round{t:02d}", [a.request for a in attempts])
-        by_id = {g.request_id: g for g in generations if g.index == 0}
-        failures: Counter[str] = Counter()
-        children: list[tuple[_Attempt, Example]] = []
-        for attempt in attempts:
-            generation = by_id.get(attempt.request.id)
-            text = (generation.text if generation is not None else "") or ""
-            finish = generation.finish_reason if generation is not None else "missing"
-            child = _child(attempt, text.strip(), finish, ctx, teacher_name)
-            reason = _instruction_failure(config, attempt, child.instruction, finish)
-            if reason is not None:
-                rejected.append(_reject(child, reason, raw=text))
-                failures[reason] += 1
-            else:
-                children.append((attempt, child))
-
-        children, judged_out = _equality(config, children, ctx, t)
-        for child, reason, raw in judged_out:
-            rejected.append(_reject(child, reason, raw=raw))
-            failures[reason] += 1
-
-        answered, refused = generate_responses(
-            [child for _, child in children], config.response_sampling, ctx,
-            key=f"responses-round{t:02d}", system_prompt=config.response_system_prompt,
-            template=config.response_template)
-        for item in refused:
-            failures[item.reason] += 1
-        rejected += refused
-        kept: list[Example] = []
-        for child in answered:
-            reason = _response_failure(config, child.output)
-            if reason is not None:
-                rejected.append(_reject(child, reason, raw=child.output))
-                failures[reason] += 1
-            else:
-                kept.append(child)
-
-        scored, malformed = _difficulty(config, kept, ctx, t)
-        rejected += malformed
-        examples += scored
-        by_chain = {child.lineage.model_extra["chain"]: child for child in scored}
-        # A failed evolution leaves the parent in place: it is evolved again next round.
-        pool = [by_chain.get(chain, parent) for chain, parent in enumerate(pool)]
-        drawn = Counter(a.operation for a in attempts)
-        evolved = Counter(c.lineage.model_extra["operation"] for c in scored)
-        rounds.append(_round_stats(t, [a.parent for a in attempts], scored,
-                                   [(op, drawn[op], evolved[op]) for op in OPERATIONS],
-                                   failures))
-
-    failures_total: Counter[str] = Counter()
-    for row in rounds[1:]:  # round 0's rejects are unanswered initial instructions
-        failures_total.update(row["failures"])
-    stats = {
-        "method": METHOD,
-        "evolution_rounds": config.evolution_rounds,
-        "operation_weights": {op: config.operation_weights.get(op, 0.0) for op in OPERATIONS},
-        "equality_check": config.equality_check,
-        "initial": len(initial),
-        "evolved": sum(row["evolved"] for row in rounds[1:]),
-        "examples": len(examples),
-        "failures": dict(sorted(failures_total.items())),
-        "rejected": dict(sorted(Counter(r.reason for r in rejected).items())),
-        "final_pool_mean_depth": _mean([p.lineage.model_extra.get("evolution_depth", 0)
-                                        for p in pool]),
-        "rounds": rounds,
-    }
-    return GenerationResult(examples=examples, rejected=rejected, stats=stats)
-
-
-def run(config: Config, ctx: GenerationContext, seed_tasks: list[Example],
-        teacher_name: str) -> GenerationResult:
-    """The generation-method entry point (`distill.generate.GENERATORS`)."""
-    return generate_evol_instruct(config, seed_tasks, ctx, teacher_name=teacher_name)
 
 
 # -- the initial pool ----------------------------------------------------------------------
@@ -360,9 +376,9 @@ def load_instructions(path: str | Path) -> list[Example]:
     return rows
 
 
-def _initial_pool(config: Config, seed_tasks: list[Example], ctx: GenerationContext,
-                  teacher_name: str) -> list[Example]:
-    source = load_instructions(config.instructions) if config.instructions else seed_tasks
+def _initial_pool(config: Config, ctx: GenerationContext) -> list[Example]:
+    source = load_instructions(config.instructions) if config.instructions \
+        else ctx.seed_tasks()
     if not source:
         raise ValueError("evol_instruct needs at least one initial instruction")
     if config.max_initial is not None and config.max_initial < len(source):
@@ -372,7 +388,7 @@ def _initial_pool(config: Config, seed_tasks: list[Example], ctx: GenerationCont
     return [Example(
         id=f"r{ctx.round}-c{chain:05d}-e0", instruction=task.instruction, input=task.input,
         output=task.output,
-        lineage=Lineage(round=ctx.round, method=METHOD, teacher=teacher_name, chain=chain,
+        lineage=Lineage(round=ctx.round, method=METHOD, teacher=ctx.teacher_name, chain=chain,
                         evolution_round=0, evolution_depth=0, operations=[], operation=None,
                         parent_id=None, root_id=task.id))
         for chain, task in enumerate(source)]
@@ -418,13 +434,12 @@ def _attempt(config: Config, ctx: GenerationContext, t: int, chain: int,
                     input_format=input_format, template=template, request=request)
 
 
-def _child(attempt: _Attempt, text: str, finish: str, ctx: GenerationContext,
-           teacher_name: str) -> Example:
+def _child(attempt: _Attempt, text: str, finish: str, ctx: GenerationContext) -> Example:
     from distill.prompts import template_hash
 
     parent = attempt.parent.lineage.model_extra
     lineage = Lineage(
-        round=ctx.round, method=METHOD, teacher=teacher_name, template=attempt.template,
+        round=ctx.round, method=METHOD, teacher=ctx.teacher_name, template=attempt.template,
         template_hash=template_hash(attempt.template), chain=attempt.chain,
         evolution_round=attempt.round,
         evolution_depth=parent.get("evolution_depth", 0) + 1,

@@ -34,33 +34,28 @@ import dataclasses
 import logging
 import random
 from collections import Counter, defaultdict
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distill.backends.base import GenerationRequest
+from distill.component import Dependencies
+from distill.generate.base import GeneratorSettings
 from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.responses import ResponseSampling
 from distill.judge import (
-    PAIRWISE_TEMPLATE,
-    RUBRIC_TEMPLATE,
     LLMJudge,
     LLMJudgeConfig,
-    ModelChoice,
     Rating,
     VerifierJudge,
     VerifierJudgeConfig,
     judge_context,
     open_judge_backend,
 )
+from distill.models import ModelSpec, ServedModel
 from distill.records import Example, Lineage, PreferencePair, Rejected, iter_jsonl
+from distill.registry import GENERATORS
+from distill.settings import resolve_path
 
 METHOD = "preference"
 SELF_JUDGE_WARNING = ("the judge is also one of the models that wrote the responses: LLM "
@@ -70,10 +65,11 @@ SELF_JUDGE_WARNING = ("the judge is also one of the models that wrote the respon
 log = logging.getLogger("distill")
 
 
-class Config(BaseModel):
+@GENERATORS.register
+class Config(GeneratorSettings):
     """`generate:` settings of the preference-pair method."""
 
-    model_config = ConfigDict(extra="forbid")
+    OUTPUT: ClassVar[Literal["examples", "pairs"]] = "pairs"
 
     kind: Literal["preference"] = "preference"
     prompts: str | None = Field(
@@ -81,10 +77,10 @@ class Config(BaseModel):
         "null: the seed tasks.")
     num_prompts: int | None = Field(
         None, ge=1, description="Use the first this many prompts; null: all.")
-    models: list[Literal["teacher"] | ModelChoice] = Field(
+    models: list[Literal["teacher"] | ServedModel] = Field(
         default_factory=lambda: ["teacher"], min_length=1,
-        description="Models that answer every prompt: `teacher` or {model, backend, "
-        "engine, chat_template}. UltraFeedback: 4 of a pool of 17.")
+        description="Models that answer every prompt: `teacher` or {model, revision, "
+        "backend, engine, chat_template}. UltraFeedback: 4 of a pool of 17.")
     temperatures: list[Annotated[float, Field(ge=0.0)]] = Field(
         default_factory=lambda: [0.7, 1.0], min_length=1,
         description="Each model answers once per temperature (replaces "
@@ -110,8 +106,6 @@ class Config(BaseModel):
     @field_validator("prompts")
     @classmethod
     def _prompts(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from distill.recipe import resolve_path
-
         return resolve_path(value, info)
 
     @model_validator(mode="after")
@@ -127,16 +121,89 @@ class Config(BaseModel):
         return (len(self.models) * len(self.temperatures) * len(self.system_prompts)
                 * self.samples)
 
-    def models_used(self, teacher: Any) -> list[tuple[str, str | None]]:
-        """(model, chat template) of every model this method loads besides the teacher."""
-        models = [m for m in self.models if m != "teacher"]
-        if self.judge.kind == "llm" and self.judge.model is not None:
-            models.append(self.judge.model)
-        return [(m.model, m.chat_template) for m in models]
+    def dependencies(self) -> Dependencies:
+        """Answer models and judge ("teacher": the recipe's), prompts, judge template, seeds."""
+        models: dict[str, ModelSpec | str] = {f"answers:{m}": model
+                                              for m, model in enumerate(self.models)}
+        templates: tuple[str, ...] = ()
+        if self.judge.kind == "llm":
+            templates = (self.judge.template,)
+            models["judge"] = self.judge.model if self.judge.model is not None else "teacher"
+        if self.prompts:
+            return Dependencies(models=models, files={"prompts": self.prompts},
+                                templates=templates)
+        return Dependencies(models=models, templates=templates, inputs=("seed_tasks",))
 
-    def input_files(self) -> dict[str, str]:
-        """Files besides the seed tasks this method reads (for the stage fingerprint)."""
-        return {"prompts": self.prompts} if self.prompts else {}
+    def run(self, ctx: GenerationContext) -> GenerationResult:
+        """Answer each prompt several times, judge the answers and pair best vs other."""
+        tasks = load_prompts(self.prompts) if self.prompts else list(ctx.seed_tasks())
+        tasks = tasks[:self.num_prompts] if self.num_prompts else tasks
+        if not tasks:
+            raise ValueError("preference: no prompts (no seed tasks and no `prompts` file)")
+        # Prompt ids of our own: the seed or prompt file's ids need not be unique or safe.
+        tasks = [task.model_copy(update={"id": f"r{ctx.round}-q{i:05d}",
+                                         "lineage": Lineage(prompt_id=task.id)})
+                 for i, task in enumerate(tasks)]
+        rejected: list[Rejected] = []
+        responses = _generate_responses(self, ctx, tasks, rejected)
+        judge, ratings, judge_name = _judge(self, ctx, tasks, responses)
+        for response, rating in zip(responses, ratings, strict=True):
+            if not rating.ok:
+                rejected.append(Rejected(id=response.id, stage="judge",
+                                         reason=f"judge_{rating.reason.split(':')[0]}",
+                                         record=response.to_json() | {"raw": rating.raw}))
+
+        pairs, dropped = _make_pairs(self, ctx, tasks, responses, ratings, judge_name)
+        rejected += dropped
+        generators = _generator_names(self, ctx.teacher_name)
+        is_generator = self.judge.kind == "llm" and judge_name in generators
+        warnings = [SELF_JUDGE_WARNING] if is_generator else []
+        for warning in warnings:
+            log.warning("preference: %s", warning)
+        reasons = Counter(r.reason for r in rejected)
+        chosen = [p.score_chosen for p in pairs if p.score_chosen is not None]
+        rejected_scores = [p.score_rejected for p in pairs if p.score_rejected is not None]
+        stats = {
+            "method": METHOD,
+            "prompts": len(tasks),
+            "responses_per_prompt": self.responses_per_prompt,
+            "responses": len(responses),
+            "pairs": len(pairs),
+            "parse_rejected": dict(reasons),
+            "judge": {"kind": self.judge.kind, "model": judge_name,
+                      "mode": self.judge.mode if self.judge.kind == "llm" else "verifier",
+                      "is_generator": is_generator, **judge.stats.as_dict()},
+            "mean_score_chosen": round(sum(chosen) / len(chosen), 4) if chosen else None,
+            "mean_score_rejected": (round(sum(rejected_scores) / len(rejected_scores), 4)
+                                    if rejected_scores else None),
+            "warnings": warnings,
+        }
+        return GenerationResult(examples=pairs, rejected=rejected, stats=stats)
+
+    @classmethod
+    def report_section(cls, stats: dict[str, Any]) -> list[str]:
+        """The report's "Preference pairs" section: pairs, the judge and its hygiene."""
+        judge = stats.get("judge", {})
+        dropped = stats.get("parse_rejected", {})
+        lines = ["### Preference pairs", "",
+                 f"{stats.get('pairs', 0)} pairs from {stats.get('prompts', 0)} prompts x "
+                 f"{stats.get('responses_per_prompt', 0)} responses ({stats.get('responses', 0)} "
+                 f"non-empty). Judge `{judge.get('model')}` ({judge.get('kind')}, "
+                 f"{judge.get('mode')}): {judge.get('judged', 0)} judgements, unusable: "
+                 + (", ".join(f"{k} {v}" for k, v in judge.get("malformed", {}).items()) or "none")
+                 + "."]
+        if "order_agreement" in judge:
+            lines.append(f"Both orders agreed on {judge['order_agreement']:.0%} of "
+                         f"{judge['comparisons']} comparisons; the first position won "
+                         f"{judge.get('first_position_win_rate', 0):.0%} of decisive verdicts "
+                         "(50 % is unbiased).")
+        if stats.get("mean_score_chosen") is not None:
+            lines.append(f"Mean score: chosen {stats['mean_score_chosen']}, rejected "
+                         f"{stats['mean_score_rejected']}.")
+        lines.append("Not paired or judged: "
+                     + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none") + ".")
+        lines += [f"**Warning:** {warning}." for warning in stats.get("warnings", [])]
+        return lines + [""]
 
 
 def load_prompts(path: str) -> list[Example]:
@@ -154,69 +221,21 @@ def load_prompts(path: str) -> list[Example]:
     return tasks
 
 
-def run(config: Config, ctx: GenerationContext, seed_tasks: list[Example],
-        teacher_name: str) -> GenerationResult:
-    """Answer each prompt several times, judge the answers and pair best vs other."""
-    tasks = load_prompts(config.prompts) if config.prompts else list(seed_tasks)
-    tasks = tasks[:config.num_prompts] if config.num_prompts else tasks
-    if not tasks:
-        raise ValueError("preference: no prompts (no seed tasks and no `prompts` file)")
-    # Prompt ids of our own: the seed or prompt file's ids need not be unique or safe.
-    tasks = [task.model_copy(update={"id": f"r{ctx.round}-q{i:05d}",
-                                     "lineage": Lineage(prompt_id=task.id)})
-             for i, task in enumerate(tasks)]
-    rejected: list[Rejected] = []
-    responses = _generate_responses(config, ctx, tasks, teacher_name, rejected)
-    judge, ratings, judge_name = _judge(config, ctx, tasks, responses, teacher_name)
-    for response, rating in zip(responses, ratings, strict=True):
-        if not rating.ok:
-            rejected.append(Rejected(id=response.id, stage="judge",
-                                     reason=f"judge_{rating.reason.split(':')[0]}",
-                                     record=response.to_json() | {"raw": rating.raw}))
-
-    pairs, dropped = _make_pairs(config, ctx, tasks, responses, ratings, judge_name)
-    rejected += dropped
-    generators = _generator_names(config, teacher_name)
-    is_generator = config.judge.kind == "llm" and judge_name in generators
-    warnings = [SELF_JUDGE_WARNING] if is_generator else []
-    for warning in warnings:
-        log.warning("preference: %s", warning)
-    reasons = Counter(r.reason for r in rejected)
-    chosen = [p.score_chosen for p in pairs if p.score_chosen is not None]
-    rejected_scores = [p.score_rejected for p in pairs if p.score_rejected is not None]
-    stats = {
-        "method": METHOD,
-        "prompts": len(tasks),
-        "responses_per_prompt": config.responses_per_prompt,
-        "responses": len(responses),
-        "pairs": len(pairs),
-        "parse_rejected": dict(reasons),
-        "judge": {"kind": config.judge.kind, "model": judge_name,
-                  "mode": getattr(config.judge, "mode", "verifier"),
-                  "is_generator": is_generator, **judge.stats.as_dict()},
-        "mean_score_chosen": round(sum(chosen) / len(chosen), 4) if chosen else None,
-        "mean_score_rejected": (round(sum(rejected_scores) / len(rejected_scores), 4)
-                                if rejected_scores else None),
-        "warnings": warnings,
-    }
-    return GenerationResult(examples=pairs, rejected=rejected, stats=stats)
-
-
 def _generator_names(config: Config, teacher_name: str) -> set[str]:
-    from distill.runner import resolve_model_path
+    from distill.models import model_path
 
-    return {teacher_name if m == "teacher" else resolve_model_path(m.model)
+    return {teacher_name if m == "teacher" else model_path(m.model)
             for m in config.models}
 
 
 def _generate_responses(config: Config, ctx: GenerationContext, tasks: list[Example],
-                        teacher_name: str, rejected: list[Rejected]) -> list[Example]:
+                        rejected: list[Rejected]) -> list[Example]:
     """Every model's answers to every task; empty ones go to `rejected`."""
     responses: list[Example] = []
     for m, model in enumerate(config.models):
         backend = None if model == "teacher" else open_judge_backend(model, ctx.seed)
         model_ctx = ctx if backend is None else judge_context(ctx, backend)
-        name = teacher_name if model == "teacher" else model.model
+        name = ctx.teacher_name if model == "teacher" else model.model
         try:
             requests, sources = [], {}
             for task in tasks:
@@ -257,16 +276,16 @@ def _generate_responses(config: Config, ctx: GenerationContext, tasks: list[Exam
 
 
 def _judge(config: Config, ctx: GenerationContext, tasks: list[Example],
-           responses: list[Example], teacher_name: str):
+           responses: list[Example]):
     """(judge, one rating per response, judge identity)."""
     if config.judge.kind == "verifier":
         judge = VerifierJudge(config.judge)
         return judge, judge.rate(responses), judge.name
-    from distill.runner import resolve_model_path
+    from distill.models import model_path
 
     choice = config.judge.model
     backend = None if choice is None else open_judge_backend(choice, ctx.seed)
-    name = teacher_name if choice is None else resolve_model_path(choice.model)
+    name = ctx.teacher_name if choice is None else model_path(choice.model)
     judge = LLMJudge(config.judge, ctx if backend is None else judge_context(ctx, backend),
                      name)
     try:
@@ -329,8 +348,9 @@ def _make_pairs(config: Config, ctx: GenerationContext, tasks: list[Example],
     from distill.prompts import template_hash
 
     rating_of = {r.id: rating for r, rating in zip(responses, ratings, strict=True)}
-    mode = getattr(config.judge, "mode", "verifier")
-    template = {"rubric": RUBRIC_TEMPLATE, "pairwise": PAIRWISE_TEMPLATE}.get(mode)
+    llm = config.judge.kind == "llm"
+    mode = config.judge.mode if llm else "verifier"
+    template = config.judge.template if llm else None
     pairs: list[PreferencePair] = []
     dropped: list[Rejected] = []
     by_task = _group(tasks, responses)
@@ -386,28 +406,3 @@ def _source(response: Example) -> dict[str, Any]:
             "temperature": lineage.sampling.get("temperature"),
             "system_prompt": getattr(lineage, "system_prompt", None),
             "finish_reason": getattr(lineage, "finish_reason", "")}
-
-
-def report_section(stats: dict[str, Any]) -> list[str]:
-    """The report's "Preference pairs" section: pairs, the judge and its hygiene."""
-    judge = stats.get("judge", {})
-    dropped = stats.get("parse_rejected", {})
-    lines = ["### Preference pairs", "",
-             f"{stats.get('pairs', 0)} pairs from {stats.get('prompts', 0)} prompts x "
-             f"{stats.get('responses_per_prompt', 0)} responses ({stats.get('responses', 0)} "
-             f"non-empty). Judge `{judge.get('model')}` ({judge.get('kind')}, "
-             f"{judge.get('mode')}): {judge.get('judged', 0)} judgements, unusable: "
-             + (", ".join(f"{k} {v}" for k, v in judge.get("malformed", {}).items()) or "none")
-             + "."]
-    if "order_agreement" in judge:
-        lines.append(f"Both orders agreed on {judge['order_agreement']:.0%} of "
-                     f"{judge['comparisons']} comparisons; the first position won "
-                     f"{judge.get('first_position_win_rate', 0):.0%} of decisive verdicts "
-                     "(50 % is unbiased).")
-    if stats.get("mean_score_chosen") is not None:
-        lines.append(f"Mean score: chosen {stats['mean_score_chosen']}, rejected "
-                     f"{stats['mean_score_rejected']}.")
-    lines.append("Not paired or judged: "
-                 + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none") + ".")
-    lines += [f"**Warning:** {warning}." for warning in stats.get("warnings", [])]
-    return lines + [""]

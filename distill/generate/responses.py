@@ -15,21 +15,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from distill.backends.base import GenerationRequest, Sampling
 from distill.generate.context import GenerationContext
 from distill.records import Example, Lineage, Rejected
+from distill.settings import Strict
 
 
-class SamplingConfig(BaseModel):
+class SamplingConfig(Strict):
     """Sampling settings as a recipe writes them (OpenAI / vLLM names and meanings).
 
     The per-request seed is not a setting: each request gets `ctx.request_seed(...)`,
     so an answer never depends on batching, ranks or resumption.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(0.7, ge=0.0, description="Softmax temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")

@@ -25,9 +25,10 @@ kept instructions, here `num_instructions` counts well-formed candidates and the
 pool holds candidates. Per-request seeds (`ctx.request_seed`) and checkpointed steps make
 a resumed run equal an uninterrupted one.
 
-    from distill.generate.self_instruct import Config, generate_self_instruct
-    result = generate_self_instruct(Config(num_instructions=1000), load_seed_tasks(),
-                                    ctx, teacher_name="Qwen/Qwen2.5-7B-Instruct")
+    from distill.generate.self_instruct import Config
+    ctx = GenerationContext(backend, checkpoint_dir, teacher_name="Qwen/Qwen2.5-7B-Instruct",
+                            seed_tasks=load_seed_tasks)
+    result = Config(num_instructions=1000).run(ctx)
 """
 
 from __future__ import annotations
@@ -37,24 +38,25 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from distill.backends.base import GenerationRequest
-from distill.data import load_seed_tasks, seed_tasks_path
+from distill.component import Dependencies
+from distill.data import load_seed_tasks as load_seed_tasks  # the runner reads seeds with it
+from distill.data import seed_tasks_path
+from distill.generate.base import GeneratorSettings
 from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.parsing import parse_task_list
 from distill.generate.responses import ResponseSampling, SamplingConfig, generate_responses
 from distill.records import Example, Lineage, Rejected
+from distill.registry import GENERATORS
 
 METHOD = "self_instruct"
 
 # The seed pool shipped with distill (see distill/data); a recipe's data.seed_tasks overrides it.
 DEFAULT_SEED_TASKS = str(seed_tasks_path())
-
-__all__ = ["DEFAULT_SEED_TASKS", "Config", "InstructionSampling", "SelfInstructResult",
-           "generate_self_instruct", "load_seed_tasks"]
 
 
 class InstructionSampling(SamplingConfig):
@@ -76,10 +78,13 @@ class InstructionSampling(SamplingConfig):
                     '20). Alpaca used ["\\n20", "20.", "20."], which ends its list at 19.')
 
 
-class Config(BaseModel):
+@GENERATORS.register
+class Config(GeneratorSettings):
     """`generate:` settings of the Self-Instruct / Alpaca method."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No setting is speed-only: prompts_per_step sets when the machine pool grows, so it
+    # changes which tasks later prompts show; max_steps can cut the stream short.
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset()
 
     kind: Literal["self_instruct"] = "self_instruct"
     strict_numbering: bool = Field(
@@ -158,8 +163,121 @@ class Config(BaseModel):
         """Stop before the task after the last one the prompt asked for."""
         return (f"{self.tasks_per_prompt + 1}. Instruction:",)
 
+    def dependencies(self) -> Dependencies:
+        """The instruction template, the response template if any, and the seed pool."""
+        templates = [self.template]
+        if self.responses == "regenerate" and self.response_template is not None:
+            templates.append(self.response_template)
+        return Dependencies(templates=tuple(templates), inputs=("seed_tasks",))
 
-SelfInstructResult = GenerationResult  # the name older callers import
+    def run(self, ctx: GenerationContext) -> GenerationResult:
+        """Grow the run's seed tasks into `num_instructions` answered instructions.
+
+        Instruction steps are checkpointed under "instructions-step0000", ..., the response
+        step under "responses". Every rank calls this and gets the same result.
+
+        Returns:
+            Examples (ids "r{round}-s{step}-p{prompt}-t{block}"), parse and response
+            rejects, and stats (counts per step and per reject reason).
+        """
+        from distill.prompts import template_hash
+
+        seed_tasks = ctx.seed_tasks()
+        if not seed_tasks:
+            raise ValueError("self_instruct needs at least one seed task")
+        ids = [task.id for task in seed_tasks]
+        if len(set(ids)) != len(ids):
+            raise ValueError("seed task ids are not unique")
+        base_lineage = {"round": ctx.round, "method": METHOD, "teacher": ctx.teacher_name,
+                        "template": self.template,
+                        "template_hash": template_hash(self.template)}
+        max_steps = self.resolved_max_steps()
+        pool: list[Example] = []  # well-formed tasks in stream order: the machine pool
+        rejected: list[Rejected] = []
+        reasons: Counter[str] = Counter()
+        per_step: list[dict[str, Any]] = []
+        truncated_completions = 0
+        step = 0
+        while len(pool) < self.num_instructions and step < max_steps:
+            prompts = [_build_prompt(self, seed_tasks, pool, ctx, step, p)
+                       for p in range(self.prompts_per_step)]
+            generations = ctx.generate(f"instructions-step{step:04d}",
+                                       [prompt.request for prompt in prompts])
+            by_id = {g.request_id: g for g in generations if g.index == 0}
+            new_tasks: list[Example] = []
+            step_rejects = 0
+            for prompt in prompts:
+                generation = by_id.get(prompt.request.id)
+                text = generation.text if generation is not None else ""
+                finish = generation.finish_reason if generation is not None else "missing"
+                truncated_completions += finish == "length"
+                parsed = parse_task_list(text, prompt.first_number, finish,
+                                         strict_numbering=self.strict_numbering)
+                lineage = {
+                    **base_lineage,
+                    "sampling": prompt.request.sampling.as_dict(),
+                    "instruction_sampling": prompt.request.sampling.as_dict(),
+                    # A parsed task is a complete block (the parser rejects a cut-off last
+                    # block), so it was not truncated even when its completion hit
+                    # max_tokens later on.
+                    "instruction_finish_reason": "stop",
+                    "completion_finish_reason": finish,
+                    "step": step,
+                    "prompt_id": prompt.request.id,
+                    "in_context_ids": [task.id for task in prompt.in_context],
+                }
+                record_id = f"r{ctx.round}-s{step}-p{prompt.index}-t{{}}"
+                for task in parsed.tasks:
+                    new_tasks.append(Example(
+                        id=record_id.format(task.block), instruction=task.instruction,
+                        input=task.input, output=task.output,
+                        lineage=Lineage(**lineage, task_number=task.number,
+                                        finish_reason="stop")))
+                for failure in parsed.failures:
+                    reasons[failure.reason] += 1
+                    step_rejects += 1
+                    rejected.append(Rejected(
+                        id=record_id.format(failure.block), stage="parse",
+                        reason=failure.reason,
+                        record={"raw": failure.raw, "task_number": failure.number,
+                                "lineage": lineage}))
+            pool.extend(new_tasks)  # visible to in-context sampling from the next step on
+            per_step.append({"step": step, "prompts": len(prompts), "parsed": len(new_tasks),
+                             "rejected": step_rejects})
+            step += 1
+
+        kept = pool[:self.num_instructions]
+        response_rejected: list[Rejected] = []
+        if self.responses == "regenerate":
+            examples, response_rejected = generate_responses(
+                kept, self.response_sampling, ctx, key="responses",
+                system_prompt=self.response_system_prompt, template=self.response_template)
+        else:
+            examples = kept
+        stats = {
+            "method": METHOD,
+            "template": self.template,
+            "steps": step,
+            "max_steps": max_steps,
+            "stopped_by": "num_instructions" if len(pool) >= self.num_instructions
+            else "max_steps",
+            "prompts": step * self.prompts_per_step,
+            "truncated_completions": truncated_completions,
+            "parsed": len(pool),
+            "parse_rejected": dict(sorted(reasons.items())),
+            "instructions": len(kept),
+            "surplus": len(pool) - len(kept),
+            "responses": self.responses,
+            "response_rejected": dict(Counter(r.reason for r in response_rejected)),
+            "responses_truncated": sum(e.lineage.model_extra.get("finish_reason") == "length"
+                                       for e in examples) if self.responses == "regenerate"
+            else 0,
+            "examples": len(examples),
+            "with_input": sum(bool(e.input.strip()) for e in examples),
+            "per_step": per_step,
+        }
+        return GenerationResult(examples=examples, rejected=rejected + response_rejected,
+                                stats=stats)
 
 
 @dataclass
@@ -172,125 +290,6 @@ class _Prompt:
     @property
     def first_number(self) -> int:
         return len(self.in_context) + 1
-
-
-def generate_self_instruct(config: Config, seed_tasks: list[Example], ctx: GenerationContext,
-                           teacher_name: str) -> SelfInstructResult:
-    """Grow `seed_tasks` into `config.num_instructions` answered instructions.
-
-    Args:
-        config: the method's settings.
-        seed_tasks: the human-written pool (`distill.data.load_seed_tasks`).
-        ctx: checkpointing and rank sharding; instruction steps are checkpointed under
-            "instructions-step0000", ..., the response step under "responses". Every rank
-            calls this and gets the same result.
-        teacher_name: the teacher's identity for lineage (model id or path).
-
-    Returns:
-        Examples (ids "r{round}-s{step}-p{prompt}-t{block}"), parse and response rejects,
-        and stats (counts per step and per reject reason).
-    """
-    from distill.prompts import template_hash
-
-    if not seed_tasks:
-        raise ValueError("self_instruct needs at least one seed task")
-    ids = [task.id for task in seed_tasks]
-    if len(set(ids)) != len(ids):
-        raise ValueError("seed task ids are not unique")
-    base_lineage = {"round": ctx.round, "method": METHOD, "teacher": teacher_name,
-                    "template": config.template,
-                    "template_hash": template_hash(config.template)}
-    max_steps = config.resolved_max_steps()
-    pool: list[Example] = []  # well-formed tasks in stream order: the machine pool
-    rejected: list[Rejected] = []
-    reasons: Counter[str] = Counter()
-    per_step: list[dict[str, Any]] = []
-    truncated_completions = 0
-    step = 0
-    while len(pool) < config.num_instructions and step < max_steps:
-        prompts = [_build_prompt(config, seed_tasks, pool, ctx, step, p)
-                   for p in range(config.prompts_per_step)]
-        generations = ctx.generate(f"instructions-step{step:04d}",
-                                   [prompt.request for prompt in prompts])
-        by_id = {g.request_id: g for g in generations if g.index == 0}
-        new_tasks: list[Example] = []
-        step_rejects = 0
-        for prompt in prompts:
-            generation = by_id.get(prompt.request.id)
-            text = generation.text if generation is not None else ""
-            finish = generation.finish_reason if generation is not None else "missing"
-            truncated_completions += finish == "length"
-            parsed = parse_task_list(text, prompt.first_number, finish,
-                                     strict_numbering=config.strict_numbering)
-            lineage = {
-                **base_lineage,
-                "sampling": prompt.request.sampling.as_dict(),
-                "instruction_sampling": prompt.request.sampling.as_dict(),
-                # A parsed task is a complete block (the parser rejects a cut-off last block),
-                # so it was not truncated even when its completion hit max_tokens later on.
-                "instruction_finish_reason": "stop",
-                "completion_finish_reason": finish,
-                "step": step,
-                "prompt_id": prompt.request.id,
-                "in_context_ids": [task.id for task in prompt.in_context],
-            }
-            record_id = f"r{ctx.round}-s{step}-p{prompt.index}-t{{}}"
-            for task in parsed.tasks:
-                new_tasks.append(Example(
-                    id=record_id.format(task.block), instruction=task.instruction,
-                    input=task.input, output=task.output,
-                    lineage=Lineage(**lineage, task_number=task.number,
-                                    finish_reason="stop")))
-            for failure in parsed.failures:
-                reasons[failure.reason] += 1
-                step_rejects += 1
-                rejected.append(Rejected(
-                    id=record_id.format(failure.block), stage="parse", reason=failure.reason,
-                    record={"raw": failure.raw, "task_number": failure.number,
-                            "lineage": lineage}))
-        pool.extend(new_tasks)  # visible to in-context sampling from the next step on
-        per_step.append({"step": step, "prompts": len(prompts), "parsed": len(new_tasks),
-                         "rejected": step_rejects})
-        step += 1
-
-    kept = pool[:config.num_instructions]
-    response_rejected: list[Rejected] = []
-    if config.responses == "regenerate":
-        examples, response_rejected = generate_responses(
-            kept, config.response_sampling, ctx, key="responses",
-            system_prompt=config.response_system_prompt, template=config.response_template)
-    else:
-        examples = kept
-    stats = {
-        "method": METHOD,
-        "template": config.template,
-        "steps": step,
-        "max_steps": max_steps,
-        "stopped_by": "num_instructions" if len(pool) >= config.num_instructions
-        else "max_steps",
-        "prompts": step * config.prompts_per_step,
-        "truncated_completions": truncated_completions,
-        "parsed": len(pool),
-        "parse_rejected": dict(sorted(reasons.items())),
-        "instructions": len(kept),
-        "surplus": len(pool) - len(kept),
-        "responses": config.responses,
-        "response_rejected": dict(Counter(r.reason for r in response_rejected)),
-        "responses_truncated": sum(e.lineage.model_extra.get("finish_reason") == "length"
-                                   for e in examples) if config.responses == "regenerate"
-        else 0,
-        "examples": len(examples),
-        "with_input": sum(bool(e.input.strip()) for e in examples),
-        "per_step": per_step,
-    }
-    return SelfInstructResult(examples=examples, rejected=rejected + response_rejected,
-                              stats=stats)
-
-
-def run(config: Config, ctx: GenerationContext, seed_tasks: list[Example],
-        teacher_name: str) -> GenerationResult:
-    """The generation-method entry point (`distill.generate.GENERATORS`)."""
-    return generate_self_instruct(config, seed_tasks, ctx, teacher_name=teacher_name)
 
 
 def _build_prompt(config: Config, seed_tasks: list[Example], pool: list[Example],

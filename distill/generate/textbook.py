@@ -45,13 +45,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from distill.backends.base import GenerationRequest
+from distill.component import Dependencies
+from distill.generate.base import GeneratorSettings
 from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.exercises import Parsed, parse_exercise, parse_section
 from distill.generate.responses import SamplingConfig
 from distill.records import Example, Lineage, Rejected
+from distill.registry import GENERATORS
+from distill.settings import Strict
 
 METHOD = "textbook"
 Domain = Literal["general", "code", "math"]
@@ -72,10 +76,8 @@ class SectionSampling(SamplingConfig):
     max_tokens: int = Field(2500, ge=1, description="Cosmopedia: 2500 new tokens.")
 
 
-class Topic(BaseModel):
+class Topic(Strict):
     """One node of the topic taxonomy; a topic without subtopics is a leaf."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, description="The topic as the prompt names it.")
     domain: Domain | None = Field(
@@ -85,10 +87,9 @@ class Topic(BaseModel):
     subtopics: list[Topic] = Field(default_factory=list, description="Child topics.")
 
 
-class Config(BaseModel):
+@GENERATORS.register
+class Config(GeneratorSettings):
     """`generate:` settings of the textbook / exercise method."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["textbook"] = "textbook"
     topics: list[Topic] = Field(
@@ -163,6 +164,71 @@ class Config(BaseModel):
 
         template_source(name)  # ValueError listing the available templates
         return name
+
+    def dependencies(self) -> Dependencies:
+        """The section and exercise templates, for the products it writes.
+
+        A topics file is read while the recipe is validated and its taxonomy becomes
+        `topics` itself, so the settings already hold what the file says.
+        """
+        templates = []
+        if self.sections != 0:
+            templates.append(self.section_template)
+        if self.exercises != 0:
+            templates.append(self.exercise_template)
+        return Dependencies(templates=tuple(templates))
+
+    def run(self, ctx: GenerationContext) -> GenerationResult:
+        """Write the sections and exercises the settings specify, in curriculum order.
+
+        Args:
+            ctx: checkpointing and rank sharding ("sections" and "exercises" keys), and the
+                teacher's name for lineage.
+
+        Returns:
+            Examples sorted simple to complex with `curriculum_index` 0..n-1, a `Rejected`
+            record (stage "parse") for every refused completion, and stats.
+        """
+        from distill.prompts import template_hash
+
+        spec_seed = ctx.request_seed("specs")
+        results: list[tuple[Spec, Example]] = []
+        rejected: list[Rejected] = []
+        reasons: dict[str, Counter[str]] = {}
+        truncated = 0
+        for product, key, template in (("section", "sections", self.section_template),
+                                       ("exercise", "exercises", self.exercise_template)):
+            specs = sorted(sample_specs(self, product, spec_seed),
+                           key=lambda spec: spec.curriculum_key())
+            if not specs:
+                continue
+            built = [_build(self, spec, ctx) for spec in specs]
+            generations = ctx.generate(key, [b.request for b in built])
+            by_id = {g.request_id: g for g in generations if g.index == 0}
+            counter = reasons.setdefault(product, Counter())
+            for item in built:
+                generation = by_id.get(item.spec.id)
+                text = generation.text if generation is not None else ""
+                finish = generation.finish_reason if generation is not None else "missing"
+                truncated += finish == "length"
+                lineage = _lineage(self, item, ctx, template, template_hash(template), finish)
+                if product == "section":
+                    parsed = parse_section(text, self.min_section_words)
+                else:
+                    parsed = parse_exercise(text, item.spec.leaf.domain, finish,
+                                            item.function_name or None)
+                if not parsed.ok:
+                    counter[parsed.reason] += 1
+                    rejected.append(Rejected(id=f"r{ctx.round}-{item.spec.id}", stage="parse",
+                                             reason=parsed.reason,
+                                             record={"raw": text, "lineage": lineage}))
+                    continue
+                results.append((item.spec, _example(item, parsed, lineage, ctx.round)))
+        results.sort(key=lambda pair: pair[0].curriculum_key())
+        examples = [example.model_copy(update={"curriculum_index": index})
+                    for index, (_, example) in enumerate(results)]
+        stats = _stats(self, examples, reasons, truncated)
+        return GenerationResult(examples=examples, rejected=rejected, stats=stats)
 
 
 # -- topics ------------------------------------------------------------------------------
@@ -402,73 +468,11 @@ def _build(config: Config, spec: Spec, ctx: GenerationContext) -> _Request:
 # -- the method --------------------------------------------------------------------------
 
 
-def generate_textbook(config: Config, ctx: GenerationContext,
-                      teacher_name: str) -> GenerationResult:
-    """Write the sections and exercises the config specifies; candidates in curriculum order.
-
-    Args:
-        config: the method's settings.
-        ctx: checkpointing and rank sharding ("sections" and "exercises" keys).
-        teacher_name: the teacher's identity for lineage.
-
-    Returns:
-        Examples sorted simple to complex with `curriculum_index` 0..n-1, a `Rejected`
-        record (stage "parse") for every refused completion, and stats.
-    """
-    from distill.prompts import template_hash
-
-    spec_seed = ctx.request_seed("specs")
-    results: list[tuple[Spec, Example]] = []
-    rejected: list[Rejected] = []
-    reasons: dict[str, Counter[str]] = {}
-    truncated = 0
-    for product, key, template in (("section", "sections", config.section_template),
-                                   ("exercise", "exercises", config.exercise_template)):
-        specs = sorted(sample_specs(config, product, spec_seed),
-                       key=lambda spec: spec.curriculum_key())
-        if not specs:
-            continue
-        built = [_build(config, spec, ctx) for spec in specs]
-        generations = ctx.generate(key, [b.request for b in built])
-        by_id = {g.request_id: g for g in generations if g.index == 0}
-        counter = reasons.setdefault(product, Counter())
-        for item in built:
-            generation = by_id.get(item.spec.id)
-            text = generation.text if generation is not None else ""
-            finish = generation.finish_reason if generation is not None else "missing"
-            truncated += finish == "length"
-            lineage = _lineage(config, item, ctx, teacher_name, template,
-                               template_hash(template), finish)
-            if product == "section":
-                parsed = parse_section(text, config.min_section_words)
-            else:
-                parsed = parse_exercise(text, item.spec.leaf.domain, finish,
-                                        item.function_name or None)
-            if not parsed.ok:
-                counter[parsed.reason] += 1
-                rejected.append(Rejected(id=f"r{ctx.round}-{item.spec.id}", stage="parse",
-                                         reason=parsed.reason,
-                                         record={"raw": text, "lineage": lineage}))
-                continue
-            results.append((item.spec, _example(item, parsed, lineage, ctx.round)))
-    results.sort(key=lambda pair: pair[0].curriculum_key())
-    examples = [example.model_copy(update={"curriculum_index": index})
-                for index, (_, example) in enumerate(results)]
-    stats = _stats(config, examples, reasons, truncated)
-    return GenerationResult(examples=examples, rejected=rejected, stats=stats)
-
-
-def run(config: Config, ctx: GenerationContext, seed_tasks: list[Example],
-        teacher_name: str) -> GenerationResult:
-    """The generation-method entry point (`distill.generate.GENERATORS`); seeds unused."""
-    return generate_textbook(config, ctx, teacher_name=teacher_name)
-
-
-def _lineage(config: Config, item: _Request, ctx: GenerationContext, teacher_name: str,
-             template: str, template_sha: str, finish: str) -> dict[str, Any]:
+def _lineage(config: Config, item: _Request, ctx: GenerationContext, template: str,
+             template_sha: str, finish: str) -> dict[str, Any]:
     spec = item.spec
     return {
-        "round": ctx.round, "method": METHOD, "teacher": teacher_name,
+        "round": ctx.round, "method": METHOD, "teacher": ctx.teacher_name,
         "template": template, "template_hash": template_sha,
         "sampling": item.request.sampling.as_dict(),
         # Kept as the backend reported it: the heuristics filter drops "length" (cut off).

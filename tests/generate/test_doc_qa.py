@@ -6,8 +6,7 @@ import yaml
 from pydantic import ValidationError
 from scripted_teacher import ScriptedTeacher
 
-from distill.generate import load_generator
-from distill.generate.doc_qa import Config, generate_doc_qa, parse_qa_pairs
+from distill.generate.doc_qa import Config, parse_qa_pairs
 from distill.generate.documents import (
     DocumentError,
     chunk_text,
@@ -15,6 +14,7 @@ from distill.generate.documents import (
     load_documents,
 )
 from distill.recipe import RecipeError, load_recipe
+from distill.registry import GENERATORS
 
 # ---------------------------------------------------------------------------- chunking
 
@@ -110,7 +110,8 @@ def test_a_missing_document_is_a_recipe_error_naming_the_field(tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     loaded = load_recipe(path)
     assert [p.name for p in loaded.generate.files()] == ["x.md"]
-    assert list(loaded.generate.input_files().values()) == [str(tmp_path / "docs" / "x.md")]
+    assert list(loaded.generate.dependencies().files.values()) == [
+        str(tmp_path / "docs" / "x.md")]
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -190,13 +191,14 @@ def config(docs, **fields):
 
 def test_records_are_grounded_in_their_chunk_and_refusals_are_counted(docs, make_ctx):
     teacher = ScriptedTeacher(grounded_script)
-    result = generate_doc_qa(config(docs), make_ctx(teacher), teacher_name="scripted")
+    result = config(docs).run(make_ctx(teacher, teacher_name="scripted"))
     assert result.stats["documents"] == 2 and result.stats["empty_documents"] == 1
     assert result.stats["chunks"] == 2 and result.stats["parse_rejected"] == {"no_pairs": 1}
     assert [e.id for e in result.examples] == ["r0-d1-c0-q0", "r0-d1-c0-q1"]
     example = result.examples[0]
     lineage = example.lineage.model_extra
     assert lineage["document"].endswith("lumen.md") and lineage["chunk_index"] == 0
+    assert example.lineage.teacher == "scripted"  # the context's teacher_name
     assert lineage["chunk"] == DOC[lineage["chunk_start"]:lineage["chunk_end"]]
     assert lineage["chunk_heading"] == "Lumen" and "Oslo" in lineage["chunk"]
     assert example.instruction == "What does it say first?" and example.input == ""
@@ -209,8 +211,7 @@ def test_records_are_grounded_in_their_chunk_and_refusals_are_counted(docs, make
 
 
 def test_open_book_puts_the_chunk_in_the_input(docs, make_ctx):
-    result = generate_doc_qa(config(docs, book="open"),
-                             make_ctx(ScriptedTeacher(grounded_script)), teacher_name="s")
+    result = config(docs, book="open").run(make_ctx(ScriptedTeacher(grounded_script)))
     example = result.examples[0]
     assert example.input == example.lineage.model_extra["chunk"]
     assert "Oslo" in example.messages()[0]["content"]
@@ -218,29 +219,32 @@ def test_open_book_puts_the_chunk_in_the_input(docs, make_ctx):
 
 def test_rerun_is_answered_from_the_checkpoint(docs, make_ctx):
     first = ScriptedTeacher(grounded_script)
-    one = generate_doc_qa(config(docs), make_ctx(first, "same"), teacher_name="s")
+    one = config(docs).run(make_ctx(first, "same"))
     again = ScriptedTeacher(grounded_script)
-    two = generate_doc_qa(config(docs), make_ctx(again, "same"), teacher_name="s")
+    two = config(docs).run(make_ctx(again, "same"))
     assert again.requests == [] and len(first.requests) == 2
     assert [e.to_json() for e in one.examples] == [e.to_json() for e in two.examples]
     assert len({r.sampling.seed for r in first.requests}) == 2  # a seed per chunk
 
 
 def test_max_chunks_samples_and_all_empty_documents_fail_clearly(docs, make_ctx, tmp_path):
-    result = generate_doc_qa(config(docs, max_chunks=1),
-                             make_ctx(ScriptedTeacher(grounded_script)), teacher_name="s")
+    result = config(docs, max_chunks=1).run(make_ctx(ScriptedTeacher(grounded_script)))
     assert result.stats["chunks"] == 2 and result.stats["chunks_used"] == 1
     (docs / "lumen.md").write_text("")
     with pytest.raises(DocumentError, match="hold no text"):
-        generate_doc_qa(config(docs), make_ctx(ScriptedTeacher(grounded_script), "x"),
-                        teacher_name="s")
+        config(docs).run(make_ctx(ScriptedTeacher(grounded_script), "x"))
 
 
 def test_registered_as_a_generation_method(docs, make_ctx):
-    run = load_generator("doc_qa")
-    result = run(config(docs), make_ctx(ScriptedTeacher(grounded_script)), [],
-                 teacher_name="s")
+    method = GENERATORS.get("doc_qa")
+    assert method is Config
+    result = method(documents=[str(docs)], chunk_words=30, overlap_words=5).run(
+        make_ctx(ScriptedTeacher(grounded_script)))
     assert all(re.fullmatch(r"r0-d\d+-c\d+-q\d+", e.id) for e in result.examples)
+    # every document file the recipe names enters the fingerprint, with the template
+    needs = config(docs).dependencies()
+    assert needs.templates == ("doc_qa",) and not needs.inputs
+    assert sorted(needs.files.values()) == sorted(str(p) for p in config(docs).files())
 
 
 def test_config_refuses_overlap_as_large_as_the_chunk(docs):

@@ -13,7 +13,6 @@ from distill.generate.evol_instruct import (
     OPERATIONS,
     Config,
     difficulty_table,
-    generate_evol_instruct,
     load_instructions,
     parse_difficulty,
     parse_equality,
@@ -83,9 +82,9 @@ def script(request):
 
 def run(make_ctx, cfg=None, name="run", teacher=None, seeds=SEEDS, **ctx_fields):
     teacher = teacher or ScriptedTeacher(script)
-    ctx = make_ctx(teacher, name, **ctx_fields)
-    result = generate_evol_instruct(cfg or Config(), seeds, ctx, teacher_name="scripted")
-    return result, teacher
+    ctx = make_ctx(teacher, name, teacher_name="scripted", seed_tasks=lambda: seeds,
+                   **ctx_fields)
+    return (cfg or Config()).run(ctx), teacher
 
 
 def dump(result):
@@ -297,7 +296,8 @@ def test_keep_initial_responses_and_an_instructions_file(make_ctx, tmp_path):
         assert example.instruction == row["instruction"]
         assert example.output == (row["output"] or
                                   "Here is a detailed answer with 3 facts about good.")
-    assert cfg.input_files() == {"instructions": str(path)}
+    assert cfg.dependencies().files == {"instructions": str(path)}
+    assert cfg.dependencies().inputs == ()  # the file replaces the seed tasks
 
 
 def test_bad_instruction_files_name_the_line(tmp_path):
@@ -339,26 +339,31 @@ def test_config_validation(tmp_path):
         load_recipe(recipe)
 
 
-def test_the_instructions_file_content_is_part_of_the_generate_fingerprint(tmp_path,
-                                                                          monkeypatch):
-    from pathlib import Path
-
-    from distill.recipe import load_recipe
-    from distill.runner import ModelRef, Runner
+def test_the_instructions_file_content_is_part_of_the_generate_fingerprint(tmp_path):
+    from distill.component import fingerprint_inputs
 
     path = tmp_path / "instructions.jsonl"
     path.write_text('{"instruction": "Explain the good topic."}\n')
-    small = Path(__file__).resolve().parents[2] / "recipes" / "small" / "evol_instruct.yaml"
-    runner = Runner(load_recipe(small, [f"output_dir={tmp_path}",
-                                        f"generate.instructions={path}"]))
-    seen = []
-    monkeypatch.setattr(runner, "_stage", lambda label, name, config, inputs, work:
-                        seen.append(inputs))
-    teacher = ModelRef(path="teacher", identity={"model": "teacher"})
-    runner.generate("round_0", 0, teacher)
+    cfg = Config(instructions=str(path))
+    needs = cfg.dependencies()
+    assert needs.files == {"instructions": str(path)} and needs.inputs == ()
+    assert Config().dependencies().inputs == ("seed_tasks",)  # no file: the seed pool
+
+    def fingerprint():
+        return fingerprint_inputs(cfg, model_identity=lambda spec: "", run_inputs={})
+
+    before = fingerprint()
     path.write_text('{"instruction": "Explain the other topic."}\n')
-    runner.generate("round_0", 0, teacher)
-    assert seen[0]["instructions"] != seen[1]["instructions"]
+    assert fingerprint()["files"]["instructions"] != before["files"]["instructions"]
+
+
+def test_the_declared_templates_follow_the_settings():
+    full = Config(difficulty_judge=True, response_template="alpaca_prompt")
+    assert set(full.dependencies().templates) == {
+        "evol_depth", "evol_breadth", "evol_equal", "evol_difficulty", "alpaca_prompt"}
+    lean = Config(operation_weights={"in_breadth": 1.0}, equality_check="exact",
+                  breadth_template="evol_breadth_compact")
+    assert lean.dependencies().templates == ("evol_breadth_compact",)
 
 
 # -- resumption and ranks --------------------------------------------------------------------

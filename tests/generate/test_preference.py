@@ -8,7 +8,7 @@ import pytest
 from scripted_teacher import ScriptedTeacher
 
 from distill.generate import preference
-from distill.generate.preference import SELF_JUDGE_WARNING, Config, load_prompts, run
+from distill.generate.preference import SELF_JUDGE_WARNING, Config, load_prompts
 from distill.records import Example, PreferencePair, read_records, write_jsonl
 
 TASKS = [Example(id=f"seed-{i}", instruction=f"Describe thing number {i}.", input="")
@@ -50,14 +50,24 @@ def scripted(judge_rubric=None, judge_pairwise=None):
     return ScriptedTeacher(script)
 
 
+@pytest.fixture
+def ctx_of(make_ctx):
+    """`ctx_of(teacher)`: a context whose teacher is "t" and whose seed tasks are TASKS."""
+
+    def make(teacher, name="run", teacher_name="t", tasks=TASKS):
+        return make_ctx(teacher, name, teacher_name=teacher_name, seed_tasks=lambda: tasks)
+
+    return make
+
+
 def config(**fields) -> Config:
     fields.setdefault("temperatures", [0.2, 0.7, 1.0])
     return Config.model_validate(fields)
 
 
-def test_rubric_pairs_take_the_best_answer_as_chosen(make_ctx):
+def test_rubric_pairs_take_the_best_answer_as_chosen(ctx_of):
     teacher = scripted()
-    result = run(config(), make_ctx(teacher), TASKS, teacher_name="teacher-x")
+    result = config().run(ctx_of(teacher, teacher_name="teacher-x"))
     pairs = result.examples
     assert len(pairs) == 4 and all(isinstance(p, PreferencePair) for p in pairs)
     for pair, task in zip(pairs, TASKS, strict=True):
@@ -73,7 +83,7 @@ def test_rubric_pairs_take_the_best_answer_as_chosen(make_ctx):
         assert judged["chosen_rationale"]["honesty"] == "because 5."
     # best vs random: over the prompts both worse answers are drawn, deterministically
     assert {quality(p.rejected_output) for p in pairs} == {1, 3}
-    again = run(config(), make_ctx(scripted(), name="again"), TASKS, teacher_name="teacher-x")
+    again = config().run(ctx_of(scripted(), name="again", teacher_name="teacher-x"))
     assert [p.rejected_output for p in again.examples] == [p.rejected_output for p in pairs]
     stats = result.stats
     assert stats["prompts"] == 4 and stats["responses"] == 12 and stats["pairs"] == 4
@@ -83,27 +93,25 @@ def test_rubric_pairs_take_the_best_answer_as_chosen(make_ctx):
     assert len(teacher.requests) == 24 and len(judge_requests) == 12
 
 
-def test_best_vs_worst_and_ties_dropped(make_ctx):
-    result = run(config(pairing="best_vs_worst"), make_ctx(scripted()), TASKS, "t")
+def test_best_vs_worst_and_ties_dropped(ctx_of):
+    result = config(pairing="best_vs_worst").run(ctx_of(scripted()))
     assert {quality(p.rejected_output) for p in result.examples} == {1}
     # two answers of equal quality: a tie, dropped (UltraFeedback binarized drops ties)
-    tied = run(config(temperatures=[0.7, 1.3]), make_ctx(scripted(), name="tied"), TASKS, "t")
+    tied = config(temperatures=[0.7, 1.3]).run(ctx_of(scripted(), name="tied"))
     assert tied.examples == []
     assert tied.stats["parse_rejected"] == {"tie": 4}
     assert {r.stage for r in tied.rejected} == {"pairs"}
     assert len(tied.rejected[0].record["responses"]) == 2  # what the judge saw is kept
 
 
-def test_min_margin_drops_close_pairs(make_ctx):
-    result = run(config(temperatures=[0.2, 0.7], min_margin=2.5), make_ctx(scripted()),
-                 TASKS, "t")
+def test_min_margin_drops_close_pairs(ctx_of):
+    result = config(temperatures=[0.2, 0.7], min_margin=2.5).run(ctx_of(scripted()))
     assert result.examples == [] and result.stats["parse_rejected"] == {"below_min_margin": 4}
-    kept = run(config(temperatures=[0.2, 0.7], min_margin=2.0),
-               make_ctx(scripted(), name="kept"), TASKS, "t")
+    kept = config(temperatures=[0.2, 0.7], min_margin=2.0).run(ctx_of(scripted(), name="kept"))
     assert len(kept.examples) == 4
 
 
-def test_malformed_judge_output_is_counted_and_kept_out(make_ctx):
+def test_malformed_judge_output_is_counted_and_kept_out(ctx_of):
     def judge(response):
         q = quality(response)
         if q == 5:
@@ -112,7 +120,7 @@ def test_malformed_judge_output_is_counted_and_kept_out(make_ctx):
             return rubric_block(q).replace("Honesty: 3", "Honesty: 9")  # out of range
         return rubric_block(q)
 
-    result = run(config(), make_ctx(scripted(judge_rubric=judge)), TASKS, "t")
+    result = config().run(ctx_of(scripted(judge_rubric=judge)))
     # only the quality-1 answer was judged: no prompt has two judged answers
     assert result.examples == []
     stats = result.stats
@@ -124,23 +132,22 @@ def test_malformed_judge_output_is_counted_and_kept_out(make_ctx):
     assert raw == ["I cannot rate this."] * 4
 
 
-def test_empty_judge_output_and_empty_answers(make_ctx):
+def test_empty_judge_output_and_empty_answers(ctx_of):
     def script(request):
         content = request.messages[-1]["content"]
         if "### Your rating" in content:
             return "", "stop"
         return ("" if request.sampling.temperature == 1.0 else "some answer"), "stop"
 
-    result = run(config(), make_ctx(ScriptedTeacher(script)), TASKS, "t")
+    result = config().run(ctx_of(ScriptedTeacher(script)))
     assert result.examples == []
     assert result.stats["judge"]["malformed"] == {"empty": 8}
     assert result.stats["parse_rejected"]["empty_response"] == 4
 
 
-def test_pairwise_asks_both_orders_and_agreement_is_reported(make_ctx):
+def test_pairwise_asks_both_orders_and_agreement_is_reported(ctx_of):
     teacher = scripted()
-    result = run(config(judge={"kind": "llm", "mode": "pairwise"}), make_ctx(teacher), TASKS,
-                 "t")
+    result = config(judge={"kind": "llm", "mode": "pairwise"}).run(ctx_of(teacher))
     verdicts = [r for r in teacher.requests if "### Your verdict" in r.messages[-1]["content"]]
     assert len(verdicts) == 4 * 3 * 2  # three comparisons per prompt, each in both orders
     assert len(result.examples) == 4
@@ -151,31 +158,30 @@ def test_pairwise_asks_both_orders_and_agreement_is_reported(make_ctx):
     assert judge["first_position_win_rate"] == 0.5
 
 
-def test_position_bias_cancels_out(make_ctx):
+def test_position_bias_cancels_out(ctx_of):
     # A judge that always prefers the first response: the two orders never agree, every
     # comparison averages to a tie, and no pair is made from position alone.
     def biased(a, b):
         return "Rationale: the first one.\nWinner: A"
 
-    result = run(config(judge={"kind": "llm", "mode": "pairwise"}),
-                 make_ctx(scripted(judge_pairwise=biased)), TASKS, "t")
+    pairwise = config(judge={"kind": "llm", "mode": "pairwise"})
+    result = pairwise.run(ctx_of(scripted(judge_pairwise=biased)))
     assert result.examples == []
     judge = result.stats["judge"]
     assert judge["order_agreement"] == 0.0 and judge["first_position_win_rate"] == 1.0
     assert result.stats["parse_rejected"] == {"tie": 4}
 
 
-def test_pairwise_without_a_verdict_leaves_answers_unjudged(make_ctx):
-    result = run(config(judge={"kind": "llm", "mode": "pairwise"}),
-                 make_ctx(scripted(judge_pairwise=lambda a, b: "They are both fine.")),
-                 TASKS, "t")
+def test_pairwise_without_a_verdict_leaves_answers_unjudged(ctx_of):
+    pairwise = config(judge={"kind": "llm", "mode": "pairwise"})
+    result = pairwise.run(ctx_of(scripted(judge_pairwise=lambda a, b: "They are both fine.")))
     assert result.examples == []
     assert result.stats["judge"]["malformed"] == {"no_verdict": 12}
     assert result.stats["judge"].get("comparisons") is None
 
 
-def test_self_judging_is_warned_about(make_ctx, monkeypatch):
-    result = run(config(), make_ctx(scripted()), TASKS, "teacher-x")
+def test_self_judging_is_warned_about(ctx_of, monkeypatch):
+    result = config().run(ctx_of(scripted(), teacher_name="teacher-x"))
     assert result.stats["judge"]["is_generator"] is True
     assert result.stats["warnings"] == [SELF_JUDGE_WARNING]
 
@@ -183,8 +189,8 @@ def test_self_judging_is_warned_about(make_ctx, monkeypatch):
     judge_backend = scripted()
     monkeypatch.setattr(preference, "open_judge_backend", lambda model, seed: judge_backend)
     teacher = scripted()
-    other = run(config(judge={"kind": "llm", "model": {"model": "org/judge-model"}}),
-                make_ctx(teacher, name="other"), TASKS, "teacher-x")
+    other_judge = config(judge={"kind": "llm", "model": {"model": "org/judge-model"}})
+    other = other_judge.run(ctx_of(teacher, name="other", teacher_name="teacher-x"))
     assert other.stats["judge"]["is_generator"] is False and other.stats["warnings"] == []
     assert other.stats["judge"]["model"] == "org/judge-model"
     assert all(r.sampling.temperature == 0.0 for r in judge_backend.requests)
@@ -193,14 +199,14 @@ def test_self_judging_is_warned_about(make_ctx, monkeypatch):
                                                "mode": "rubric"}
 
 
-def test_verifier_judge_pairs_correct_against_wrong(make_ctx):
+def test_verifier_judge_pairs_correct_against_wrong(ctx_of):
     tasks = [Example(id="add", instruction="What is the sum of the numbers?", input="34 + 31")]
 
     def script(request):
         return ("65" if request.sampling.temperature == 0.2 else "66"), "stop"
 
-    result = run(config(temperatures=[0.2, 0.7], judge={"kind": "verifier"}),
-                 make_ctx(ScriptedTeacher(script)), tasks, "t")
+    verifier = config(temperatures=[0.2, 0.7], judge={"kind": "verifier"})
+    result = verifier.run(ctx_of(ScriptedTeacher(script), tasks=tasks))
     (pair,) = result.examples
     assert (pair.output, pair.rejected_output) == ("65", "66")
     assert (pair.score_chosen, pair.score_rejected) == (5.0, 1.0)
@@ -210,23 +216,41 @@ def test_verifier_judge_pairs_correct_against_wrong(make_ctx):
     assert result.stats["warnings"] == []  # an exact checker has no self-preference
 
 
-def test_resumed_run_asks_nothing_again(make_ctx):
-    first = run(config(), make_ctx(scripted(), name="same"), TASKS, "t")
+def test_resumed_run_asks_nothing_again(ctx_of):
+    first = config().run(ctx_of(scripted(), name="same"))
     teacher = scripted()
-    second = run(config(), make_ctx(teacher, name="same"), TASKS, "t")
+    second = config().run(ctx_of(teacher, name="same"))
     assert teacher.calls == 0
     assert [p.model_dump() for p in second.examples] == [p.model_dump() for p in first.examples]
 
 
-def test_system_prompts_steer_answers_but_stay_out_of_the_pair(make_ctx):
+def test_system_prompts_steer_answers_but_stay_out_of_the_pair(ctx_of):
     teacher = scripted()
-    result = run(config(temperatures=[0.2, 1.0], system_prompts=[None, "Be brief."]),
-                 make_ctx(teacher), TASKS[:1], "t")
+    steered = config(temperatures=[0.2, 1.0], system_prompts=[None, "Be brief."])
+    result = steered.run(ctx_of(teacher, tasks=TASKS[:1]))
     answers = [r for r in teacher.requests if r.sampling.temperature > 0]
     assert len(answers) == 4
     assert sum(r.messages[0]["role"] == "system" for r in answers) == 2
     (pair,) = result.examples
     assert [m["role"] for m in pair.prompt] == ["user"]
+
+
+def test_dependencies_name_other_models_the_judge_template_and_the_prompts(tmp_path):
+    cfg = config(models=["teacher", {"model": "org/other", "backend": "vllm"}],
+                 judge={"kind": "llm", "mode": "pairwise", "model": {"model": "org/judge"}})
+    needs = cfg.dependencies()
+    assert {role: getattr(spec, "model", spec) for role, spec in needs.models.items()} == {
+        "answers:0": "teacher", "answers:1": "org/other", "judge": "org/judge"}
+    assert needs.templates == ("judge_pairwise",) and needs.inputs == ("seed_tasks",)
+    assert Config.OUTPUT == "pairs"
+    # the recipe's teacher answers and judges
+    assert config().dependencies().models == {"answers:0": "teacher", "judge": "teacher"}
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Say hi."}\n')
+    from_file = config(prompts=str(prompts), judge={"kind": "verifier"}).dependencies()
+    assert from_file.files == {"prompts": str(prompts)}
+    assert from_file.inputs == () and from_file.templates == ()
+    assert from_file.models == {"answers:0": "teacher"}  # an exact checker loads no model
 
 
 def test_config_and_prompt_file_errors(tmp_path):
@@ -241,10 +265,10 @@ def test_config_and_prompt_file_errors(tmp_path):
         load_prompts(str(prompts))
 
 
-def test_pairs_load_with_datasets_and_train_with_a_plain_dpo_trainer(make_ctx, tmp_path,
+def test_pairs_load_with_datasets_and_train_with_a_plain_dpo_trainer(ctx_of, tmp_path,
                                                                       tiny_model_dir):
     """The file distill writes is TRL's format: no distill code between it and DPOTrainer."""
-    result = run(config(), make_ctx(scripted()), TASKS, "t")
+    result = config().run(ctx_of(scripted()))
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, result.examples)
     assert [p.model_dump() for p in read_records(path)] == \

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 from scripted_teacher import ScriptedTeacher, first_number, task_block, well_formed
 
 from distill.data import load_seed_tasks
-from distill.generate.self_instruct import Config, generate_self_instruct
+from distill.generate.self_instruct import Config
 from distill.prompts import render, template_hash
 
 SEEDS = load_seed_tasks()
@@ -52,8 +52,9 @@ def config(**fields) -> Config:
 
 def run(make_ctx, cfg, name="run", script=mixed_script, **ctx_fields):
     teacher = ScriptedTeacher(script)
-    ctx = make_ctx(teacher, name, **ctx_fields)
-    return generate_self_instruct(cfg, SEEDS, ctx, teacher_name="scripted"), teacher, ctx
+    ctx = make_ctx(teacher, name, teacher_name="scripted", seed_tasks=lambda: SEEDS,
+                   **ctx_fields)
+    return cfg.run(ctx), teacher, ctx
 
 
 def dump(result):
@@ -146,7 +147,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_ctx, kill_after):
     full, full_teacher, _ = run(make_ctx, config(), "full")
     killed = ScriptedTeacher(mixed_script, fail_after=kill_after)
     with pytest.raises(KeyboardInterrupt):
-        generate_self_instruct(config(), SEEDS, make_ctx(killed, "killed"), "scripted")
+        config().run(make_ctx(killed, "killed", teacher_name="scripted",
+                              seed_tasks=lambda: SEEDS))
     resumed, teacher, _ = run(make_ctx, config(), "killed")
     assert dump(resumed) == dump(full)
     # no request was generated twice, none was skipped
@@ -219,8 +221,8 @@ def test_two_ranks_give_the_single_rank_result(make_ctx):
     def rank(r):
         teachers[r] = ScriptedTeacher(mixed_script)
         ctx = make_ctx(teachers[r], "ranks", rank=r, world_size=2, chunk_size=2,
-                       barrier=barrier.wait)
-        results[r] = generate_self_instruct(config(), SEEDS, ctx, teacher_name="scripted")
+                       barrier=barrier.wait, teacher_name="scripted", seed_tasks=lambda: SEEDS)
+        results[r] = config().run(ctx)
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
     for thread in threads:
@@ -256,9 +258,8 @@ def test_alpaca_template_renders_the_numbered_block_format():
 def test_in_context_instructions_are_one_line(make_ctx):
     seeds = [SEEDS[0].model_copy(update={"id": "multi", "instruction": "Say\n  hello:  "})]
     teacher = ScriptedTeacher()
-    ctx = make_ctx(teacher)
-    generate_self_instruct(config(seed_examples_per_prompt=1, num_instructions=2), seeds, ctx,
-                           "scripted")
+    ctx = make_ctx(teacher, teacher_name="scripted", seed_tasks=lambda: seeds)
+    config(seed_examples_per_prompt=1, num_instructions=2).run(ctx)
     assert "1. Instruction: Say hello\n" in teacher.requests[0].prompt
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from distill.generate.context import GenerationContext
 from distill.generate.responses import ResponseSampling, generate_responses
-from distill.generate.self_instruct import Config, generate_self_instruct
+from distill.generate.self_instruct import Config
 from distill.records import Example
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("distill.backends.hf") is None,
@@ -29,9 +29,10 @@ def test_every_completion_is_parsed_or_rejected_with_a_reason(tiny_model_dir, tm
                     seed_examples_per_prompt=2, tasks_per_prompt=4, prompts_per_step=3,
                     max_steps=2, sampling={"max_tokens": 48},
                     response_sampling={"max_tokens": 8})
-    ctx = GenerationContext(backend=backend, checkpoint_dir=tmp_path / "ckpt", chunk_size=2)
+    ctx = GenerationContext(backend=backend, checkpoint_dir=tmp_path / "ckpt", chunk_size=2,
+                            teacher_name=str(tiny_model_dir), seed_tasks=lambda: SEEDS)
     try:
-        result = generate_self_instruct(config, SEEDS, ctx, teacher_name=str(tiny_model_dir))
+        result = config.run(ctx)
         # a random model rarely writes a well-formed task: answer seeds to cover that step
         answered, refused = generate_responses(SEEDS[:3], ResponseSampling(max_tokens=8), ctx,
                                                key="responses-direct")

@@ -11,7 +11,6 @@ from distill.generate.exercises import parse_exercise, parse_section, split_labe
 from distill.generate.textbook import (
     Config,
     cross_product,
-    generate_textbook,
     render_prompt,
     sample_specs,
     topic_leaves,
@@ -265,7 +264,7 @@ def script(request):
 
 def run_method(make_ctx, teacher, name="run", **fields):
     fields.setdefault("min_section_words", 5)
-    return generate_textbook(config(**fields), make_ctx(teacher, name, round=1), "scripted")
+    return config(**fields).run(make_ctx(teacher, name, round=1, teacher_name="scripted"))
 
 
 def test_generation_parses_rejects_and_orders_by_curriculum(make_ctx):
@@ -308,7 +307,7 @@ def test_exercise_records_carry_tests_entry_point_and_answers(make_ctx):
 
 
 def test_code_exercises_pass_the_code_checker_and_a_broken_solution_fails(make_ctx, tmp_path):
-    from distill.filters.base import FilterContext, build_filter
+    from distill.filters.base import FilterContext
     from distill.filters.verify import Config as VerifyConfig
 
     result = run_method(make_ctx, ScriptedTeacher(script))
@@ -316,8 +315,8 @@ def test_code_exercises_pass_the_code_checker_and_a_broken_solution_fails(make_c
     broken = code[0].model_copy(update={"id": "broken",
                                         "output": code[0].output.replace("2 * x", "3 * x")})
     section = next(e for e in result.examples if e.model_extra["code_tests"] is None)
-    checker = build_filter(VerifyConfig(checker="code", keep_unverifiable=True),
-                           FilterContext(seed_examples=[], run_dir=tmp_path, seed=0))
+    checker = VerifyConfig(checker="code", keep_unverifiable=True).build(
+        FilterContext(seed=0, work_dir=tmp_path))
     verdicts = checker([*code, broken, section])
     assert [v.keep for v in verdicts] == [True] * len(code) + [False, True]
     assert verdicts[len(code)].reason == "tests_failed"
