@@ -18,9 +18,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Literal
 
-from distill.models import ModelSpec
+from distill.models import ModelSpec, ServedModel
 from distill.settings import Strict
 
 # The run inputs a component may declare (the runner provides and identifies them).
@@ -31,7 +31,8 @@ RUN_INPUTS = ("seed_tasks", "real")
 class Dependencies:
     """Everything besides its own settings that a component's output depends on."""
 
-    models: dict[str, ModelSpec] = field(default_factory=dict)  # role -> model it loads
+    # role -> model it loads; "teacher" stands for the recipe's teacher
+    models: dict[str, ModelSpec | Literal["teacher"]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # role -> file or directory it reads
     templates: tuple[str, ...] = ()  # prompt templates it renders (distill/prompts)
     inputs: tuple[str, ...] = ()  # run inputs it reads, from RUN_INPUTS
@@ -45,22 +46,47 @@ class Dependencies:
 class Dependent(Strict, ABC):
     """Settings whose stage output depends on models, files or templates they declare."""
 
-    # Settings that change only speed (batch sizes): left out of fingerprints.
-    OPERATIONAL: ClassVar[frozenset[str]] = frozenset()
-
     @abstractmethod
     def dependencies(self) -> Dependencies:
         """The models, files, templates and run inputs this component's output depends on."""
 
     def semantic_settings(self) -> dict[str, Any]:
-        """The settings as they enter a fingerprint: all but the operational ones."""
-        return self.model_dump(mode="json", exclude=set(self.OPERATIONAL))
+        """The settings as they enter a fingerprint: all but the operational ones.
+
+        Served models anywhere in the settings (a judge, answer models) keep only the
+        engine options their backend does not name as speed-only.
+        """
+        return _semantic(self)
 
 
 class Component(Dependent):
     """Base of registered settings (generators, filters): a `kind` names the component."""
 
     kind: str
+
+
+def _semantic(value: Any) -> Any:
+    from distill.backends.base import semantic_engine_options
+
+    if isinstance(value, ServedModel):
+        dumped = value.model_dump(mode="json")
+        dumped["engine"] = semantic_engine_options(value.backend, value.engine)
+        return dumped
+    if isinstance(value, Strict):
+        return {name: _semantic(getattr(value, name)) for name in type(value).model_fields
+                if name not in value.OPERATIONAL}
+    if isinstance(value, list | tuple):
+        return [_semantic(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _semantic(item) for key, item in value.items()}
+    return value if isinstance(value, str | int | float | bool | type(None)) else \
+        _json(value)
+
+
+def _json(value: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(type(value)).dump_python(value, mode="json")
 
 
 def undeclared(name: str) -> Callable[[], list[Any]]:

@@ -188,6 +188,16 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _distinct_filter_names(self) -> Recipe:
+        seen: dict[str, int] = {}
+        for index, settings in enumerate(self.filters):
+            if settings.label in seen:
+                raise ValueError(f"filters.{index}: a second filter named {settings.label!r} "
+                                 f"(filters.{seen[settings.label]} has it); give one a `name`")
+            seen[settings.label] = index
+        return self
+
+    @model_validator(mode="after")
     def _dpo_needs_pairs(self) -> Recipe:
         if self.train.method != "sft" and self.generate.OUTPUT != "pairs":
             raise ValueError(f"train.method {self.train.method} trains on preference pairs: "
@@ -298,14 +308,13 @@ def _recipe_model(classes: tuple[tuple[type, ...], ...]) -> type[Recipe]:
     # Built per set of registered classes, so a component registered later (a plugin, a
     # test's toy filter) gets a model that knows it.
     generators, filters, policies, sources = (_union(group) for group in classes)
-    data = _narrow(DataSpec, real=(sources | None, DataSpec.model_fields["real"]))
-    rounds = _narrow(RoundsSpec, data_policy=(policies, RoundsSpec.model_fields["data_policy"]))
-    return _narrow(Recipe, generate=(generators, Recipe.model_fields["generate"]),
-                   filters=(list[filters], Recipe.model_fields["filters"]),
-                   data=(data, Field(default_factory=data, description=Recipe.model_fields[
-                       "data"].description)),
-                   rounds=(rounds, Field(default_factory=rounds, description=Recipe.model_fields[
-                       "rounds"].description)))
+    data = _narrow(DataSpec, real=(sources | None, _field(DataSpec, "real", None)))
+    rounds = _narrow(RoundsSpec, data_policy=(policies, _field(
+        RoundsSpec, "data_policy", RoundsSpec.model_fields["data_policy"].default_factory)))
+    return _narrow(Recipe, generate=(generators, _field(Recipe, "generate")),
+                   filters=(list[filters], _field(Recipe, "filters", list)),
+                   data=(data, _field(Recipe, "data", data)),
+                   rounds=(rounds, _field(Recipe, "rounds", rounds)))
 
 
 def _union(classes: tuple[type, ...]) -> Any:
@@ -313,6 +322,19 @@ def _union(classes: tuple[type, ...]) -> Any:
     if len(classes) == 1:
         return classes[0]
     return Annotated[Union[classes], Field(discriminator="kind")]  # noqa: UP007
+
+
+def _field(model: type[Strict], name: str, default: Any = ...) -> Any:
+    """A fresh Field with the base field's description and default.
+
+    Reusing the base's FieldInfo itself would replace the union's discriminator.
+    """
+    description = model.model_fields[name].description
+    if default is ...:
+        return Field(description=description)
+    if callable(default):
+        return Field(default_factory=default, description=description)
+    return Field(default, description=description)
 
 
 def _narrow(base: type[Strict], **fields: Any) -> Any:

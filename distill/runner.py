@@ -262,7 +262,7 @@ class Runner:
                                      **loaders)
 
             candidates = read_records(generated.path / "candidates.jsonl")
-            filters = [settings.build(context(settings)) for settings in recipe.filters]
+            filters = [settings.create(context(settings)) for settings in recipe.filters]
             report = self._progress(f"{label} filter")
             result = run_funnel(filters, candidates,
                                 progress=lambda name, n: report and report(name, n, n))

@@ -8,6 +8,7 @@ which validation receives as `context={"base_dir": ...}`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
@@ -16,6 +17,9 @@ class Strict(BaseModel):
     """Base of recipe sections: unknown keys are errors, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+    # Settings that change only speed (batch sizes): left out of fingerprints.
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset()
 
 
 def resolve_path(value: str | None, info: ValidationInfo, *, must_exist: bool = True) -> str | None:

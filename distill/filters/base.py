@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import Field
+
 from distill.component import Component, undeclared
 from distill.records import Example, Rejected
 
@@ -58,9 +60,24 @@ class Filter(Protocol):
 class FilterSettings(Component):
     """Base of every filter's settings in the recipe's `filters:` list."""
 
+    name: str | None = Field(None, description="The filter's name in the funnel and in "
+                             "records' scores; default: its kind. Two filters of one kind "
+                             "(a code and a math verifier) need distinct names.")
+
     @abstractmethod
     def build(self, context: FilterContext) -> Filter:
         """The filter these settings describe."""
+
+    @property
+    def label(self) -> str:
+        """The name in the funnel and in records' scores."""
+        return self.name or self.kind
+
+    def create(self, context: FilterContext) -> Filter:
+        """Build the filter and give it this recipe's name for it."""
+        built = self.build(context)
+        built.name = self.label
+        return built
 
 
 @dataclass

@@ -90,9 +90,10 @@ class Config(FilterSettings):
 class VerifyFilter:
     """Drops records whose answer is wrong or cannot be verified."""
 
+    name = "verify"
+
     def __init__(self, config: Config, context: FilterContext | None = None) -> None:
         self.config = config
-        self.name = f"verify_{config.checker}"
         self.check = CHECKERS.get(config.checker)
 
     def __call__(self, records: list[Example]) -> list[Verdict]:
