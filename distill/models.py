@@ -54,10 +54,15 @@ class ModelSpec(Strict):
     def _bare_string(cls, value: Any) -> Any:
         return {"model": value} if isinstance(value, str) else value
 
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str, info: ValidationInfo) -> str:
-        return check_model_reference(value, base_dir(info))
+    @model_validator(mode="after")
+    def _model(self, info: ValidationInfo) -> ModelSpec:
+        if self.loads_weights():
+            self.model = check_model_reference(self.model, base_dir(info))
+        return self
+
+    def loads_weights(self) -> bool:
+        """Whether `model` names weights to load here (not a model an API server names)."""
+        return True
 
     @field_validator("chat_template")
     @classmethod
@@ -79,6 +84,10 @@ class ServedModel(ModelSpec):
     def _backend(cls, value: str) -> str:
         BACKENDS.get(value)  # raises, naming the known backends
         return value
+
+    def loads_weights(self) -> bool:
+        """False for a backend that sends the name to a server (`openai`)."""
+        return BACKENDS.get(self.backend).LOADS_WEIGHTS
 
 
 def check_model_reference(value: str, base: Path) -> str:

@@ -96,6 +96,8 @@ class Backend(Protocol):
 
     # engine options that change only speed (batch sizes, memory, parallelism, endpoints)
     OPERATIONAL: ClassVar[frozenset[str]]
+    # whether the model reference names weights loaded here (else a server's model name)
+    LOADS_WEIGHTS: ClassVar[bool]
 
     def identity(self) -> dict[str, Any]:
         """What makes this model's outputs what they are (model, weights hash, template)."""

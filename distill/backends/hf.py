@@ -114,6 +114,7 @@ class HFBackend:
 
     name = "hf"
     # batching is exact here (left padding, per-request seeds): only speed changes
+    LOADS_WEIGHTS: ClassVar[bool] = True  # does `model` name weights to load here?
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
     def __init__(self, model: str, chat_template: str | None = None, dtype: str = "auto",

@@ -102,6 +102,7 @@ class OpenAIBackend:
 
     name = "openai"
     # where the server is and how patiently it is asked: the model name is the identity
+    LOADS_WEIGHTS: ClassVar[bool] = False  # does `model` name weights to load here?
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({
         "base_url", "api_key_env", "max_concurrency", "max_retries", "timeout", "backoff_base",
         "backoff_max"})

@@ -77,6 +77,7 @@ class VLLMBackend:
     name = "vllm"
     # memory, parallelism and scheduling change speed (design.md: parallel sizes are
     # operational), not what a seeded request samples
+    LOADS_WEIGHTS: ClassVar[bool] = True  # does `model` name weights to load here?
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({
         "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size",
         "data_parallel_size", "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens",
