@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from distill.registry import BACKENDS, MODEL_SCHEMES
 from distill.settings import Strict, base_dir, resolve_path
@@ -57,7 +58,15 @@ class ModelSpec(Strict):
     @model_validator(mode="after")
     def _model(self, info: ValidationInfo) -> ModelSpec:
         if self.loads_weights():
-            self.model = check_model_reference(self.model, base_dir(info))
+            try:
+                self.model = check_model_reference(self.model, base_dir(info))
+            except ValueError as error:
+                # checked once the backend is known, but the error is `model`'s: name it
+                detail = InitErrorDetails(type=PydanticCustomError("value_error", "{error}",
+                                                                   {"error": str(error)}),
+                                          loc=("model",), input=self.model)
+                raise ValidationError.from_exception_data(type(self).__name__,
+                                                          [detail]) from None
         return self
 
     def loads_weights(self) -> bool:
