@@ -40,7 +40,7 @@ def test_every_shipped_recipe_validates(path):
 
 def test_minimal_recipe_gets_documented_defaults(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, MINIMAL))
-    assert recipe.rounds.count == 1 and recipe.rounds.data_policy == "replace"
+    assert recipe.rounds.count == 1 and recipe.rounds.data_policy.kind == "replace"
     assert recipe.teacher.backend == "hf" and recipe.teacher.model == "org/teacher"
     assert recipe.student.lora is not None
     assert [f.kind for f in recipe.filters] == ["heuristics", "novelty"]

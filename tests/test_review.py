@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill.cli import app
-from distill.recipe import Recipe
+from distill.recipe import recipe_model
 from distill.records import Example, read_jsonl, write_json, write_jsonl
 from distill.report import write_report
 from distill.review import (
@@ -41,7 +41,7 @@ def make_run(tmp_path, n=30, fingerprint="f" * 64, review=None):
     write_jsonl(stage / "clean.jsonl", records)
     write_json(stage / "manifest.json", {"stage": "decontaminate", "round": "round_0",
                                          "fingerprint": fingerprint, "counts": {"clean": n}})
-    recipe = Recipe.model_validate({
+    recipe = recipe_model().model_validate({
         "name": "run", "teacher": {"model": "org/teacher"}, "student": {"model": "org/student"},
         "generate": {"kind": "self_instruct", "num_instructions": 1},
         "eval": {"tasks": ["microworld"]}, "review": review or {"size": 10, "seed": 3}})

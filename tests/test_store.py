@@ -54,14 +54,39 @@ def test_begin_keeps_checkpoints_of_same_fingerprint_only(tmp_path):
     assert not (other.begin() / "checkpoints").exists()
 
 
-def test_speed_only_settings_stay_out_of_stage_fingerprints():
+def test_speed_only_settings_stay_out_of_stage_fingerprints(tmp_path):
+    from distill.component import fingerprint_inputs
     from distill.filters.near_dedup import EmbeddingConfig
     from distill.filters.perplexity import Config as PerplexityConfig
     from distill.flywheel.measure import MeasureConfig
-    from distill.runner import fingerprinted
+    from distill.models import ModelRef
+    from distill.recipe import recipe_model
+    from distill.runner import Runner, RunOptions
 
-    for make in (lambda **kw: PerplexityConfig(model="m", **kw), EmbeddingConfig, MeasureConfig):
+    def filter_fingerprint(settings):
+        # what a filter adds to the filter stage's fingerprint (Runner._component)
+        return fingerprint_inputs(settings, lambda spec: "identity", {})
+
+    def measure_fingerprint(settings):
+        # the config the runner's measure stage is fingerprinted with
+        recipe = recipe_model().model_validate({
+            "name": "run", "output_dir": str(tmp_path), "teacher": {"model": "org/teacher"},
+            "student": {"model": "org/student"}, "eval": {"tasks": ["microworld"]},
+            "generate": {"kind": "self_instruct", "num_instructions": 1},
+            "measure": settings.model_dump()})
+        runner = Runner(recipe, RunOptions())
+        seen = []
+        runner._stage = lambda label, name, config, inputs, work: seen.append(config)
+        model = ModelRef(path="m", identity={"fingerprint": "m"})
+        runner.measure("round_0", 0, {}, model, model, None)
+        return seen[0]
+
+    for make, fingerprinted in (
+            (lambda **kw: PerplexityConfig(model="org/m", **kw), filter_fingerprint),
+            (EmbeddingConfig, filter_fingerprint), (MeasureConfig, measure_fingerprint)):
         assert fingerprinted(make(batch_size=2)) == fingerprinted(make(batch_size=64))
         assert "batch_size" in make(batch_size=2).model_dump()  # still in the resolved recipe
-    assert fingerprinted(PerplexityConfig(model="m", max_length=8)) != \
-        fingerprinted(PerplexityConfig(model="m", max_length=16))
+    assert filter_fingerprint(PerplexityConfig(model="org/m", max_length=8)) != \
+        filter_fingerprint(PerplexityConfig(model="org/m", max_length=16))
+    assert measure_fingerprint(MeasureConfig(max_length=8)) != \
+        measure_fingerprint(MeasureConfig(max_length=16))

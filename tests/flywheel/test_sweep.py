@@ -54,7 +54,8 @@ def test_bad_studies_are_named(tmp_path):
     path.write_text(yaml.safe_dump({
         "name": "s", "recipe": str(COLLAPSE / "base" / "microworld_flywheel.yaml"),
         "arms": {"bad": {"rounds.data_policy": "mix"}}}))
-    with pytest.raises(StudyError, match="(?s)cell bad-s0: .*needs real_fraction"):
+    with pytest.raises(StudyError,
+                       match="(?s)cell bad-s0: .*data_policy.mix.real_fraction: Field required"):
         run_sweep(path, report_only=True)
 
 
