@@ -187,7 +187,7 @@ class ScriptedJudge:
 
 def test_judge_confirms_rejects_or_leaves_unclear(docs, examples):
     judge = ScriptedJudge()
-    config = Config(paraphrase=ParaphraseConfig(judge=JudgeConfig(model="scripted")))
+    config = Config(paraphrase=ParaphraseConfig(judge=JudgeConfig(model="org/scripted")))
     report = find_contamination(examples, config, documents=docs, judge_backend=judge)
     # Only the candidates above the threshold reach the judge, each with its neighbour.
     assert len(judge.prompts) == 3
