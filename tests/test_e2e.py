@@ -174,9 +174,10 @@ def test_two_rank_accelerate_run_matches_one_process(quickstart_run, tmp_path):
 def test_full_quickstart_student_learns_what_its_teacher_writes(microworld_models, tmp_path):
     """The shipped quickstart, unshortened (about 70 s once the models are built).
 
-    Measured on 2 cores, seeds 0 / 1 / 2 (README): overall 0.038 -> 0.117 / 0.138 / 0.157
-    after round 1; the families the teacher writes most (add, compare, list_ops) gain
-    0.17 / 0.19 / 0.27 on average. Sums have no chance level to hide behind.
+    Measured on 2 cores, seeds 0 / 1 / 2 (docs/results.md, "Quickstart"): overall 0.038 ->
+    0.117 / 0.138 / 0.157 after round 1; the families the teacher writes most (add,
+    compare, list_ops) gain 0.17 / 0.19 / 0.27 on average. Sums have no chance level to
+    hide behind.
     """
     distill("run", str(QUICKSTART), f"output_dir={tmp_path}", "--quiet")
     run = tmp_path / "quickstart"

@@ -97,7 +97,7 @@ def test_training_data_never_holds_benchmark_items() -> None:
 def test_full_build_teacher_answers_and_writes_tasks_the_student_base_cannot(tmp_path) -> None:
     """The real build (about 5 minutes on 2 cores) and its headline numbers.
 
-    Measured at BUILD_VERSION 4 (README, "What the quickstart does"). The build is
+    Measured at BUILD_VERSION 4 (docs/results.md, "Quickstart"). The build is
     deterministic on one machine; the margins leave room for other CPUs' arithmetic.
     """
     from distill.microworld.benchmark import benchmark_tasks
