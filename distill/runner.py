@@ -320,7 +320,7 @@ class Runner:
         round_index = len(clean_data) - 1
         sources = policy.sources(round_index, real_first=recipe.rounds.real_first)
         data = [clean_data[r] for r in sources.synthetic]
-        real = [(real_draws or [])[r] for r in sources.real]
+        real = [real_draws[r] for r in sources.real] if real_draws else []  # no data.real
         config = {"train": recipe.train.model_dump(mode="json", exclude={"accelerate_config"}),
                   "lora": recipe.student.lora and recipe.student.lora.model_dump(mode="json"),
                   "policy": policy.model_dump(mode="json"), "seed": recipe.seed}
