@@ -50,6 +50,7 @@ def _load(recipe_path: Path, overrides: list[str] | None):
 
 
 def _setup_logging(run_dir: Path, quiet: bool, rank: int) -> Path:
+    """Log everything at INFO to the run's log file; the console gets what `_ConsoleRule` passes."""
     from rich.logging import RichHandler
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -62,10 +63,72 @@ def _setup_logging(run_dir: Path, quiet: bool, rank: int) -> Path:
     if rank == 0:
         console_handler = RichHandler(console=console, show_path=False, markup=False)
         console_handler.setLevel(logging.WARNING if quiet else logging.INFO)
+        console_handler.addFilter(_ConsoleRule())
         root.addHandler(console_handler)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _route_library_output()
     return log_path
+
+
+class _ConsoleRule(logging.Filter):
+    """Which records reach the console; the log file gets them all.
+
+    distill's own records pass (its stage lines at INFO, or only its warnings with
+    --quiet), and so do ERRORs from anyone. Libraries' INFO and WARNING records stay in the
+    log: their INFO is bookkeeping (lm-eval logs "Building contexts", its gen_kwargs and its
+    task list for every subtask of every evaluation: most of a quickstart's console once),
+    and their warnings are about their own defaults, repeated per task and per round
+    (lm-eval's "Custom kwargs can be passed to `--metadata`" for each of 14 subtasks). What
+    a user must act on, distill says itself, as a warning (decontamination, stopping rules)
+    or an error. The held-back warnings are counted, and `run` ends by saying how many are
+    in the log, so that they are one look away rather than never seen.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "distill" or record.name.startswith("distill."):
+            return True
+        if record.levelno >= logging.ERROR:
+            return True
+        if record.levelno >= logging.WARNING:
+            self.held_back += 1
+        return False
+
+
+def _held_back_warnings() -> int:
+    return sum(rule.held_back for handler in logging.getLogger().handlers
+               for rule in handler.filters if isinstance(rule, _ConsoleRule))
+
+
+def _route_library_output() -> None:
+    """Send the libraries' records through the root logger's handlers; turn their bars off.
+
+    transformers, datasets and huggingface_hub each put their own stderr handler on their
+    logger when imported (transformers also stops propagation), so their records would
+    skip both the log file and `_ConsoleRule`; importing them here, before the run does,
+    lets those handlers be taken off. vLLM does the same unless VLLM_CONFIGURE_LOGGING=0
+    (a user's own setting wins). Their tqdm bars ("Loading weights", "Map", downloads) are
+    turned off: the console shows distill's own progress bars. Python warnings (torch's,
+    among others) become records of the `py.warnings` logger, so the same rule applies.
+    """
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    transformers.utils.logging.disable_progress_bar()  # huggingface_hub's bars as well
+    datasets.disable_progress_bars()
+    for name in ("datasets", "huggingface_hub"):
+        library = logging.getLogger(name)
+        for handler in [h for h in library.handlers if type(h) is logging.StreamHandler]:
+            library.removeHandler(handler)
+    if "VLLM_LOGGING_CONFIG_PATH" not in os.environ:  # vLLM refuses a config file with 0
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    logging.captureWarnings(True)
 
 
 @app.command()
@@ -107,7 +170,9 @@ def run(
         if progress:
             progress.stop()
     if rank == 0:
-        console.print(f"[green]done:[/] {run_dir}/report.md")
+        held_back = _held_back_warnings()
+        note = f" ({held_back} library warning(s) in {log_path})" if held_back else ""
+        console.print(f"[green]done:[/] {run_dir}/report.md{note}", soft_wrap=True)
 
 
 def _exit_code(error: Exception) -> int:

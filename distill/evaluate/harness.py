@@ -18,13 +18,21 @@ turns on its data parallelism when it counts more than one GPU and indexes ranks
 rank, so `_shard_across_ranks` also enables it on CPU (gloo) and across nodes. The `vllm`
 backend runs on the main process only (for several GPUs, pass `tensor_parallel_size` or
 `data_parallel_size` in `model_args`); the other ranks return None at once.
+
+lm-eval's tqdm bars are not drawn (those that count requests report to `progress`
+instead) and its print()s become INFO records of the `lm_eval.stdout` logger: see
+`_lm_eval_output`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,14 +76,16 @@ class Config(BaseModel):
     log_samples: bool = Field(False, description="Also write samples_<task>.jsonl per task.")
 
 
-def evaluate_model(model_path: str, config: Config, output_dir: Path,
-                   seed: int = 0) -> dict[str, Any] | None:
+def evaluate_model(model_path: str, config: Config, output_dir: Path, seed: int = 0,
+                   progress: Callable[[str, int, int], None] | None = None,
+                   ) -> dict[str, Any] | None:
     """Evaluate `model_path` (a directory or hub id) on the configured tasks.
 
     Writes `output_dir/scores.json` (and `samples_<task>.jsonl` with `log_samples`) on the
     main process and returns its content there: `scores` is the flat {task: {metric:
     value}} summary, the rest is lm-eval's own output made JSON-safe. Other ranks of an
-    `accelerate launch` return None.
+    `accelerate launch` return None. `progress(name, done, total)` is called as lm-eval
+    works through its requests ("generate_until requests").
     """
     from lm_eval.api.registry import get_model
 
@@ -94,7 +104,8 @@ def evaluate_model(model_path: str, config: Config, output_dir: Path,
         8 if config.backend == "hf" else "auto")
     lm = get_model(config.backend).create_from_arg_obj(model_args, {"batch_size": batch_size})
     try:
-        results = _evaluate(lm, config, model_args, seed)
+        with _lm_eval_output(progress):
+            results = _evaluate(lm, config, model_args, seed)
     finally:
         _release(lm)
     if results is None:  # not the main process: lm-eval gathered everything on rank 0
@@ -280,6 +291,81 @@ def _shard_across_ranks(lm) -> None:
         return
     lm._rank = accelerator.process_index
     lm._world_size = accelerator.num_processes
+
+
+@contextlib.contextmanager
+def _lm_eval_output(progress: Callable[[str, int, int], None] | None) -> Iterator[None]:
+    """Keep what lm-eval writes straight to the terminal off it while the block runs.
+
+    lm-eval draws a tqdm bar for every task while it builds the requests, one per request
+    type, one per bootstrapped metric, and print()s notes (bootstrapping, batch sizes); it
+    has no switch for them. So its modules see a tqdm that draws nothing for the duration
+    (bars with a description, the request counters, report to `progress` instead) and
+    stdout goes to the log, a line per INFO record of `lm_eval.stdout`.
+    """
+    import tqdm as tqdm_package
+
+    real = tqdm_package.tqdm
+
+    class _Bar(real):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["file"] = io.StringIO()
+            kwargs["mininterval"] = 3600
+            super().__init__(*args, **kwargs)
+            self._report()
+
+        def update(self, n: float | None = 1) -> bool | None:
+            result = super().update(n)
+            self._report()
+            return result
+
+        def close(self) -> None:  # a bar used as an iterator counts without update()
+            self._report()
+            super().close()
+
+        def _report(self) -> None:  # closing disables a bar; a disabled one has no desc
+            if progress is not None and not self.disable and self.desc and self.total:
+                progress(self.desc.removeprefix("Running "), int(self.n), int(self.total))
+
+    # the modules that did `from tqdm import tqdm`, and the package for those that import
+    # it inside a function (lm_eval.api.metrics)
+    modules = [module for name, module in list(sys.modules.items())
+               if name.split(".")[0] == "lm_eval" and getattr(module, "tqdm", None) is real]
+    for module in [*modules, tqdm_package]:
+        module.tqdm = _Bar
+    printed = _LogLines(logging.getLogger("lm_eval.stdout"))
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        for module in [*modules, tqdm_package]:
+            module.tqdm = real
+        printed.close()
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream whose lines become INFO records of `logger`."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self._logger = logger
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self._logger.info("%s", line.rstrip())
+        return len(text)
+
+    def close(self) -> None:
+        if self._pending.strip():
+            self._logger.info("%s", self._pending.rstrip())
+        self._pending = ""
+        super().close()
 
 
 def _release(lm) -> None:
