@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import json
 import os
 import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -359,6 +362,67 @@ class TrainSpec(BaseModel):
     seed: int = 0
     quiet: bool = Field(False, description="No progress bars.")
 
+    def save(self, path: str | Path) -> Path:
+        """Write the spec as JSON; its job files inside the file's directory as relative paths.
+
+        Relative paths stay true when the directory is renamed (the runner trains in
+        `<round>/.train.work/` and renames it to `<round>/train/`).
+        """
+        return _save_relative(self, path, _JOB_PATHS)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainSpec:
+        """Read a spec file; relative job paths are relative to the file's directory."""
+        return _load_relative(cls, path, _JOB_PATHS)
+
+
+# TrainSpec fields that name the job's own files (model and tokenizer may be hub ids, and
+# are kept as given).
+_JOB_PATHS = ("data_path", "output_dir")
+# TrainResult fields (and those of its `sft_step`) that name its output directories.
+_RESULT_PATHS = ("output_dir", "merged_dir", "adapter_dir")
+
+
+def _save_relative(model: BaseModel, path: str | Path, keys: tuple[str, ...]) -> Path:
+    from distill.records import write_json
+
+    path = Path(path)
+    data = model.model_dump(mode="json")
+    _map_paths(data, keys, lambda value: _relative_to(value, path.parent))
+    write_json(path, data)
+    return path
+
+
+def _load_relative(cls: type[BaseModel], path: str | Path, keys: tuple[str, ...]) -> Any:
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    _map_paths(data, keys, lambda value: _resolved_against(value, path.parent))
+    return cls.model_validate(data)
+
+
+def _map_paths(data: dict[str, Any], keys: tuple[str, ...],
+               change: Callable[[str], str]) -> None:
+    for key in keys:
+        if data.get(key) is not None:
+            data[key] = change(data[key])
+    if isinstance(data.get("sft_step"), dict):  # a TrainResult's SFT step (sft_then_dpo)
+        _map_paths(data["sft_step"], keys, change)
+
+
+def _relative_to(path: str, base: Path) -> str:
+    """`path` relative to `base` when it lies inside it (`.` for `base` itself), else as is."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(base)).as_posix()
+    except ValueError:
+        return path
+
+
+def _resolved_against(path: str, base: Path) -> str:
+    if Path(path).is_absolute():
+        return path
+    return os.path.normpath(base / path)
+
+
 
 class LossPoint(BaseModel):
     """One logged training loss."""
@@ -408,3 +472,15 @@ class TrainResult(BaseModel):
         default_factory=list, description="DPO: logged reward margin per step (in `loss`).")
     sft_step: dict[str, Any] | None = Field(
         None, description="sft_then_dpo: the SFT step's own result.")
+
+    def save(self, path: str | Path) -> Path:
+        """Write `train_log.json`: paths relative to its directory (the output directory).
+
+        The record then stays true after the runner renames `.train.work/` to `train/`.
+        """
+        return _save_relative(self, path, _RESULT_PATHS)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainResult:
+        """Read a `train_log.json`; its relative paths are resolved against its directory."""
+        return _load_relative(cls, path, _RESULT_PATHS)

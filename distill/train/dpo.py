@@ -123,10 +123,8 @@ def train_dpo(spec: TrainSpec, callbacks: list | None = None) -> TrainResult:
 def _rewrite_log(result: TrainResult) -> None:
     from accelerate import PartialState
 
-    from distill.records import write_json
-
     if PartialState().is_main_process:
-        write_json(Path(result.output_dir) / "train_log.json", result.model_dump(mode="json"))
+        result.save(Path(result.output_dir) / "train_log.json")
     PartialState().wait_for_everyone()
 
 

@@ -93,8 +93,7 @@ def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Pat
         raise FileNotFoundError(f"accelerate config {config}: no such file")
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec_path = out / "train_spec.json"
-    spec_path.write_text(spec.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    spec_path = spec.save(out / "train_spec.json")
     (out / "train_log.json").unlink(missing_ok=True)
 
     command = accelerate_command(config, module, spec_path)
@@ -115,7 +114,7 @@ def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Pat
         why = f"exit code {code}" if code != 0 else f"no {result_path} was written"
         raise TrainingError(f"training failed ({why}): {' '.join(command)}\n"
                             f"last lines of {log_path}:\n{writer.tail()}")
-    return TrainResult.model_validate_json(result_path.read_text(encoding="utf-8"))
+    return TrainResult.load(result_path)
 
 
 def _child_env(config: Path) -> dict[str, str]:

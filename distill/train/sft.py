@@ -237,7 +237,6 @@ def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float) 
 
     Shared by SFT and DPO. Every rank calls it; the main rank alone writes files.
     """
-    from distill.records import write_json
     from distill.train.merge import merge_adapter
 
     out = Path(spec.output_dir)
@@ -292,7 +291,7 @@ def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float) 
         else:
             merge_adapter(spec.model, adapter_dir, merged_dir, tokenizer=tokenizer)
         result.wall_time_s = round(time.perf_counter() - started, 3)
-        write_json(out / "train_log.json", result.model_dump(mode="json"))
+        result.save(out / "train_log.json")
         with contextlib.suppress(OSError):  # the Trainer's own directory, unless it holds
             (out / "trainer").rmdir()        # checkpoints or logs the recipe asked for
     accelerator.wait_for_everyone()
@@ -350,7 +349,7 @@ def run_entry_point(module: str, train: Callable[[TrainSpec], TrainResult],
         print(f"usage: python -m {module} SPEC.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    spec = TrainSpec.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
+    spec = TrainSpec.load(argv[0])
     result = train(spec)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{module}: {summary(result)}", flush=True)

@@ -133,6 +133,9 @@ def test_sft_then_dpo_trains_sft_first_then_dpo_from_it(tiny_model_dir, pairs_pa
     assert adapter_config["base_model_name_or_path"] == sft["merged_dir"]
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert log["sft_step"]["final_loss"] == sft["final_loss"]
+    assert log["sft_step"]["merged_dir"] == "sft/merged"  # relative to the log's directory
+    assert json.loads((tmp_path / "out" / "sft" / "train_log.json").read_text())[
+        "merged_dir"] == "merged"
 
 
 def test_sft_examples_are_left_out_and_a_file_without_pairs_is_named(tmp_path):

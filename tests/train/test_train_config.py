@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -103,3 +105,36 @@ def test_numbers_yaml_leaves_as_strings_are_read_as_numbers():
     assert config.args == {"learning_rate": 0.001, "max_length": 128}
     with pytest.raises(ValueError, match="learning_rate: expected a number, got 'fast'"):
         TrainConfig(args={"learning_rate": "fast"})
+
+
+def test_spec_and_result_files_name_the_job_files_relative_to_their_directory(tmp_path):
+    out = tmp_path / ".train.work"
+    out.mkdir()
+    spec = TrainSpec(model="org/model", data_path=str(out / "train.jsonl"),
+                     output_dir=str(out), chat_template=str(tmp_path / "template.jinja"))
+    spec.save(out / "train_spec.json")
+    result = TrainResult(output_dir=str(out), merged_dir=str(out / "merged"),
+                         adapter_dir=str(out / "adapter"), num_examples=3,
+                         sft_step={"output_dir": str(out / "sft"), "adapter_dir": None,
+                                   "merged_dir": str(out / "sft" / "merged")})
+    result.save(out / "train_log.json")
+
+    written = json.loads((out / "train_spec.json").read_text())
+    assert (written["data_path"], written["output_dir"]) == ("train.jsonl", ".")
+    assert written["model"] == "org/model"  # not a path of the job's: kept as given
+    assert written["chat_template"] == str(tmp_path / "template.jinja")
+    logged = json.loads((out / "train_log.json").read_text())
+    assert (logged["output_dir"], logged["merged_dir"], logged["adapter_dir"]) == (
+        ".", "merged", "adapter")
+    assert logged["sft_step"]["merged_dir"] == "sft/merged"
+
+    committed = out.rename(tmp_path / "train")  # what the runner does when the stage commits
+    assert TrainSpec.load(committed / "train_spec.json") == spec.model_copy(update={
+        "data_path": str(committed / "train.jsonl"), "output_dir": str(committed)})
+    loaded = TrainResult.load(committed / "train_log.json")
+    assert (loaded.output_dir, loaded.merged_dir, loaded.adapter_dir) == (
+        str(committed), str(committed / "merged"), str(committed / "adapter"))
+    assert loaded.sft_step["merged_dir"] == str(committed / "sft" / "merged")
+    # a spec written by hand with absolute paths reads as it is
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    assert TrainSpec.load(tmp_path / "spec.json") == spec

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from train_data import FAST_ARGS
 
 from distill.train import launch as launch_module
+from distill.train.config import LoraSettings, TrainResult, TrainSpec
 from distill.train.launch import TrainingError, _LogWriter, launch_training
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,17 +31,57 @@ def assert_plain_checkpoint(result):
     assert AutoTokenizer.from_pretrained(merged).chat_template
 
 
-def test_launch_through_accelerate_with_cpu_yaml(make_spec, tmp_path):
-    spec = make_spec()
-    log_path = tmp_path / "train.log"
-    result = launch_training(spec, CONFIGS / "cpu.yaml", log_path=log_path)
+@pytest.fixture(scope="module")
+def launched(tiny_model_dir, chat_data, tmp_path_factory):
+    """One training through `accelerate launch` with cpu.yaml, laid out as the runner does.
+
+    The data lie inside the output directory, the log beside it.
+    """
+    root = tmp_path_factory.mktemp("launch")
+    out = root / ".train.work"
+    out.mkdir()
+    shutil.copy(chat_data, out / "train.jsonl")
+    spec = TrainSpec(model=str(tiny_model_dir), data_path=str(out / "train.jsonl"),
+                     output_dir=str(out), seed=0, quiet=True, lora=LoraSettings(),
+                     args=FAST_ARGS)
+    result = launch_training(spec, CONFIGS / "cpu.yaml", log_path=root / "train.log")
+    return spec, result, root / "train.log"
+
+
+def test_launch_through_accelerate_with_cpu_yaml(launched):
+    spec, result, log_path = launched
     assert result.num_processes == 1 and result.steps == 2 * 8
     assert result.final_loss < result.first_loss
+    assert result.merged_dir == str(Path(spec.output_dir) / "merged")
     assert json.loads((Path(spec.output_dir) / "train_log.json").read_text())["steps"] == 16
     assert_plain_checkpoint(result)
     log = log_path.read_text()
     assert "accelerate.commands.launch --config_file" in log and "-m distill.train.sft" in log
     assert "distill.train.sft: 60 examples, 16 steps" in log
+
+
+def test_records_stay_true_after_the_output_dir_is_renamed(launched):
+    """The runner trains in `.train.work/` and renames it `train/` when the stage commits."""
+    spec, result, _ = launched
+    work = Path(spec.output_dir)
+    committed = work.with_name("train")
+    work.rename(committed)
+    try:
+        log = json.loads((committed / "train_log.json").read_text())
+        for key in ("output_dir", "merged_dir", "adapter_dir"):
+            assert (committed / log[key]).is_dir(), (key, log[key])
+        assert (committed / log["merged_dir"] / "config.json").is_file()
+        assert TrainResult.load(committed / "train_log.json") == result.model_copy(update={
+            "output_dir": str(committed), "merged_dir": str(committed / "merged"),
+            "adapter_dir": str(committed / "adapter")})
+        written = json.loads((committed / "train_spec.json").read_text())
+        assert (committed / written["data_path"]).is_file()
+        assert (committed / written["output_dir"]).resolve() == committed.resolve()
+        loaded = TrainSpec.load(committed / "train_spec.json")
+        assert Path(loaded.data_path) == committed / "train.jsonl"
+        assert loaded.model == spec.model  # the base model is not the job's: kept as given
+    finally:
+        committed.rename(work)
 
 
 def test_failed_launch_raises_with_the_log_tail(make_spec, tmp_path):
@@ -79,9 +122,7 @@ def test_two_cpu_processes_over_gloo(make_spec, tmp_path):
     assert log["num_processes"] == 2 and log["steps"] == 2 * 4
     assert log["ranks_in_sync"] is True  # DDP kept both ranks' weights identical
     assert log["final_loss"] < log["first_loss"]
-    from distill.train.config import TrainResult
-
-    assert_plain_checkpoint(TrainResult.model_validate(log))
+    assert_plain_checkpoint(TrainResult.load(Path(spec.output_dir) / "train_log.json"))
 
 
 def test_runner_ranks_train_collectively_without_a_nested_launch(make_spec, tmp_path):
