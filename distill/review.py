@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from distill.records import (
     Example,
@@ -45,6 +45,7 @@ from distill.records import (
     read_json,
     write_jsonl,
 )
+from distill.settings import Strict
 
 DECISIONS = ("accept", "reject", "fix")
 # Reviewer columns first, so they are in view in a spreadsheet.
@@ -52,10 +53,8 @@ COLUMNS = ("id", "decision", "fixed_output", "note", "instruction", "input", "ou
            "source", "document", "round", "data_fingerprint")
 
 
-class Config(BaseModel):
+class Config(Strict):
     """`review:` defaults of `distill review export`, and whether decisions feed training."""
-
-    model_config = ConfigDict(extra="forbid")
 
     size: int = Field(100, ge=1, description="Examples per exported review sample.")
     seed: int = Field(0, description="Seed of the sample.")

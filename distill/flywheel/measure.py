@@ -26,16 +26,15 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from distill.records import Example, write_json
+from distill.settings import Strict
 
 log = logging.getLogger("distill")
 
-class MeasureConfig(BaseModel):
+class MeasureConfig(Strict):
     """`measure:` settings of the per-round metrics."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Run the measure stage after each evaluation.")
     sample_size: int = Field(500, ge=2, description="Synthetic records per round that "

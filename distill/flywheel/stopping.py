@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from distill.settings import Strict
 
 
-class PlateauRule(BaseModel):
+class PlateauRule(Strict):
     """Stop when a metric has not improved on its best by `min_delta` for `patience` rounds."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["plateau"] = "plateau"
     metric: str = Field(description="Dotted metric name, e.g. benchmark.microworld/exact_match.")
@@ -33,20 +33,16 @@ class PlateauRule(BaseModel):
     patience: int = Field(1, ge=1, description="Rounds without improvement before stopping.")
 
 
-class FloorRule(BaseModel):
+class FloorRule(Strict):
     """Stop when a metric falls below a floor (diversity: distinct-n, TTR, coverage)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["floor"] = "floor"
     metric: str = Field(description="Dotted metric name, e.g. diversity.distinct_2.")
     value: float = Field(description="Stop once the metric is below this.")
 
 
-class CeilingRule(BaseModel):
+class CeilingRule(Strict):
     """Stop when a metric rises above a ceiling (self-BLEU, perplexity of real data)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["ceiling"] = "ceiling"
     metric: str = Field(description="Dotted metric name, e.g. diversity.self_bleu.")

@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from distill.records import atomic_write_text
+from distill.settings import Strict
 
 log = logging.getLogger("distill")
 
@@ -58,10 +59,8 @@ class StudyError(ValueError):
     """A study file that cannot run; the message names the field or cell."""
 
 
-class Study(BaseModel):
+class Study(Strict):
     """A study file."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Study name; cells and report go to <output_dir>/<name>/.")
     recipe: str = Field(description="The base recipe, relative to the study file.")
