@@ -205,7 +205,7 @@ def test_verifier_judge_pairs_correct_against_wrong(ctx_of):
     def script(request):
         return ("65" if request.sampling.temperature == 0.2 else "66"), "stop"
 
-    verifier = config(temperatures=[0.2, 0.7], judge={"kind": "verifier"})
+    verifier = config(temperatures=[0.2, 0.7], judge={"kind": "verifier", "checker": "microworld"})
     result = verifier.run(ctx_of(ScriptedTeacher(script), tasks=tasks))
     (pair,) = result.examples
     assert (pair.output, pair.rejected_output) == ("65", "66")
@@ -247,7 +247,8 @@ def test_dependencies_name_other_models_the_judge_template_and_the_prompts(tmp_p
     assert config().dependencies().models == {"answers:0": "teacher", "judge": "teacher"}
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Say hi."}\n')
-    from_file = config(prompts=str(prompts), judge={"kind": "verifier"}).dependencies()
+    from_file = config(prompts=str(prompts),
+                       judge={"kind": "verifier", "checker": "microworld"}).dependencies()
     assert from_file.files == {"prompts": str(prompts)}
     assert from_file.inputs == () and from_file.templates == ()
     assert from_file.models == {"answers:0": "teacher"}  # an exact checker loads no model
