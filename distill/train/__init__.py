@@ -2,9 +2,14 @@
 
 - `config.py`: the recipe's `train` section, `LoraSettings`, the `TrainSpec` job and its
   `TrainResult`;
+- `common.py`: what every method shares: tokenizer, train-and-save, the `python -m`
+  entry point;
 - `sft.py`: supervised fine-tuning (`python -m distill.train.sft spec.json`);
+- `dpo.py`: DPO, and SFT then DPO (`python -m distill.train.dpo spec.json`);
 - `merge.py`: adapter + base -> one plain checkpoint;
 - `launch.py`: `launch_training`, in this process or through `accelerate launch`.
 
-Importing this package imports neither torch nor TRL.
+Each method's module registers its function in `distill.registry.TRAINERS` under the
+method's names (`train.method`); a new method is one new module. Importing this package
+imports neither torch nor TRL.
 """

@@ -6,6 +6,9 @@ runner builds it, and it is JSON so that `accelerate launch` can hand it to
 `python -m distill.train.sft spec.json` in fresh processes. `TrainResult` is what a job
 reports back, and the content of `<output_dir>/train_log.json`.
 
+The methods (`train.method`) are the names in `distill.registry.TRAINERS`: each training
+module registers its function there, so a new method is one new module.
+
 TRL's own arguments are never re-declared here: `train.args` passes through untouched to
 `trl.SFTConfig` (method sft) or `trl.DPOConfig` (dpo, and the DPO step of sft_then_dpo,
 whose SFT step takes `train.sft_args`), after the few defaults in `sft_defaults` /
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from distill.registry import TRAINERS
 
 # Keys of `train.args` that distill itself decides: where the trainer writes.
 RESERVED_ARGS = {"output_dir": "the training stage's own directory is used"}
@@ -292,12 +297,22 @@ SFTArgName = Annotated[str, AfterValidator(check_arg_name)]
 TrainArgName = Annotated[str, AfterValidator(_check_train_arg_name)]
 
 
+def _check_method(value: str) -> str:
+    TRAINERS.get(value)  # raises, naming the registered methods
+    return value
+
+
+# A training method: a name in distill.registry.TRAINERS (listed in the JSON schema).
+TrainMethod = Annotated[str, AfterValidator(_check_method), Field(
+    json_schema_extra=lambda schema: schema.update(enum=TRAINERS.names()))]
+
+
 class TrainConfig(BaseModel):
     """The recipe's `train` section: how the student is trained."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["sft", "dpo", "sft_then_dpo"] = Field(
+    method: TrainMethod = Field(
         "sft", description="sft: supervised fine-tuning on the kept examples (TRL "
         "SFTTrainer; a preference pair trains on its chosen answer); dpo: TRL DPOTrainer on "
         "preference pairs (generate.kind: preference), reference = the student with its "
@@ -344,7 +359,7 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["sft", "dpo", "sft_then_dpo"] = "sft"
+    method: TrainMethod = "sft"
     model: str = Field(description="Base student: a local checkpoint directory or a hub id.")
     tokenizer: str | None = Field(None, description="Tokenizer location; default: `model`.")
     chat_template: str | None = Field(
@@ -421,7 +436,6 @@ def _resolved_against(path: str, base: Path) -> str:
     if Path(path).is_absolute():
         return path
     return os.path.normpath(base / path)
-
 
 
 class LossPoint(BaseModel):

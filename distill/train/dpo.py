@@ -21,24 +21,87 @@ records TRL's chosen-minus-rejected reward margin in the first and last logged s
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from distill.train.config import TrainResult, TrainSpec, resolve_dpo_args
-from distill.train.sft import (
+from distill.registry import TRAINERS
+from distill.train.common import (
     PreparedTraining,
-    _silence_progress_bars,
     load_tokenizer,
+    run_as_main,
     run_entry_point,
+    silence_progress_bars,
     train_and_save,
-    train_sft,
+    trainer_dir,
 )
+from distill.train.config import LossPoint, TrainResult, TrainSpec, resolve_dpo_args
+from distill.train.sft import train_sft
+
+if __name__ == "__main__":  # before any definition: see run_as_main
+    run_as_main("distill.train.dpo")
 
 __all__ = ["load_pairs", "main", "prepare_dpo", "train_dpo"]
 
 log = logging.getLogger("distill.train")
 
+
+def prepare_dpo(spec: TrainSpec, callbacks: list | None = None) -> PreparedTraining:
+    """Load tokenizer, pairs and model and build the `DPOTrainer`, without training."""
+    from trl import DPOConfig, DPOTrainer
+
+    if spec.quiet:
+        silence_progress_bars()
+
+    # Tokenizer (the trainer loads the model from `spec.model`, and with LoRA uses it with
+    # the adapter disabled as the reference)
+    tokenizer = load_tokenizer(spec)
+
+    # Dataset
+    dataset = load_pairs(spec.data_path)
+
+    # TRL arguments and trainer
+    args = resolve_dpo_args(spec.args, full_finetune=spec.lora is None, seed=spec.seed,
+                            quiet=spec.quiet)
+    trainer = DPOTrainer(model=spec.model, args=DPOConfig(output_dir=trainer_dir(spec), **args),
+                         train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=spec.lora and spec.lora.to_peft(), callbacks=callbacks)
+    return PreparedTraining(trainer=trainer, tokenizer=tokenizer, args=args,
+                            loss_mask="completion", num_examples=len(dataset),
+                            summarize=reward_margins)
+
+
+@TRAINERS.register("dpo", "sft_then_dpo")
+def train_dpo(spec: TrainSpec, callbacks: list | None = None) -> TrainResult:
+    """DPO (or SFT then DPO) on the spec's pairs; saves adapter, merged model and log.
+
+    Call it on every rank of a distributed launch; every rank returns the same result.
+    """
+    started = time.perf_counter()
+    sft_step = None
+    if spec.method == "sft_then_dpo":
+        sft_spec = spec.model_copy(update={"method": "sft", "args": spec.sft_args,
+                                           "sft_args": {},
+                                           "output_dir": str(Path(spec.output_dir) / "sft")})
+        sft_result = train_sft(sft_spec, callbacks)
+        sft_step = sft_result.model_dump(mode="json", exclude={"args"})
+        # DPO starts from, and is anchored to, the SFT model (its tokenizer and template
+        # were saved with it)
+        spec = spec.model_copy(update={"model": sft_result.merged_dir, "tokenizer": None})
+        log.info("sft_then_dpo: SFT done (loss %s -> %s), DPO from %s",
+                 sft_result.first_loss, sft_result.final_loss, sft_result.merged_dir)
+    return train_and_save(spec, prepare_dpo(spec, callbacks), started, sft_step=sft_step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `python -m distill.train.dpo spec.json` (under accelerate or not)."""
+    return run_entry_point(train_dpo, lambda result: (
+        f"{result.num_examples} pairs, {result.steps} steps, reward margin "
+        f"{result.reward_margin_start} -> {result.reward_margin_end}, merged model in "
+        f"{result.merged_dir}"), argv)
+
+
+# -- DPO's data and its record -------------------------------------------------------------
 
 def load_pairs(path: str | Path):
     """The pairs' `prompt`, `chosen` and `rejected` columns as a `datasets.Dataset`.
@@ -71,70 +134,14 @@ def load_pairs(path: str | Path):
     return Dataset.from_list(rows)
 
 
-def prepare_dpo(spec: TrainSpec, callbacks: list | None = None) -> PreparedTraining:
-    """Load tokenizer, pairs and model and build the `DPOTrainer`, without training."""
-    from transformers import PrinterCallback
-    from trl import DPOConfig, DPOTrainer
-
-    if spec.quiet:
-        _silence_progress_bars()
-    args = resolve_dpo_args(spec.args, full_finetune=spec.lora is None, seed=spec.seed,
-                            quiet=spec.quiet)
-    tokenizer = load_tokenizer(spec)
-    dataset = load_pairs(spec.data_path)
-    trainer = DPOTrainer(
-        model=spec.model,
-        args=DPOConfig(output_dir=str(Path(spec.output_dir) / "trainer"), **args),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=None if spec.lora is None else spec.lora.to_peft(),
-        callbacks=callbacks,
-    )
-    if spec.quiet:
-        trainer.remove_callback(PrinterCallback)
-    return PreparedTraining(trainer=trainer, tokenizer=tokenizer, args=args,
-                            loss_mask="completion", num_examples=len(dataset))
-
-
-def train_dpo(spec: TrainSpec, callbacks: list | None = None) -> TrainResult:
-    """DPO (or SFT then DPO) on the spec's pairs; saves adapter, merged model and log.
-
-    Call it on every rank of a distributed launch; every rank returns the same result.
-    """
-    started = time.perf_counter()
-    sft_result = None
-    if spec.method == "sft_then_dpo":
-        sft_spec = spec.model_copy(update={"method": "sft", "args": spec.sft_args,
-                                           "sft_args": {},
-                                           "output_dir": str(Path(spec.output_dir) / "sft")})
-        sft_result = train_sft(sft_spec, callbacks)
-        # DPO starts from, and is anchored to, the SFT model (its tokenizer and template
-        # were saved with it)
-        spec = spec.model_copy(update={"model": sft_result.merged_dir, "tokenizer": None})
-        log.info("sft_then_dpo: SFT done (loss %s -> %s), DPO from %s",
-                 sft_result.first_loss, sft_result.final_loss, sft_result.merged_dir)
-    result = train_and_save(spec, prepare_dpo(spec, callbacks), started)
-    if sft_result is not None:
-        result.sft_step = sft_result.model_dump(mode="json", exclude={"args"})
-        _rewrite_log(result)
-    return result
-
-
-def _rewrite_log(result: TrainResult) -> None:
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        result.save(Path(result.output_dir) / "train_log.json")
-    PartialState().wait_for_everyone()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m distill.train.dpo spec.json` (under accelerate or not)."""
-    return run_entry_point("distill.train.dpo", train_dpo, lambda result: (
-        f"{result.num_examples} pairs, {result.steps} steps, reward margin "
-        f"{result.reward_margin_start} -> {result.reward_margin_end}, merged model in "
-        f"{result.merged_dir}"), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def reward_margins(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """DPO's logged chosen-minus-rejected reward margins: first, last and per step."""
+    points = [LossPoint(step=entry["step"], loss=entry["rewards/margins"])
+              for entry in log_history if "rewards/margins" in entry and "step" in entry]
+    if not points:
+        return {}
+    accuracies = [entry["rewards/accuracies"] for entry in log_history
+                  if "rewards/accuracies" in entry]
+    return {"reward_margin_start": points[0].loss, "reward_margin_end": points[-1].loss,
+            "reward_accuracy_end": accuracies[-1] if accuracies else None,
+            "reward_margin_history": points}

@@ -3,18 +3,18 @@
 - Already one rank of an `accelerate launch` (every rank runs the runner): train here, on
   every rank; the ranks train collectively.
 - A plain single process with an accelerate config: run
-  `accelerate launch --config_file CFG -m distill.train.<method> spec.json` as a
+  `accelerate launch --config_file CFG -m <the method's module> spec.json` as a
   subprocess, its output streamed into a log file, and read back its `train_log.json`.
 - No accelerate config: train here, in this process.
 
-By hand, the subprocess is the same as
+The method's function and module come from `distill.registry.TRAINERS`. By hand, the
+subprocess is the same as
 
     accelerate launch --config_file recipes/accelerate/cpu.yaml -m distill.train.sft spec.json
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import subprocess
@@ -26,15 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from distill.registry import TRAINERS
 from distill.train.config import TrainResult, TrainSpec
-
-# method -> (module run under accelerate, its in-process function); a new method adds a
-# line here and a module beside sft.py.
-TRAINERS = {
-    "sft": ("distill.train.sft", "train_sft"),
-    "dpo": ("distill.train.dpo", "train_dpo"),
-    "sft_then_dpo": ("distill.train.dpo", "train_dpo"),
-}
 
 LOG_TAIL_LINES = 40
 # The Trainer's step bar, " 30%|###   | 12/40 [", read from the subprocess's output; other
@@ -72,10 +65,10 @@ def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
     Raises:
         TrainingError: the subprocess failed; the message carries its log's last lines.
     """
-    module, function = TRAINERS[spec.method]
+    train = TRAINERS.get(spec.method)
     if accelerate_config is None or inside_accelerate_launch():
-        return getattr(importlib.import_module(module), function)(spec)
-    return _launch_subprocess(spec, module, Path(accelerate_config),
+        return train(spec)
+    return _launch_subprocess(spec, train.__module__, Path(accelerate_config),
                               Path(log_path or Path(spec.output_dir) / "train.log"), echo,
                               progress)
 

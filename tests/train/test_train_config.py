@@ -7,6 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from distill.registry import TRAINERS
 from distill.train.config import (
     LoraSettings,
     TrainConfig,
@@ -105,6 +106,24 @@ def test_numbers_yaml_leaves_as_strings_are_read_as_numbers():
     assert config.args == {"learning_rate": 0.001, "max_length": 128}
     with pytest.raises(ValueError, match="learning_rate: expected a number, got 'fast'"):
         TrainConfig(args={"learning_rate": "fast"})
+
+
+def test_methods_are_the_registered_trainers():
+    from distill.train.dpo import train_dpo
+    from distill.train.sft import train_sft
+
+    assert TRAINERS.get("sft") is train_sft
+    assert TRAINERS.get("dpo") is TRAINERS.get("sft_then_dpo") is train_dpo
+    schema = TrainConfig.model_json_schema()["properties"]["method"]
+    assert schema["enum"] == TRAINERS.names() == ["dpo", "sft", "sft_then_dpo"]
+    loc, msg = error_of(method="ppo")
+    assert loc == ("method",) and "choose one of ['dpo', 'sft', 'sft_then_dpo']" in msg
+
+    TRAINERS.register("kd")(lambda spec, callbacks=None: None)  # a new method: one module
+    try:
+        assert TrainSpec(method="kd", model="m", data_path="d", output_dir="o").method == "kd"
+    finally:
+        TRAINERS.unregister("kd")
 
 
 def test_spec_and_result_files_name_the_job_files_relative_to_their_directory(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from train_data import FAST_ARGS
 
+from distill.registry import TRAINERS
 from distill.train import launch as launch_module
 from distill.train.config import LoraSettings, TrainResult, TrainSpec
 from distill.train.launch import TrainingError, _LogWriter, launch_training
@@ -152,18 +153,45 @@ def test_two_cpu_processes_through_cpu_2proc_yaml(make_spec, tmp_path):
     assert_plain_checkpoint(result)
 
 
-def test_inside_a_launch_every_rank_trains_in_process(make_spec, monkeypatch):
+@pytest.fixture
+def fake_method():
+    """A throwaway training method `fake` that records its calls."""
     calls = []
-    monkeypatch.setitem(launch_module.TRAINERS, "sft", ("distill.train.sft", "train_sft"))
-    monkeypatch.setattr("distill.train.sft.train_sft", lambda spec: calls.append(spec) or "ok")
+
+    def train_fake(spec, callbacks=None):
+        calls.append((spec, callbacks))
+        return "ok"
+
+    TRAINERS.register("fake")(train_fake)
+    yield calls
+    TRAINERS.unregister("fake")
+
+
+def test_inside_a_launch_every_rank_trains_in_process(make_spec, monkeypatch, fake_method):
     monkeypatch.setattr(launch_module, "_launch_subprocess",
                         lambda *a, **k: pytest.fail("launched a nested accelerate"))
-    spec = make_spec()
+    spec = make_spec(method="fake")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert launch_training(spec, CONFIGS / "cpu.yaml") == "ok"
     monkeypatch.delenv("WORLD_SIZE")
     assert launch_training(spec, None) == "ok"  # no accelerate config: in this process
-    assert calls == [spec, spec]
+    assert fake_method == [(spec, None), (spec, None)]
+
+
+def test_the_subprocess_runs_the_registered_module(make_spec, monkeypatch, tmp_path):
+    commands = []
+
+    def popen(command, **kwargs):
+        commands.append(command)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    for method, module in (("sft", "distill.train.sft"), ("dpo", "distill.train.dpo"),
+                           ("sft_then_dpo", "distill.train.dpo")):
+        with pytest.raises(RuntimeError, match="stop here"):
+            launch_training(make_spec(method, method=method), CONFIGS / "cpu.yaml",
+                            log_path=tmp_path / "train.log")
+        assert commands[-1][-3:] == ["-m", module, str(tmp_path / method / "train_spec.json")]
 
 
 def test_log_keeps_lines_and_thins_out_progress_bars(tmp_path):

@@ -1,0 +1,265 @@
+"""What every training method shares: tokenizer, the train-and-save tail, the entry point.
+
+A method's module (`sft.py`, `dpo.py`) builds its TRL trainer from a `TrainSpec` and
+hands it to `train_and_save` as a `PreparedTraining`; everything after that is the same
+for every method:
+
+- train, then save the adapter (or the full weights), merge it into `merged/`, write
+  `train_log.json` (a `TrainResult`);
+- as `python -m <module> spec.json`: `run_entry_point`, then close the process group.
+
+Under `accelerate launch` every rank runs all of it; the main rank alone writes files.
+Importing this module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from distill.train.config import LossPoint, TrainResult, TrainSpec
+
+log = logging.getLogger("distill.train")
+
+
+# -- model and tokenizer -------------------------------------------------------------------
+
+def load_chat_template(value: str | None) -> str | None:
+    """A chat template given as a file path or as the template text itself."""
+    if value is None:
+        return None
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"chat template {value!r}: no such file")
+    return path.read_text(encoding="utf-8")
+
+
+def load_tokenizer(spec: TrainSpec):
+    """The student's tokenizer, with the spec's chat template when it overrides one."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or spec.model)
+    template = load_chat_template(spec.chat_template)
+    if template is not None:
+        tokenizer.chat_template = template
+    if not tokenizer.chat_template:
+        raise ValueError(f"{spec.tokenizer or spec.model}: the tokenizer has no chat template; "
+                         "give the student one (student.chat_template in the recipe)")
+    return tokenizer
+
+
+def trainer_dir(spec: TrainSpec) -> str:
+    """The TRL trainer's own `output_dir`, beside adapter/ and merged/.
+
+    It stays empty, and is removed, unless the recipe asks for checkpoints or logs.
+    """
+    return str(Path(spec.output_dir) / "trainer")
+
+
+def silence_progress_bars() -> None:
+    """No datasets / transformers progress bars in this process (a quiet spec)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+# -- train and save ------------------------------------------------------------------------
+
+def no_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A method that adds nothing of its own to the `TrainResult`."""
+    return {}
+
+
+@dataclass
+class PreparedTraining:
+    """A ready TRL trainer and what was decided on the way (for the log and for tests)."""
+
+    trainer: Any
+    tokenizer: Any
+    args: dict[str, Any]
+    loss_mask: str
+    num_examples: int
+    # the method's own `TrainResult` fields, read from TRL's log history (DPO's margins)
+    summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] = no_summary
+
+
+def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float,
+                   **fields: Any) -> TrainResult:
+    """Train a prepared TRL trainer; save adapter, merged model and train log (any method).
+
+    Every rank calls it; the main rank alone writes files. Every rank returns the same
+    result.
+
+    Args:
+        spec: The job.
+        prepared: The method's trainer, tokenizer and decisions.
+        started: `time.perf_counter()` when the job began (for `wall_time_s`).
+        **fields: More `TrainResult` fields, recorded as given (sft_then_dpo's `sft_step`).
+    """
+    from transformers import PrinterCallback
+
+    from distill.train.merge import merge_adapter
+
+    out = Path(spec.output_dir)
+    full_finetune = spec.lora is None
+    trainer, tokenizer, args = prepared.trainer, prepared.tokenizer, prepared.args
+    if spec.quiet:
+        trainer.remove_callback(PrinterCallback)  # it prints every log line without tqdm
+    trainable, total = count_parameters(trainer.model)
+    loss_tokens = count_loss_tokens(trainer.train_dataset)
+
+    output = trainer.train()
+    in_sync = ranks_in_sync(trainer)
+    if in_sync is False:
+        log.warning("the ranks ended training with different weights: check the launch")
+
+    adapter_dir = None if full_finetune else out / "adapter"
+    merged_dir = out / "merged"
+    # Every rank takes part in saving: FSDP and ZeRO-3 gather the sharded weights first.
+    trainer.save_model(str(merged_dir if full_finetune else adapter_dir))
+    state = trainer.state
+    history = [LossPoint(step=entry["step"], loss=entry["loss"])
+               for entry in state.log_history if "loss" in entry and "step" in entry]
+    tokens = [entry["num_tokens"] for entry in state.log_history if "num_tokens" in entry]
+    accelerator = trainer.accelerator
+    is_main = accelerator.is_main_process
+    result = TrainResult(
+        method=spec.method,
+        output_dir=str(out),
+        merged_dir=str(merged_dir),
+        adapter_dir=None if adapter_dir is None else str(adapter_dir),
+        num_examples=prepared.num_examples,
+        num_processes=accelerator.num_processes,
+        steps=state.global_step,
+        epochs=float(state.epoch or 0.0),
+        loss_history=history,
+        first_loss=history[0].loss if history else None,
+        final_loss=history[-1].loss if history else None,
+        train_loss=output.training_loss,
+        ranks_in_sync=in_sync,
+        tokens_seen=int(tokens[-1]) if tokens else 0,
+        loss_tokens_per_epoch=loss_tokens,
+        loss_mask=prepared.loss_mask,
+        trainable_params=trainable,
+        total_params=total,
+        args=json.loads(json.dumps(args, default=str)),
+        **prepared.summarize(state.log_history),
+        **fields,
+    )
+    del trainer, output, prepared
+    accelerator.free_memory()  # drops its model and optimizer, collects, empties the cache
+
+    if is_main:
+        if full_finetune:
+            finish_full_checkpoint(merged_dir, tokenizer)
+        else:
+            merge_adapter(spec.model, adapter_dir, merged_dir, tokenizer=tokenizer)
+        result.wall_time_s = round(time.perf_counter() - started, 3)
+        result.save(out / "train_log.json")
+        with contextlib.suppress(OSError):  # the Trainer's own directory, unless it holds
+            Path(trainer_dir(spec)).rmdir()  # checkpoints or logs the recipe asked for
+    accelerator.wait_for_everyone()
+    result.wall_time_s = round(time.perf_counter() - started, 3)
+    return result
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; sharded (DeepSpeed ZeRO-3) ones counted whole."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = getattr(parameter, "ds_numel", None) or parameter.numel()
+        total += count
+        if parameter.requires_grad:
+            trainable += count
+    return trainable, total
+
+
+def count_loss_tokens(dataset) -> int:
+    """Tokens whose prediction is trained (labels not -100, first token excluded)."""
+    if "labels" not in dataset.column_names:
+        return 0
+    return sum(sum(1 for label in row[1:] if label != -100) for row in dataset["labels"])
+
+
+def ranks_in_sync(trainer) -> bool | None:
+    """Under DDP, check that every rank holds the same trained weights (a cheap checksum).
+
+    None where there is nothing to compare: one process, or FSDP / DeepSpeed, whose ranks
+    hold different shards by design.
+    """
+    import torch
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    if accelerator.num_processes < 2 or accelerator.distributed_type in (
+            DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    with torch.no_grad():
+        weights = [p for p in accelerator.unwrap_model(trainer.model).parameters()
+                   if p.requires_grad]
+        checksum = torch.stack([
+            sum((p.double().sum() for p in weights), torch.zeros((), dtype=torch.float64)),
+            sum((p.double().abs().sum() for p in weights), torch.zeros((), dtype=torch.float64)),
+        ]).to(accelerator.device)
+    gathered = accelerator.gather(checksum[None]).cpu()
+    return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-9, atol=0))
+
+
+def finish_full_checkpoint(merged_dir: Path, tokenizer) -> None:
+    """Make a fully fine-tuned checkpoint ready for inference like a merged one."""
+    from transformers import AutoConfig
+
+    tokenizer.save_pretrained(merged_dir)
+    config = AutoConfig.from_pretrained(merged_dir)
+    if getattr(config, "use_cache", True) is False:  # turned off for gradient checkpointing
+        config.use_cache = True
+        config.save_pretrained(merged_dir)
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+def run_entry_point(train: Callable[[TrainSpec], TrainResult],
+                    summary: Callable[[TrainResult], str], argv: list[str] | None) -> int:
+    """What `python -m <module> spec.json` does: train, then rank 0 prints `summary`."""
+    module = train.__module__
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(f"usage: python -m {module} SPEC.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = train(TrainSpec.load(argv[0]))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{module}: {summary(result)}", flush=True)
+    close_process_group()
+    return 0
+
+
+def run_as_main(module: str) -> NoReturn:
+    """What a method's module does when `python -m` runs it: its importable copy's `main()`.
+
+    `python -m` runs the file as `__main__`, a second copy of the module, whose functions
+    would register in `distill.registry.TRAINERS` a second time beside the importable
+    module's; so the `__main__` copy stops before it defines anything.
+    """
+    sys.exit(importlib.import_module(module).main())
+
+
+def close_process_group() -> None:
+    """Leave the process group the Trainer joined, so the process exits without a warning."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
