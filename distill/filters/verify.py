@@ -25,9 +25,9 @@ reference answer). Every record's scores hold `correct` and what the checker fou
 (`expected`, `predicted`, the sandbox's status, ...), and `unverifiable_reason` when
 there is no true answer.
 
-The filter is named `verify_<checker>` in the funnel and in `scores`, so that two
-verifiers chained with `keep_unverifiable` (a code and a math checker over one mixed
-exercise set) keep their own rows.
+The filter is named `verify` in the funnel and in `scores` (its kind, as every filter's
+default name); two verifiers chained with `keep_unverifiable` (a code and a math checker
+over one mixed exercise set) each take a `name` of their own, so they keep their own rows.
 
 Another checker is one function `(records, config) -> list[Check]` registered with
 `@CHECKERS.register("name")` (see `distill.filters.checkers`).

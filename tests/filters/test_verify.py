@@ -28,7 +28,7 @@ RECORDS = [
 
 def test_verdicts_reasons_and_scores() -> None:
     flt = Config(checker="microworld").build(FilterContext())
-    assert isinstance(flt, VerifyFilter) and flt.name == "verify_microworld"
+    assert isinstance(flt, VerifyFilter) and flt.name == "verify"  # the kind, by default
     verdicts = flt(RECORDS)
     assert [v.keep for v in verdicts] == [True, True, False, False, False, False, False]
     assert [v.reason for v in verdicts] == ["", "", "wrong_answer", "wrong_answer",
@@ -47,7 +47,7 @@ def test_funnel_counts_and_keeps_rejected_records() -> None:
     assert result.funnel[0]["dropped"] == {"wrong_answer": 3, "unverifiable": 2}
     assert {r.id for r in result.rejected} == {"off-by-one", "wrong-unit", "wrong-order",
                                                "unknown", "malformed"}
-    assert result.kept[0].scores["verify_microworld"]["correct"] is True
+    assert result.kept[0].scores["verify"]["correct"] is True
 
 
 def test_keep_unverifiable() -> None:

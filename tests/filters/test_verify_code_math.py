@@ -61,7 +61,7 @@ def test_extract_code() -> None:
 
 def test_code_checker_verdicts() -> None:
     flt = CODE_CONFIG.build(FilterContext())
-    assert flt.name == "verify_code"
+    assert flt.name == "verify"
     verdicts = flt(CODE_RECORDS)
     assert [(v.keep, v.reason) for v in verdicts] == [
         (True, ""), (False, "tests_failed"), (False, "syntax_error"), (False, "unverifiable"),
@@ -131,8 +131,11 @@ def test_code_then_math_on_mixed_exercises() -> None:
     code = code_record("code", SOLUTION)
     math = Example(id="math", instruction="1/2 + 1/4?", output="\\boxed{3/4}", answer="0.75")
     wrong = Example(id="math-wrong", instruction="1/2 + 1/4?", output="2/6", answer="0.75")
-    filters = [CODE_CONFIG.model_copy(update={"keep_unverifiable": True}).build(FilterContext()),
-               Config(checker="math", keep_unverifiable=True).build(FilterContext())]
+    # two verifiers in one funnel keep their own rows under the names the recipe gives them
+    filters = [CODE_CONFIG.model_copy(update={"keep_unverifiable": True, "name": "verify_code"})
+               .create(FilterContext()),
+               Config(checker="math", keep_unverifiable=True, name="verify_math")
+               .create(FilterContext())]
     result = run_funnel(filters, [code, math, wrong])
     assert [r.id for r in result.kept] == ["code", "math"]
     assert [row["filter"] for row in result.funnel] == ["verify_code", "verify_math"]
