@@ -36,7 +36,7 @@ from rouge_score import rouge_scorer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.filters.base import FilterContext  # noqa: E402
-from distill.filters.novelty import Config, NoveltyFilter  # noqa: E402
+from distill.filters.novelty import Config  # noqa: E402
 from distill.records import Example  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def distill_filter(seeds: list[str], candidates: list[str]) -> tuple[list[bool],
     """distill's NoveltyFilter over the same stream."""
     seed_examples = [Example(id=f"seed-{i}", instruction=s) for i, s in enumerate(seeds)]
     records = [Example(id=str(i), instruction=c) for i, c in enumerate(candidates)]
-    verdicts = NoveltyFilter(Config(), FilterContext(seed_examples=seed_examples))(records)
+    verdicts = Config().build(FilterContext(seed_tasks=lambda: seed_examples))(records)
     return [v.keep for v in verdicts], [v.scores["rouge_l_max"] for v in verdicts]
 
 
