@@ -2,8 +2,8 @@
 
 - `config.py`: the recipe's `train` section, `LoraSettings`, the `TrainSpec` job and its
   `TrainResult`;
-- `common.py`: what every method shares: tokenizer, train-and-save, the `python -m`
-  entry point;
+- `common.py`: what every method shares: tokenizer, train-and-save, the progress
+  callback, the `python -m` entry point;
 - `sft.py`: supervised fine-tuning (`python -m distill.train.sft spec.json`);
 - `dpo.py`: DPO, and SFT then DPO (`python -m distill.train.dpo spec.json`);
 - `merge.py`: adapter + base -> one plain checkpoint;

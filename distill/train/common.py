@@ -1,10 +1,12 @@
-"""What every training method shares: tokenizer, the train-and-save tail, the entry point.
+"""What every training method shares: tokenizer, the train-and-save tail, progress, exit.
 
 A method's module (`sft.py`, `dpo.py`) builds its TRL trainer from a `TrainSpec` and
 hands it to `train_and_save` as a `PreparedTraining`; everything after that is the same
 for every method:
 
-- train, then save the adapter (or the full weights), merge it into `merged/`, write
+- train, with a `progress_callback` appending one JSON line per step to the spec's
+  `progress_path` (the parent of an `accelerate launch` tails that file);
+- save the adapter (or the full weights), merge it into `merged/`, write
   `train_log.json` (a `TrainResult`);
 - as `python -m <module> spec.json`: `run_entry_point`, then close the process group.
 
@@ -15,6 +17,7 @@ Importing this module imports neither torch nor transformers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -118,6 +121,8 @@ def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float,
     trainer, tokenizer, args = prepared.trainer, prepared.tokenizer, prepared.args
     if spec.quiet:
         trainer.remove_callback(PrinterCallback)  # it prints every log line without tqdm
+    if spec.progress_path is not None:
+        trainer.add_callback(progress_callback(spec.progress_path))
     trainable, total = count_parameters(trainer.model)
     loss_tokens = count_loss_tokens(trainer.train_dataset)
 
@@ -227,6 +232,57 @@ def finish_full_checkpoint(merged_dir: Path, tokenizer) -> None:
     if getattr(config, "use_cache", True) is False:  # turned off for gradient checkpointing
         config.use_cache = True
         config.save_pretrained(merged_dir)
+
+
+# -- progress ------------------------------------------------------------------------------
+
+def progress_callback(path: str | Path | None = None,
+                      report: Callable[[int, int], None] | None = None):
+    """A `transformers.TrainerCallback` that records every training step.
+
+    On the main process only, at the start of training and after every optimizer step, it
+    appends one JSON line to `path`: {"step", "max_steps", "epoch"} and, on steps the
+    Trainer logs, the logged values ("loss", "learning_rate", "grad_norm", ...). The
+    Trainer's closing log line ("train_loss", "train_runtime", ...) is one more line at the
+    last step. `report(step, max_steps)` is called at the same moments.
+    """
+    return _progress_callback_class()(path, report)
+
+
+@functools.cache
+def _progress_callback_class() -> type:
+    # Built on first use, so that importing this module does not import transformers.
+    from transformers import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        def __init__(self, path: str | Path | None,
+                     report: Callable[[int, int], None] | None) -> None:
+            self.path = None if path is None else Path(path)
+            self.report = report
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._record(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if not control.should_log:  # a logged step is recorded by on_log, with its loss
+                self._record(state)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self._record(state, logs)
+
+        def _record(self, state, logs: dict[str, Any] | None = None) -> None:
+            if not state.is_world_process_zero:
+                return
+            if self.path is not None:
+                line = {"step": state.global_step, "max_steps": state.max_steps,
+                        "epoch": state.epoch or 0.0, **(logs or {})}
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(line, default=str) + "\n")
+            if self.report is not None:
+                self.report(state.global_step, state.max_steps)
+
+    return StepProgress
 
 
 # -- entry point ---------------------------------------------------------------------------

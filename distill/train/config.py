@@ -374,6 +374,9 @@ class TrainSpec(BaseModel):
                            "`messages` (user, assistant) is what the student learns, or "
                            "preference pairs (prompt, chosen, rejected) for DPO.")
     output_dir: str = Field(description="Receives adapter/, merged/ and train_log.json.")
+    progress_path: str | None = Field(
+        None, description="JSON lines of training progress (step, max_steps, loss, ...), "
+        "appended by the main process at every step; None writes none.")
     seed: int = 0
     quiet: bool = Field(False, description="No progress bars.")
 
@@ -393,7 +396,7 @@ class TrainSpec(BaseModel):
 
 # TrainSpec fields that name the job's own files (model and tokenizer may be hub ids, and
 # are kept as given).
-_JOB_PATHS = ("data_path", "output_dir")
+_JOB_PATHS = ("data_path", "output_dir", "progress_path")
 # TrainResult fields (and those of its `sft_step`) that name its output directories.
 _RESULT_PATHS = ("output_dir", "merged_dir", "adapter_dir")
 

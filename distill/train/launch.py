@@ -4,7 +4,8 @@
   every rank; the ranks train collectively.
 - A plain single process with an accelerate config: run
   `accelerate launch --config_file CFG -m <the method's module> spec.json` as a
-  subprocess, its output streamed into a log file, and read back its `train_log.json`.
+  subprocess, its output streamed into a log file, its progress read from the JSON lines
+  it appends to `progress.jsonl`, and its `train_log.json` read back.
 - No accelerate config: train here, in this process.
 
 The method's function and module come from `distill.registry.TRAINERS`. By hand, the
@@ -15,10 +16,12 @@ subprocess is the same as
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import re
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,9 +33,7 @@ from distill.registry import TRAINERS
 from distill.train.config import TrainResult, TrainSpec
 
 LOG_TAIL_LINES = 40
-# The Trainer's step bar, " 30%|###   | 12/40 [", read from the subprocess's output; other
-# bars carry a description ("Map: 100%|...") and are not training steps.
-_TQDM_COUNT = re.compile(r"^\s*\d+%\|[^|]*\| *(\d+)/(\d+) \[")
+PROGRESS_POLL_S = 0.5  # how often the parent reads the subprocess's progress file
 
 
 class TrainingError(RuntimeError):
@@ -59,15 +60,22 @@ def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
         log_path: Where the subprocess's output goes (appended); default
             `<output_dir>/train.log`.
         echo: Also copy the subprocess's output to this process's stderr.
-        progress: Called with (step, total steps) as the subprocess's progress bar moves,
-            so the console can show training while its output goes to the log.
+        progress: Called with (step, total steps) at each step, so the console can show
+            training while the subprocess's output goes to the log: in this process by a
+            `TrainerCallback`, from a subprocess by reading the JSON lines it appends to
+            `spec.progress_path` (default `<output_dir>/progress.jsonl`).
 
     Raises:
         TrainingError: the subprocess failed; the message carries its log's last lines.
     """
     train = TRAINERS.get(spec.method)
     if accelerate_config is None or inside_accelerate_launch():
-        return train(spec)
+        from distill.train.common import progress_callback
+
+        return train(spec, [progress_callback(report=progress)] if progress else None)
+    if spec.progress_path is None:
+        spec = spec.model_copy(update={
+            "progress_path": str(Path(spec.output_dir) / "progress.jsonl")})
     return _launch_subprocess(spec, train.__module__, Path(accelerate_config),
                               Path(log_path or Path(spec.output_dir) / "train.log"), echo,
                               progress)
@@ -87,7 +95,9 @@ def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Pat
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec_path = spec.save(out / "train_spec.json")
-    (out / "train_log.json").unlink(missing_ok=True)
+    result_path = out / "train_log.json"
+    result_path.unlink(missing_ok=True)
+    progress_file = _ProgressFile(Path(spec.progress_path), progress)
 
     command = accelerate_command(config, module, spec_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,18 +106,29 @@ def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Pat
         log.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    env=_child_env(config), stdin=subprocess.DEVNULL)
-        writer = _LogWriter(log, echo, progress=progress)
-        assert process.stdout is not None
-        for chunk in iter(lambda: process.stdout.read1(65536), b""):
-            writer.write(chunk.decode("utf-8", errors="replace"))
+        writer = _LogWriter(log, echo)
+        copier = threading.Thread(target=_copy_output, args=(process.stdout, writer),
+                                  daemon=True)
+        copier.start()
+        # this thread reads the progress file, so `progress` is called where it was given
+        code = None
+        while code is None:
+            progress_file.read()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = process.wait(timeout=PROGRESS_POLL_S)
+        copier.join()
         writer.close()
-        code = process.wait()
-    result_path = out / "train_log.json"
+        progress_file.read()
     if code != 0 or not result_path.is_file():
         why = f"exit code {code}" if code != 0 else f"no {result_path} was written"
         raise TrainingError(f"training failed ({why}): {' '.join(command)}\n"
                             f"last lines of {log_path}:\n{writer.tail()}")
     return TrainResult.load(result_path)
+
+
+def _copy_output(stream, writer: _LogWriter) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        writer.write(chunk.decode("utf-8", errors="replace"))
 
 
 def _child_env(config: Path) -> dict[str, str]:
@@ -128,10 +149,8 @@ def _child_env(config: Path) -> dict[str, str]:
 class _LogWriter:
     """Copies output into the log; progress bars (carriage returns) only every few seconds."""
 
-    def __init__(self, log, echo: bool, progress_every_s: float = 10.0,
-                 progress: Callable[[int, int], None] | None = None):
+    def __init__(self, log, echo: bool, progress_every_s: float = 10.0):
         self.log, self.echo, self.every = log, echo, progress_every_s
-        self.progress = progress
         self.pending = ""
         self.last_progress = float("-inf")
         self.lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -148,8 +167,6 @@ class _LogWriter:
                 break
             segment, ending = self.pending[:cut], self.pending[cut]
             self.pending = self.pending[cut + 1:]
-            if self.progress is not None and (count := _TQDM_COUNT.search(segment)):
-                self.progress(int(count.group(1)), int(count.group(2)))
             if ending == "\n":
                 self._line(segment)
             elif segment.strip() and time.monotonic() - self.last_progress >= self.every:
@@ -169,3 +186,34 @@ class _LogWriter:
 
     def tail(self) -> str:
         return "\n".join(self.lines)
+
+
+class _ProgressFile:
+    """Calls `progress(step, max_steps)` for each new line a training subprocess appends.
+
+    The lines are those of `distill.train.common.progress_callback`.
+    """
+
+    def __init__(self, path: Path, progress: Callable[[int, int], None] | None):
+        path.unlink(missing_ok=True)  # lines of an earlier attempt are not this run's
+        self.path, self.progress = path, progress
+        self.offset = 0
+        self.last: tuple[int, int] | None = None
+
+    def read(self) -> None:
+        if self.progress is None or not self.path.is_file():
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                step = (int(record["step"]), int(record["max_steps"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if step != self.last:
+                self.last = step
+                self.progress(*step)

@@ -11,10 +11,11 @@ writes into the spec's output directory:
     merged/           base + adapter merged into a plain checkpoint, with the tokenizer and
                       its chat template: what the next round's teacher and vLLM load
     train_log.json    loss per step, final loss, examples, tokens, wall time, parameters
+    progress.jsonl    one line per step (where the spec names it: `progress_path`)
 
 A full fine-tune (no LoRA) writes only merged/. Under `accelerate launch` every rank
 trains; the main rank alone writes files. What every method shares (the train-and-save
-tail, the entry point) is in `distill.train.common`.
+tail, progress, the entry point) is in `distill.train.common`.
 """
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ def test_spec_and_result_files_name_the_job_files_relative_to_their_directory(tm
     out = tmp_path / ".train.work"
     out.mkdir()
     spec = TrainSpec(model="org/model", data_path=str(out / "train.jsonl"),
-                     output_dir=str(out), chat_template=str(tmp_path / "template.jinja"))
+                     output_dir=str(out), progress_path=str(out / "progress.jsonl"),
+                     chat_template=str(tmp_path / "template.jinja"))
     spec.save(out / "train_spec.json")
     result = TrainResult(output_dir=str(out), merged_dir=str(out / "merged"),
                          adapter_dir=str(out / "adapter"), num_examples=3,
@@ -139,7 +140,8 @@ def test_spec_and_result_files_name_the_job_files_relative_to_their_directory(tm
     result.save(out / "train_log.json")
 
     written = json.loads((out / "train_spec.json").read_text())
-    assert (written["data_path"], written["output_dir"]) == ("train.jsonl", ".")
+    assert (written["data_path"], written["output_dir"], written["progress_path"]) == (
+        "train.jsonl", ".", "progress.jsonl")
     assert written["model"] == "org/model"  # not a path of the job's: kept as given
     assert written["chat_template"] == str(tmp_path / "template.jinja")
     logged = json.loads((out / "train_log.json").read_text())
@@ -149,7 +151,8 @@ def test_spec_and_result_files_name_the_job_files_relative_to_their_directory(tm
 
     committed = out.rename(tmp_path / "train")  # what the runner does when the stage commits
     assert TrainSpec.load(committed / "train_spec.json") == spec.model_copy(update={
-        "data_path": str(committed / "train.jsonl"), "output_dir": str(committed)})
+        "data_path": str(committed / "train.jsonl"), "output_dir": str(committed),
+        "progress_path": str(committed / "progress.jsonl")})
     loaded = TrainResult.load(committed / "train_log.json")
     assert (loaded.output_dir, loaded.merged_dir, loaded.adapter_dir) == (
         str(committed), str(committed / "merged"), str(committed / "adapter"))

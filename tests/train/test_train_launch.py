@@ -16,7 +16,7 @@ from train_data import FAST_ARGS
 from distill.registry import TRAINERS
 from distill.train import launch as launch_module
 from distill.train.config import LoraSettings, TrainResult, TrainSpec
-from distill.train.launch import TrainingError, _LogWriter, launch_training
+from distill.train.launch import TrainingError, _LogWriter, _ProgressFile, launch_training
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "recipes" / "accelerate"
@@ -36,7 +36,7 @@ def assert_plain_checkpoint(result):
 def launched(tiny_model_dir, chat_data, tmp_path_factory):
     """One training through `accelerate launch` with cpu.yaml, laid out as the runner does.
 
-    The data lie inside the output directory, the log beside it.
+    The data lie inside the output directory, the log beside it; progress goes to a list.
     """
     root = tmp_path_factory.mktemp("launch")
     out = root / ".train.work"
@@ -45,12 +45,14 @@ def launched(tiny_model_dir, chat_data, tmp_path_factory):
     spec = TrainSpec(model=str(tiny_model_dir), data_path=str(out / "train.jsonl"),
                      output_dir=str(out), seed=0, quiet=True, lora=LoraSettings(),
                      args=FAST_ARGS)
-    result = launch_training(spec, CONFIGS / "cpu.yaml", log_path=root / "train.log")
-    return spec, result, root / "train.log"
+    steps: list[tuple[int, int]] = []
+    result = launch_training(spec, CONFIGS / "cpu.yaml", log_path=root / "train.log",
+                             progress=lambda done, total: steps.append((done, total)))
+    return spec, result, steps, root / "train.log"
 
 
 def test_launch_through_accelerate_with_cpu_yaml(launched):
-    spec, result, log_path = launched
+    spec, result, _, log_path = launched
     assert result.num_processes == 1 and result.steps == 2 * 8
     assert result.final_loss < result.first_loss
     assert result.merged_dir == str(Path(spec.output_dir) / "merged")
@@ -61,9 +63,17 @@ def test_launch_through_accelerate_with_cpu_yaml(launched):
     assert "distill.train.sft: 60 examples, 16 steps" in log
 
 
+def test_launch_reports_progress_from_the_subprocess(launched):
+    spec, _, steps, _ = launched
+    # read from the JSON lines the subprocess's callback appended, each step once, in order
+    assert steps == [(step, 16) for step in range(17)]
+    lines = Path(spec.output_dir, "progress.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == json.loads(lines[-1])["max_steps"] == 16
+
+
 def test_records_stay_true_after_the_output_dir_is_renamed(launched):
     """The runner trains in `.train.work/` and renames it `train/` when the stage commits."""
-    spec, result, _ = launched
+    spec, result, _, _ = launched
     work = Path(spec.output_dir)
     committed = work.with_name("train")
     work.rename(committed)
@@ -78,6 +88,7 @@ def test_records_stay_true_after_the_output_dir_is_renamed(launched):
         written = json.loads((committed / "train_spec.json").read_text())
         assert (committed / written["data_path"]).is_file()
         assert (committed / written["output_dir"]).resolve() == committed.resolve()
+        assert (committed / written["progress_path"]).is_file()
         loaded = TrainSpec.load(committed / "train_spec.json")
         assert Path(loaded.data_path) == committed / "train.jsonl"
         assert loaded.model == spec.model  # the base model is not the job's: kept as given
@@ -109,7 +120,7 @@ def cpu_ranks_env() -> dict[str, str]:
 
 def test_two_cpu_processes_over_gloo(make_spec, tmp_path):
     """`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m ...sft`."""
-    spec = make_spec()
+    spec = make_spec(progress_path=str(tmp_path / "progress.jsonl"))
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(spec.model_dump_json())
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
@@ -124,6 +135,9 @@ def test_two_cpu_processes_over_gloo(make_spec, tmp_path):
     assert log["ranks_in_sync"] is True  # DDP kept both ranks' weights identical
     assert log["final_loss"] < log["first_loss"]
     assert_plain_checkpoint(TrainResult.load(Path(spec.output_dir) / "train_log.json"))
+    # the main rank alone records progress: each step's loss once
+    lines = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == list(range(1, 9))
 
 
 def test_runner_ranks_train_collectively_without_a_nested_launch(make_spec, tmp_path):
@@ -178,6 +192,21 @@ def test_inside_a_launch_every_rank_trains_in_process(make_spec, monkeypatch, fa
     assert fake_method == [(spec, None), (spec, None)]
 
 
+def test_in_process_training_reports_progress_through_a_callback(make_spec, fake_method):
+    from transformers import TrainerCallback, TrainerControl, TrainerState
+
+    steps = []
+    launch_training(make_spec(method="fake"), None, progress=lambda *step: steps.append(step))
+    ((_, callbacks),) = fake_method
+    (callback,) = callbacks
+    assert isinstance(callback, TrainerCallback)
+    state, control = TrainerState(global_step=3, max_steps=8), TrainerControl()
+    callback.on_log(None, state, control, logs={"loss": 1.0})
+    state.is_world_process_zero = False  # another rank: the main rank alone reports
+    callback.on_log(None, state, control, logs={"loss": 1.0})
+    assert steps == [(3, 8)]
+
+
 def test_the_subprocess_runs_the_registered_module(make_spec, monkeypatch, tmp_path):
     commands = []
 
@@ -206,12 +235,18 @@ def test_log_keeps_lines_and_thins_out_progress_bars(tmp_path):
     assert writer.tail().splitlines()[-1] == "error: boom"
 
 
-def test_progress_bar_steps_reach_the_callback(tmp_path):
+def test_progress_file_lines_reach_the_callback_once_and_whole(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    path.write_text("stale from an earlier attempt\n")
     steps: list[tuple[int, int]] = []
-    with (tmp_path / "log").open("w") as handle:
-        writer = _LogWriter(handle, echo=False, progress=lambda d, t: steps.append((d, t)))
-        writer.write("Map: 100%|####| 120/120 [00:00<00:00]\n")
-        writer.write("\r  5%|#  | 2/40 [00:01<00:19, 2.0it/s]\r 10%|## | 4/40 [00:02<00:18]")
-        writer.write("\r100%|####| 40/40 [00:20<00:00]\n")
-        writer.close()
-    assert steps == [(2, 40), (4, 40), (40, 40)]  # the Map bar is not a training step
+    reader = _ProgressFile(path, lambda done, total: steps.append((done, total)))
+    reader.read()  # nothing yet: the old file was removed
+    with path.open("a") as handle:
+        handle.write('{"step": 0, "max_steps": 4, "epoch": 0.0}\n{"step": 1, "max_')
+        handle.flush()
+        reader.read()  # the second line is not complete yet
+        assert steps == [(0, 4)]
+        handle.write('steps": 4, "loss": 2.5}\n{"step": 2, "max_steps": 4}\n')
+        handle.write('{"step": 2, "max_steps": 4, "train_loss": 2.0}\n')
+    reader.read()
+    assert steps == [(0, 4), (1, 4), (2, 4)]  # step 2's two lines report once

@@ -20,8 +20,9 @@ PLAIN_TEMPLATE = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endge
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, chat_data, tmp_path_factory):
     """One LoRA run long enough for the loss to fall clearly (40 steps)."""
-    spec = TrainSpec(model=str(tiny_model_dir), data_path=str(chat_data),
-                     output_dir=str(tmp_path_factory.mktemp("sft") / "out"), seed=0, quiet=True,
+    out = tmp_path_factory.mktemp("sft") / "out"
+    spec = TrainSpec(model=str(tiny_model_dir), data_path=str(chat_data), output_dir=str(out),
+                     progress_path=str(out / "progress.jsonl"), seed=0, quiet=True,
                      lora=LoraSettings(), args={**FAST_ARGS, "num_train_epochs": 5})
     return spec, train_sft(spec)
 
@@ -99,6 +100,20 @@ def test_train_log_records_the_run(trained):
     # distill's defaults fill only what the spec left out; the spec's own keys win.
     assert log["args"]["learning_rate"] == FAST_ARGS["learning_rate"]
     assert log["args"]["assistant_only_loss"] is True and log["args"]["seed"] == 0
+
+
+def test_progress_callback_writes_a_json_line_per_step(trained):
+    spec, result = trained
+    lines = [json.loads(line) for line in Path(spec.progress_path).read_text().splitlines()]
+    assert lines[0] == {"step": 0, "max_steps": 40, "epoch": 0.0}  # training began
+    assert [line["step"] for line in lines] == sorted(line["step"] for line in lines)
+    # every step logs (logging_steps 1): one line each, with the loss the log records
+    losses = [(line["step"], line["loss"]) for line in lines if "loss" in line]
+    assert losses == [(point.step, point.loss) for point in result.loss_history]
+    assert all(line["max_steps"] == 40 for line in lines)
+    assert lines[-1]["step"] == lines[-1]["max_steps"] == result.steps
+    assert lines[-1]["train_loss"] == pytest.approx(result.train_loss)  # the closing line
+    assert lines[-1]["epoch"] == pytest.approx(5.0)
 
 
 def labelled_text(tokenizer, row) -> str:
