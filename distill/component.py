@@ -66,7 +66,7 @@ class Component(Dependent):
 
 
 def _semantic(value: Any) -> Any:
-    from distill.backends.base import semantic_engine_options
+    from distill.models import semantic_engine_options
 
     if isinstance(value, ServedModel):
         dumped = value.model_dump(mode="json")

@@ -99,6 +99,12 @@ class ServedModel(ModelSpec):
         return BACKENDS.get(self.backend).LOADS_WEIGHTS
 
 
+def semantic_engine_options(backend: str, engine: dict[str, Any]) -> dict[str, Any]:
+    """A backend's engine options as they enter a fingerprint: all but the speed-only."""
+    operational = BACKENDS.get(backend).OPERATIONAL
+    return {key: value for key, value in sorted(engine.items()) if key not in operational}
+
+
 def check_model_reference(value: str, base: Path) -> str:
     """Keep hub ids and known `scheme:name`s; resolve and check local directories."""
     match = _SCHEME.match(value)

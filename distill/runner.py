@@ -187,7 +187,7 @@ class Runner:
     def generate(self, label: str, round_index: int, teacher: ModelRef,
                  real: RealDraw | None = None) -> Stage:
         """Teacher writes candidates: `candidates.jsonl` (+ `rejected.jsonl`)."""
-        from distill.backends.base import semantic_engine_options
+        from distill.models import semantic_engine_options
 
         recipe = self.recipe
         method = recipe.generate
@@ -332,8 +332,8 @@ class Runner:
             inputs["review"] = [decisions_hash(self.store.root, s.round_dir.name) for s in data]
 
         def work(out: Path) -> dict[str, Any]:
+            from distill.train.config import TrainSpec
             from distill.train.launch import launch_training
-            from distill.train.sft import TrainSpec
 
             data_path = out / "train.jsonl"
             mix: dict[str, int] = {}

@@ -29,10 +29,9 @@ from typing import Literal
 import pytest
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from distill.backends.base import semantic_engine_options
 from distill.component import Dependencies
 from distill.filters.base import FilterContext, FilterSettings, Verdict
-from distill.models import ModelSpec, model_path
+from distill.models import ModelSpec, model_path, semantic_engine_options
 from distill.records import Example
 from distill.registry import BACKENDS, FILTERS, GENERATORS, POLICIES
 from distill.settings import resolve_path

@@ -118,8 +118,3 @@ def load_backend(name: str, **options: Any) -> Backend:
     """Instantiate a backend by its recipe name."""
     return BACKENDS.get(name)(**options)
 
-
-def semantic_engine_options(name: str, engine: dict[str, Any]) -> dict[str, Any]:
-    """A backend's engine options as they enter a fingerprint: all but the speed-only."""
-    operational = BACKENDS.get(name).OPERATIONAL
-    return {key: value for key, value in sorted(engine.items()) if key not in operational}
