@@ -141,7 +141,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class Recipe(Strict):
-    """A whole experiment."""
+    """A whole experiment.
+
+    Validate with `recipe_model()`, whose unions hold the registered components; this
+    base class types the fields by the components' base classes.
+    """
 
     name: str = Field(description="Run name; outputs go to <output_dir>/<name>/.")
     seed: int = Field(0, description="Seeds sampling, data order and training.")
@@ -272,6 +276,11 @@ def format_validation_error(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; `distill schema` lists every key)"
+        elif item["type"] == "union_tag_not_found":
+            message = "needs a `kind` (`distill schema` lists the kinds)"
+        elif item["type"] == "union_tag_invalid":
+            message = (f"unknown kind {item['ctx']['tag']!r}; choose one of "
+                       f"{item['ctx']['expected_tags']}")
         lines.append(f"{location}: {message}")
     return "\n".join(lines)
 

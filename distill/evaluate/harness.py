@@ -36,9 +36,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from distill.records import write_json
+from distill.settings import Strict
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,8 @@ _RAW_KEYS = ("results", "groups", "group_subtasks", "versions", "n-shot", "highe
              "n-samples", "configs")
 
 
-class Config(BaseModel):
+class Config(Strict):
     """What to evaluate and how (the recipe's `eval` section)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     tasks: list[str] = Field(min_length=1, description="lm-eval task, group or tag names.")
     include_path: str | None = Field(

@@ -118,12 +118,12 @@ BASE = {"name": "t", "teacher": {"model": "org/teacher"}, "student": {"model": "
     ({"data_policy": {"kind": "mix", "real_fraction": 1.5}}, {},
      "rounds.data_policy.mix.real_fraction: Input should be less than 1"),
     ({"fresh_real": True}, {}, "rounds.fresh_real needs real data: set data.real"),
-    ({}, {"real": {}}, "data.real: Unable to extract tag using discriminator 'kind'"),
+    ({}, {"real": {}}, "data.real: needs a `kind`"),
     ({}, {"real": {"kind": "microworld", "count": 5, "held_out_path": "x.jsonl"}},
      "data.real.microworld.held_out_path: unknown key"),
     ({}, {"real": "x.jsonl"}, "data.real.path.path: file or directory not found: x.jsonl"),
     ({"data_policy": "sometimes"}, {},
-     "rounds.data_policy: Input tag 'sometimes' found using 'kind' does not match"),
+     "rounds.data_policy: unknown kind 'sometimes'; choose one of 'accumulate'"),
 ])
 def test_bad_policy_settings_are_named(tmp_path, rounds, data, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(")):
