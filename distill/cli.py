@@ -28,6 +28,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from distill import LOG_ONLY
+
 app = typer.Typer(help="Distil large language models into small ones through synthetic data.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console(stderr=True)
@@ -90,6 +92,8 @@ class _ConsoleRule(logging.Filter):
         self.held_back = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == LOG_ONLY:
+            return False
         if record.name == "distill" or record.name.startswith("distill."):
             return True
         if record.levelno >= logging.ERROR:

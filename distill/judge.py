@@ -30,13 +30,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from distill.backends.base import GenerationRequest, Sampling
+from distill.filters.verify import CheckerName
 from distill.generate.context import GenerationContext
 from distill.models import ServedModel
 from distill.records import Example
-from distill.registry import CHECKERS
 from distill.settings import Strict
 
 # UltraFeedback's aspects and the question its annotation templates ask of each.
@@ -92,15 +92,8 @@ class VerifierJudgeConfig(Strict):
     """An exact checker as judge: a correct answer scores 5, a wrong one 1."""
 
     kind: Literal["verifier"] = "verifier"
-    checker: str = Field(description="A registered answer checker (the verify filter's); "
-                         "answers it cannot verify are unjudged.",
-                         json_schema_extra=lambda schema: schema.update(enum=CHECKERS.names()))
-
-    @field_validator("checker")
-    @classmethod
-    def _checker(cls, value: str) -> str:
-        CHECKERS.get(value)  # raises, naming the known checkers
-        return value
+    checker: CheckerName = Field(description="A registered answer checker (the verify "
+                                 "filter's); answers it cannot verify are unjudged.")
 
 
 @dataclass

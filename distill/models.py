@@ -29,6 +29,7 @@ from distill.settings import Strict, base_dir, resolve_path
 
 log = logging.getLogger("distill")
 
+BackendName = BACKENDS.name_type()
 _SCHEME = re.compile(r"^([a-z][a-z0-9_]*):(.+)$")
 
 
@@ -82,17 +83,10 @@ class ModelSpec(Strict):
 class ServedModel(ModelSpec):
     """A model to load and the backend that serves it."""
 
-    backend: str = Field("hf", description="Which backend serves the model.",
-                         json_schema_extra=lambda schema: schema.update(enum=BACKENDS.names()))
+    backend: BackendName = Field("hf", description="Which backend serves the model.")
     engine: dict[str, Any] = Field(default_factory=dict, description="Options passed to the "
                                    "backend as they are (batch_size, gpu_memory_utilization, "
                                    "tensor_parallel_size, base_url, max_concurrency, ...).")
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        BACKENDS.get(value)  # raises, naming the known backends
-        return value
 
     def loads_weights(self) -> bool:
         """False for a backend that sends the name to a server (`openai`)."""

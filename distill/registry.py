@@ -24,7 +24,7 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 T = TypeVar("T")
 PLUGIN_GROUP = "distill.plugins"
@@ -117,6 +117,21 @@ class Registry(Generic[T]):
             if all(obj is not other for other in seen):
                 seen.append(obj)
         return seen
+
+    def name_type(self) -> Any:
+        """A settings field's type that holds one of this registry's names.
+
+        Checked against the registry when validated, and listed as an enum in the JSON
+        schema (so in the reference docs) when the schema is made.
+        """
+        from pydantic import AfterValidator, Field
+
+        def check(value: str) -> str:
+            self.get(value)  # raises, naming the known names
+            return value
+
+        return Annotated[str, AfterValidator(check), Field(
+            json_schema_extra=lambda schema: schema.update(enum=self.names()))]
 
     def __contains__(self, name: object) -> bool:
         self._load()

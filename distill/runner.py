@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill import LOG_ONLY
 from distill.component import Component, Dependent, fingerprint_inputs, path_sha256
 from distill.dist import Ranks
 from distill.flywheel.real import RealDraw
@@ -298,7 +299,11 @@ class Runner:
             report = find_contamination(kept, decon, include_path=include_path, tasks=tasks)
             write_json(out / "contamination.json", report.model_dump(mode="json"))
             if report.contaminated:
-                log.warning("%s", report.summary())
+                # one line on the console; every task and match in the log and the report
+                summary = report.summary()
+                log.warning("%s (details: %s/decontaminate/contamination.json)",
+                            summary.splitlines()[0], label)
+                logging.getLogger(LOG_ONLY).info("%s", summary)
             clean, dropped = apply_policy(report, kept)  # policy "fail" raises here
             write_jsonl(out / "clean.jsonl", clean)
             write_jsonl(out / "rejected.jsonl", dropped)
@@ -385,7 +390,8 @@ class Runner:
         def work(out: Path) -> dict[str, Any]:
             from distill.evaluate.harness import evaluate_model
 
-            result = evaluate_model(model.path, recipe.eval, output_dir=out, seed=recipe.seed)
+            result = evaluate_model(model.path, recipe.eval, output_dir=out, seed=recipe.seed,
+                                    progress=self._progress(f"{label} evaluate"))
             return {"scores": result["scores"] if result else {}, "model": model.path,
                     "tasks": recipe.eval.tasks}
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from distill.component import Dependencies
 from distill.filters.base import FilterContext, FilterSettings, Verdict
@@ -46,18 +46,20 @@ from distill.filters.sandbox import SandboxConfig
 from distill.records import Example
 from distill.registry import CHECKERS, FILTERS
 
+# An answer checker: a name in distill.registry.CHECKERS (listed in the JSON schema).
+CheckerName = CHECKERS.name_type()
+
 
 @FILTERS.register
 class Config(FilterSettings):
     """Keep records whose output the checker verifies as correct."""
 
     kind: Literal["verify"] = "verify"
-    checker: str = Field(
+    checker: CheckerName = Field(
         description="The answer checker (distill.registry.CHECKERS). code: run the output's "
         "code against the record's `code_tests` in the sandbox; math: compare the output's "
         "final answer with the record's `answer`; microworld (plugin): the microworld's "
-        "exact verifiers.",
-        json_schema_extra=lambda schema: schema.update(enum=CHECKERS.names()))
+        "exact verifiers.")
     keep_unverifiable: bool = Field(
         False, description="Keep records no checker can solve instead of dropping them as "
         "`unverifiable` (e.g. for a mix of checkable and open-ended data).")
@@ -69,12 +71,6 @@ class Config(FilterSettings):
     workers: int = Field(2, ge=1, description="code: programs run at the same time.")
     tolerance: float = Field(1e-6, ge=0, description="math: relative tolerance when "
                              "comparing numbers.")
-
-    @field_validator("checker")
-    @classmethod
-    def _checker(cls, value: str) -> str:
-        CHECKERS.get(value)  # raises, naming the known checkers
-        return value
 
     def dependencies(self) -> Dependencies:
         """The sandbox's interpreter when one is named; the checkers read only the records."""

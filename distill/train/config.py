@@ -297,14 +297,8 @@ SFTArgName = Annotated[str, AfterValidator(check_arg_name)]
 TrainArgName = Annotated[str, AfterValidator(_check_train_arg_name)]
 
 
-def _check_method(value: str) -> str:
-    TRAINERS.get(value)  # raises, naming the registered methods
-    return value
-
-
 # A training method: a name in distill.registry.TRAINERS (listed in the JSON schema).
-TrainMethod = Annotated[str, AfterValidator(_check_method), Field(
-    json_schema_extra=lambda schema: schema.update(enum=TRAINERS.names()))]
+TrainMethod = TRAINERS.name_type()
 
 
 class TrainConfig(BaseModel):
