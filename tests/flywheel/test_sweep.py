@@ -113,7 +113,7 @@ def test_tiny_sweep_runs_two_cells_and_reports(tmp_path):
     study_file.write_text(yaml.safe_dump({
         "name": "tiny", "recipe": str(COLLAPSE / "base" / "microworld_flywheel.yaml"),
         "output_dir": str(tmp_path / "runs"), "rounds": 2, "seeds": [0],
-        "set": {"data.real.microworld.count": 24, "data.real.held_out": 8,
+        "set": {"data.real.count": 24, "data.real.held_out": 8,
                 "generate.num_prompts": 16, "generate.sampling.max_tokens": 24,
                 "train.args.num_train_epochs": 1, "eval.limit": 2,
                 "measure.sample_size": 16, "measure.bleu_sample_size": 8,
