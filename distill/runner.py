@@ -326,7 +326,8 @@ class Runner:
         sources = policy.sources(round_index, real_first=recipe.rounds.real_first)
         data = [clean_data[r] for r in sources.synthetic]
         real = [real_draws[r] for r in sources.real] if real_draws else []  # no data.real
-        config = {"train": recipe.train.model_dump(mode="json", exclude={"accelerate_config"}),
+        config = {"train": recipe.train.model_dump(mode="json",
+                                                   exclude=set(recipe.train.OPERATIONAL)),
                   "lora": recipe.student.lora and recipe.student.lora.model_dump(mode="json"),
                   "policy": policy.model_dump(mode="json"), "seed": recipe.seed}
         inputs = {"student": student.identity, "data": [s.fingerprint for s in data],
@@ -368,6 +369,7 @@ class Runner:
                              quiet=self.options.quiet)
             report = self._progress(f"{label} train")
             result = launch_training(spec, recipe.train.accelerate_config,
+                                     launcher=recipe.train.launcher,
                                      log_path=self.store.root / "train.log",
                                      progress=report and (lambda done, total:
                                                           report("steps", done, total)))

@@ -25,11 +25,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from distill.registry import TRAINERS
+from distill.settings import Strict, resolve_path
 
 # Keys of `train.args` that distill itself decides: where the trainer writes.
 RESERVED_ARGS = {"output_dir": "the training stage's own directory is used"}
@@ -301,10 +302,39 @@ TrainArgName = Annotated[str, AfterValidator(_check_train_arg_name)]
 TrainMethod = TRAINERS.name_type()
 
 
-class TrainConfig(BaseModel):
+class LocalLauncher(Strict):
+    """Training on this node: `accelerate launch` as a subprocess of the runner."""
+
+    kind: Literal["local"] = "local"
+
+
+class RayLauncher(Strict):
+    """Training on several nodes of a running Ray cluster (distill.train.ray_launch).
+
+    One `accelerate launch` per node, each one machine of a multi-node launch; the run
+    directory must be on storage every node sees.
+    """
+
+    kind: Literal["ray"] = "ray"
+    nodes: int = Field(2, ge=1, description="How many nodes train together, one "
+                       "`accelerate launch` (one machine rank) on each.")
+    address: str | None = Field(
+        None, description="The Ray cluster to connect to (host:6379, ray://host:10001, "
+        "auto); null: the RAY_ADDRESS environment variable.")
+    processes_per_node: int | None = Field(
+        None, ge=1, description="Training processes on each node; null: the GPUs of the "
+        "smallest GPU node (1 on a CPU cluster). --num_processes is nodes times this.")
+
+
+# `train.launcher`: where the training processes start.
+TrainLauncher = Annotated[LocalLauncher | RayLauncher, Field(discriminator="kind")]
+
+
+class TrainConfig(Strict):
     """The recipe's `train` section: how the student is trained."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Where training runs changes its speed, not what it learns.
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"accelerate_config", "launcher"})
 
     method: TrainMethod = Field(
         "sft", description="sft: supervised fine-tuning on the kept examples (TRL "
@@ -315,6 +345,10 @@ class TrainConfig(BaseModel):
     accelerate_config: str | None = Field(
         None, description="accelerate config YAML (see recipes/accelerate/) that `distill run` "
         "launches training with; null trains inside the runner's process.")
+    launcher: TrainLauncher = Field(
+        default_factory=LocalLauncher, description="Where the training processes start: "
+        "{kind: local} on this node; {kind: ray, nodes: 2} on that many nodes of a Ray "
+        "cluster (needs a multi-process accelerate_config and a shared run directory).")
     args: dict[TrainArgName, Any] = Field(
         default_factory=dict, description="Passed untouched to trl.SFTConfig (learning_rate, "
         "num_train_epochs, per_device_train_batch_size, max_length, ...); distill fills "
@@ -336,6 +370,16 @@ class TrainConfig(BaseModel):
         else:
             value = coerce_numbers(value, "dpo")
             check_dpo_values(value)
+        return value
+
+    @field_validator("launcher")
+    @classmethod
+    def _launcher(cls, value: LocalLauncher | RayLauncher,
+                  info: ValidationInfo) -> LocalLauncher | RayLauncher:
+        if value.kind == "ray":
+            from distill.train.ray_launch import check_ray_launch
+
+            check_ray_launch(resolve_path(info.data.get("accelerate_config"), info))
         return value
 
     @field_validator("sft_args")

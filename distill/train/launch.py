@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from distill.registry import TRAINERS
-from distill.train.config import TrainResult, TrainSpec
+from distill.train.config import LocalLauncher, RayLauncher, TrainResult, TrainSpec
 
 LOG_TAIL_LINES = 40
 PROGRESS_POLL_S = 0.5  # how often the parent reads the subprocess's progress file
@@ -50,7 +50,8 @@ def inside_accelerate_launch() -> bool:
 
 def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
                     log_path: str | Path | None = None, *, echo: bool = False,
-                    progress: Callable[[int, int], None] | None = None) -> TrainResult:
+                    progress: Callable[[int, int], None] | None = None,
+                    launcher: LocalLauncher | RayLauncher | None = None) -> TrainResult:
     """Train as `spec` says and return the result (on every rank, when there are several).
 
     Args:
@@ -64,11 +65,19 @@ def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
             training while the subprocess's output goes to the log: in this process by a
             `TrainerCallback`, from a subprocess by reading the JSON lines it appends to
             `spec.progress_path` (default `<output_dir>/progress.jsonl`).
+        launcher: The recipe's `train.launcher`; kind ray starts the launch on several
+            nodes of a Ray cluster (`distill.train.ray_launch`). None or kind local: here.
 
     Raises:
         TrainingError: the subprocess failed; the message carries its log's last lines.
     """
     train = TRAINERS.get(spec.method)
+    if launcher is not None and launcher.kind == "ray":
+        from distill.train.ray_launch import launch_on_ray
+
+        return launch_on_ray(spec, train.__module__, accelerate_config, launcher,
+                             Path(log_path or Path(spec.output_dir) / "train.log"), echo,
+                             progress)
     if accelerate_config is None or inside_accelerate_launch():
         from distill.train.common import progress_callback
 
