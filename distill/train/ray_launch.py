@@ -157,8 +157,10 @@ def launch_on_ray(spec: TrainSpec, module: str, accelerate_config: str | Path | 
                 handle.write(f"\n# training on {len(jobs)} Ray nodes; node 0's output "
                              f"follows, every node's is in {out / 'nodes'}\n")
                 writer = _LogWriter(handle, echo)
-                reports = _run(ray, group, bundle, jobs, writer, progress_file)
-                writer.close()
+                try:
+                    reports = _run(ray, group, bundle, jobs, writer, progress_file)
+                finally:
+                    writer.close()
         finally:
             from ray.util.placement_group import remove_placement_group
 
