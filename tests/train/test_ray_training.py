@@ -35,7 +35,8 @@ MINIMAL = {
 
 def recipe_with(tmp_path: Path, train: dict):
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({**MINIMAL, "train": train}))
+    path.write_text(yaml.safe_dump({**MINIMAL, "output_dir": str(tmp_path / "runs"),
+                                    "train": train}))
     return load_recipe(path)
 
 
@@ -84,6 +85,25 @@ def test_the_launcher_stays_out_of_the_train_stage_fingerprint(tmp_path):
     assert train_stage_config({"accelerate_config": str(CONFIGS / "cpu_2proc.yaml"),
                                "launcher": {"kind": "ray", "nodes": 4}}) == local
     assert train_stage_config({"args": {"learning_rate": 1e-3}}) != local
+
+
+def test_the_train_stage_hands_the_recipe_launcher_to_the_launch(tmp_path, monkeypatch):
+    """Runner.train's work reaches the Ray launcher (which, with no cluster named, says so)."""
+    pytest.importorskip("ray")
+    from distill.models import ModelRef
+    from distill.records import Example, write_jsonl
+    from distill.runner import Runner, RunOptions
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    runner = Runner(recipe_with(tmp_path, {"accelerate_config": str(CONFIGS / "cpu_2proc.yaml"),
+                                           "launcher": {"kind": "ray"}}), RunOptions())
+    runner._stage = lambda label, name, config, inputs, work: work(tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "clean").mkdir()
+    write_jsonl(tmp_path / "clean" / "clean.jsonl", [Example(id="a", instruction="q", output="a")])
+    clean = SimpleNamespace(fingerprint="clean", round_dir=tmp_path, path=tmp_path / "clean")
+    with pytest.raises(TrainingError, match="needs a running Ray cluster"):
+        runner.train("round_0", ModelRef(path="m", identity={"fingerprint": "m"}), [clean])
 
 
 # -- pieces that run without a cluster -------------------------------------------------------
