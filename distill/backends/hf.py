@@ -18,6 +18,10 @@ the model's KV cache, so that every sampling parameter keeps the OpenAI / vLLM m
   `max_tokens` (or the model's context) ran out; `completion_tokens` counts generated
   tokens including a final EOS, as vLLM does.
 
+`dtype: auto` (the default) loads the checkpoint's own dtype (its config's, else its
+weights'), as transformers does; the vLLM backend also takes `auto` to mean the config's
+dtype. The dtype that ran is in `identity()["dtype"]`.
+
 Determinism: each sample draws its random numbers from its own `random.Random`, seeded
 from `Sampling.seed` (or from the backend seed and the request id) plus the sample index,
 and sampling is inverse-CDF on those draws, so a request's text does not depend on which
@@ -164,6 +168,7 @@ class HFBackend:
         else:
             self.device = next(self.model.parameters()).device
         self.model.eval()
+        self.dtype = str(self.model.dtype).removeprefix("torch.")  # what "auto" resolved to
         self.eos_ids = eos_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         config = getattr(self.model, "config", None)
         self.max_positions = getattr(config, "max_position_embeddings", None)
@@ -188,10 +193,10 @@ class HFBackend:
         return f"HFBackend(model={self.model_name!r}, device={str(self.device)!r})"
 
     def identity(self) -> dict[str, Any]:
-        """Model id or path, content hashes and the effective chat template's hash."""
+        """Model id or path, content hashes, the chat template's hash and the dtype that ran."""
         if self._identity is None:
             self._identity = {
-                "backend": "hf",
+                "backend": "hf", "dtype": self.dtype,
                 **model_identity(self.model_name, self.chat_template_source, self.revision),
             }
         return dict(self._identity)

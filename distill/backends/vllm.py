@@ -13,20 +13,42 @@ i the seed `seed + i`), so a request's samples do not depend on the batch it ran
 
 A PEFT adapter directory is served as a LoRA on its base model (`enable_lora`).
 
+`dtype: auto` (the default) means the checkpoint's own dtype (config.json `dtype` /
+`torch_dtype`; for an adapter, its base model's), as in the hf backend, so switching
+backends does not change the data. vLLM's own `auto` would run a float32 checkpoint in
+bfloat16 (on CPU, 17 of 256 microworld task lists came out as the hf backend's). Where
+the device cannot run the checkpoint's dtype, or the config names none, the backend
+refuses rather than picks another: `auto` stays a function of the checkpoint, which the
+generation fingerprint already holds, and an explicit `dtype` enters the fingerprint
+itself. The dtype that ran is in `identity()["dtype"]`.
+
 Engine options (`**engine`) go to `vllm.LLM` unchanged (`enforce_eager`,
 `kv_cache_memory_bytes`, `max_num_seqs`, `quantization`, ...). On vLLM's CPU build the
 KV cache is sized by `kv_cache_memory_bytes` (or the `VLLM_CPU_KVCACHE_SPACE` environment
 variable, in GiB); when neither is given this backend reserves 1 GiB, because the CPU
 build otherwise reserves `gpu_memory_utilization` of the machine's memory and refuses to
-start when that much is not free. vLLM starts worker processes with `spawn`, so a script
+start when that much is not free. Chunked prefill is off there (`cpu_engine_options`):
+every request is seeded, and the CPU engine crashes on a seeded request whose prefill is
+split across scheduler steps (`RuntimeError: CPU Generator does not use offset`, then
+`EngineDeadError`), which happens as soon as one step's prompts overflow
+`max_num_batched_tokens`; an explicit `enable_chunked_prefill: true` is refused. Without
+chunking a prompt must fit one step, so `max_num_batched_tokens` must be at least
+`max_model_len` (vLLM's default then is the larger of `max_model_len` and 4096). vLLM
+logs that disabling chunked prefill "may cause the engine to crash"; on CPU it is the
+enabled path that crashes. vLLM starts worker processes with `spawn`, so a script
 that builds this backend needs an `if __name__ == "__main__":` guard.
 
 `close()` shuts the engine-core processes down, then collects garbage, tears down
 vLLM's distributed state and empties the CUDA cache, so the next stage gets the memory.
+A torch.distributed default process group that existed before the engine was built
+(accelerate's) is the caller's: vLLM's teardown would destroy it, so then only vLLM's
+own model-parallel groups are destroyed.
 
 `VLLM_ENABLE_V1_MULTIPROCESSING=0` runs the engine inside the calling process: on the CPU
 build it starts in about 8 s instead of about 40 s (no spawned engine-core and worker
-processes re-importing vLLM). The tests use it; production keeps vLLM's default.
+processes re-importing vLLM). The tests use it; production keeps vLLM's default. Not in a
+process that holds a process group: the in-process engine builds its groups on that one,
+and its own shutdown destroys it.
 """
 
 from __future__ import annotations
@@ -81,14 +103,13 @@ class VLLMBackend:
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({
         "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size",
         "data_parallel_size", "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens",
-        "enforce_eager", "swap_space"})
+        "enable_chunked_prefill", "enforce_eager", "swap_space"})
 
     def __init__(self, model: str, chat_template: str | None = None, dtype: str = "auto",
                  seed: int = 0, enable_prefix_caching: bool = True,
                  gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
                  tensor_parallel_size: int = 1, **engine: Any) -> None:
-        import os
-
+        import torch.distributed
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -114,25 +135,31 @@ class VLLMBackend:
                    for f in ("tokenizer.json", "tokenizer_config.json")):
                 engine.setdefault("tokenizer", self.model_name)
             self.lora_request = LoRARequest("adapter", 1, self.model_name)
-        if (current_platform.is_cpu() and engine.get("kv_cache_memory_bytes") is None
-                and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
-            engine["kv_cache_memory_bytes"] = CPU_DEFAULT_KV_CACHE_BYTES
+        if current_platform.is_cpu():
+            engine = cpu_engine_options(engine, max_model_len)
+        dtype = resolve_dtype(engine_model, dtype, revision=self.revision,
+                              trust_remote_code=bool(engine.get("trust_remote_code")))
         self.engine_options = {
             "dtype": dtype, "seed": self.seed, "enable_prefix_caching": enable_prefix_caching,
             "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
             "tensor_parallel_size": tensor_parallel_size, **engine,
         }
+        # vLLM's teardown destroys the default process group: only one it created is ours
+        self._owns_process_group = not (torch.distributed.is_available()
+                                        and torch.distributed.is_initialized())
         self.llm = LLM(model=engine_model, **self.engine_options)
         self.tokenizer = self.llm.get_tokenizer()
+        self.dtype = dtype_name(self.llm.llm_engine.model_config.dtype)
+        logger.info("vLLM serves %s in %s", self.model_name, self.dtype)
 
     def __repr__(self) -> str:
         return f"VLLMBackend(model={self.model_name!r})"
 
     def identity(self) -> dict[str, Any]:
-        """Model id or path, content hashes and the effective chat template's hash."""
+        """Model id or path, content hashes, the chat template's hash and the dtype that ran."""
         if self._identity is None:
             self._identity = {
-                "backend": "vllm",
+                "backend": "vllm", "dtype": self.dtype,
                 **model_identity(self.model_name, self.chat_template_source, self.revision),
             }
         return dict(self._identity)
@@ -208,9 +235,13 @@ class VLLMBackend:
         del llm
         self.tokenizer = None
         try:  # gc.collect, distributed teardown and accelerator cache, in vLLM's order
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            from vllm.distributed import parallel_state
 
-            cleanup_dist_env_and_memory()
+            if self._owns_process_group:
+                parallel_state.cleanup_dist_env_and_memory()
+            else:  # the default group is the caller's: leave it (and vLLM's world on it)
+                parallel_state.destroy_model_parallel()
+                gc.collect()
         except Exception as error:  # noqa: BLE001
             logger.debug("vLLM cleanup raised %s", error)
             gc.collect()
@@ -218,6 +249,72 @@ class VLLMBackend:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def cpu_engine_options(engine: dict[str, Any], max_model_len: int | None = None
+                       ) -> dict[str, Any]:
+    """`engine` with the defaults vLLM's CPU build needs (see the module docstring).
+
+    Also used for lm-eval's vLLM model on CPU.
+
+    Raises:
+        ValueError: `enable_chunked_prefill` is true (the CPU engine crashes on it), or
+            `max_num_batched_tokens` is below `max_model_len` (a prompt must fit one step).
+    """
+    import os
+
+    if engine.get("enable_chunked_prefill"):
+        raise ValueError("enable_chunked_prefill: true is refused on vLLM's CPU build: a seeded "
+                         "request whose prefill is split crashes the engine (CPU Generator does "
+                         "not use offset); leave it unset")
+    step = engine.get("max_num_batched_tokens")
+    if step is not None and max_model_len is not None and step < max_model_len:
+        raise ValueError(f"max_num_batched_tokens ({step}) is below max_model_len "
+                         f"({max_model_len}): vLLM's CPU build does not chunk prefill, so one "
+                         "step must hold a whole prompt; raise it or lower max_model_len")
+    engine = {**engine, "enable_chunked_prefill": False}
+    if (engine.get("kv_cache_memory_bytes") is None
+            and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
+        engine["kv_cache_memory_bytes"] = CPU_DEFAULT_KV_CACHE_BYTES
+    return engine
+
+
+def resolve_dtype(model: str, dtype: str | None, revision: str | None = None,
+                  trust_remote_code: bool = False) -> str:
+    """The dtype to run `model` in: `auto` (or None) is the checkpoint's own.
+
+    Args:
+        model: a checkpoint directory or hub id (for an adapter, its base model).
+        dtype: the engine option as given.
+        revision: the hub revision of `model`.
+        trust_remote_code: passed to `AutoConfig` for custom configs.
+
+    Raises:
+        ValueError: `auto`, and the config names no dtype or this device cannot run it.
+    """
+    if dtype not in (None, "auto"):
+        return dtype
+    import torch
+    from transformers import AutoConfig
+    from vllm.platforms import current_platform
+
+    config = AutoConfig.from_pretrained(model, revision=revision,
+                                        trust_remote_code=trust_remote_code)
+    own = getattr(config, "dtype", None) or getattr(config.get_text_config(), "dtype", None)
+    if own is None:
+        raise ValueError(f"dtype: auto, but {model}'s config names no dtype; set dtype "
+                         "(float32, bfloat16 or float16) in the engine options")
+    own = getattr(torch, own) if isinstance(own, str) else own
+    supported = current_platform.supported_dtypes
+    if own not in supported:
+        raise ValueError(f"dtype: auto means {model}'s own {dtype_name(own)}, which this device "
+                         f"cannot run; set dtype to one of {[dtype_name(d) for d in supported]}")
+    return dtype_name(own)
+
+
+def dtype_name(dtype: Any) -> str:
+    """`torch.bfloat16` -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
 
 
 def shutdown_engine(llm: Any) -> None:
