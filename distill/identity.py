@@ -2,11 +2,18 @@
 
 `model_identity(model, chat_template, revision)` describes a local checkpoint directory
 by the sha256 of its contents (weights and adapter files, config, tokenizer files and the
-effective chat template) and a hub id by the id, the revision and, when the local hub
-cache knows it, the commit the revision points to. Its `fingerprint` covers only what
-changes outputs (contents, not the directory's path), so a copied or moved checkpoint
-keeps its fingerprint and a retrained one gets a new one. The run store folds it into
-stage fingerprints; the backends return it from `identity()`.
+effective chat template) and a hub id by the id and the commit its revision points to.
+Its `fingerprint` covers only what changes outputs (contents, not the directory's path;
+the commit, not the branch or tag that named it), so a copied or moved checkpoint keeps
+its fingerprint and a retrained one gets a new one. The run store folds it into stage
+fingerprints; the backends return it from `identity()`.
+
+A hub id always has its commit: `hub_snapshot` downloads the model at its revision
+(`huggingface_hub.snapshot_download`, weights included) or, offline, finds it in the
+local cache, once per process; a model that is neither cached nor reachable raises
+`ModelUnavailable`. Were the commit left out when the cache lacked it, a run's first
+start on a fresh machine and its restart (the model cached by then) would fingerprint
+every stage differently, and the restart would redo finished work.
 
 File hashes are cached by (real path, size, mtime): in memory for every file, and on disk
 (`$DISTILL_HASH_CACHE`, default `~/.cache/distill/file-hashes.json`) for files of 64 MiB
@@ -18,8 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +49,31 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 DISK_CACHE_MIN_BYTES = 64 << 20
+# Files of a hub repository that no loader here reads: other frameworks' weights, and the
+# original (pre-conversion) checkpoints some repositories keep beside the transformers ones.
+HUB_IGNORE_PATTERNS = ("*.h5", "*.msgpack", "*.ot", "*.tflite", "*.onnx", "*.onnx_data",
+                       "onnx/*", "openvino/*", "original/*", "*.gguf")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 _memory_cache: dict[tuple[str, int, int], str] = {}
 _lock = threading.Lock()
+
+
+class ModelUnavailable(RuntimeError):  # noqa: N818 - reads as what happened, like FileNotFound
+    """A hub model that is neither in the local cache nor downloadable (one-line message)."""
+
+
+@dataclass(frozen=True)
+class HubSnapshot:
+    """A hub model's files at one commit, in the local Hugging Face cache."""
+
+    model: str
+    revision: str  # as asked: a branch, a tag or a commit
+    commit: str
+    path: Path  # the cache's snapshots/<commit> directory
+
+
+_snapshots: dict[tuple[str, str, str], HubSnapshot] = {}
 
 
 def _sha256_text(text: str) -> str:
@@ -145,20 +176,51 @@ def _files_digest(directory: Path, names: list[str]) -> tuple[str, dict[str, str
     return _sha256_text(joined), per_file
 
 
-def _hub_commit(model: str, revision: str | None) -> str | None:
-    """The commit a revision points to in the local hub cache, if it is there."""
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return None
+def hub_snapshot(model: str, revision: str | None = None) -> HubSnapshot:
+    """Download a hub model at a revision (offline: find it in the cache); its commit.
+
+    Every file a loader reads is downloaded (weights included, `HUB_IGNORE_PATTERNS` left
+    out), so that the stages after this one load from the cache and a failed download
+    stops a run before any work. Resolved once per process and cache directory: one run
+    sees one commit of a branch, even if the branch moves while it runs.
+
+    Raises:
+        ModelUnavailable: the model (or the revision) is neither cached nor reachable.
+    """
+    from huggingface_hub import constants, snapshot_download
+
     revision = revision or "main"
-    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
-        return revision
-    ref = Path(HF_HUB_CACHE) / f"models--{model.replace('/', '--')}" / "refs" / revision
+    key = (str(constants.HF_HUB_CACHE), model, revision)
+    with _lock:
+        known = _snapshots.get(key)
+    if known is not None:
+        return known
     try:
-        return ref.read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
+        path = Path(snapshot_download(model, revision=revision,
+                                      ignore_patterns=list(HUB_IGNORE_PATTERNS)))
+    except Exception as error:  # whatever the cause, the model cannot be had: say which
+        raise ModelUnavailable(_unavailable(model, revision, error)) from error
+    if not _COMMIT.fullmatch(path.name):
+        raise ModelUnavailable(f"{model} (revision {revision}): the hub cache gave {path}, "
+                               "not a snapshots/<commit> directory")
+    snapshot = HubSnapshot(model=model, revision=revision, commit=path.name, path=path)
+    with _lock:
+        _snapshots[key] = snapshot
+    return snapshot
+
+
+def _unavailable(model: str, revision: str, error: Exception) -> str:
+    from huggingface_hub import constants
+
+    at = "" if revision == "main" else f" at revision {revision}"
+    if constants.HF_HUB_OFFLINE:
+        return (f"hub model {model}{at} is not in the local cache ({constants.HF_HUB_CACHE}) "
+                f"and HF_HUB_OFFLINE is set: download it once with network access "
+                f"(hf download {model}"
+                + ("" if revision == "main" else f" --revision {revision}") + ")")
+    reason = (str(error).strip().splitlines() or [""])[0]
+    return (f"hub model {model}{at} is neither in the local cache nor downloadable: "
+            f"{type(error).__name__}: {reason}")
 
 
 def model_identity(
@@ -175,27 +237,72 @@ def model_identity(
     Returns:
         A JSON-ready dict: `model`, `source` ("local" or "hub"), content hashes
         (`weights_sha256`, `tokenizer_sha256`, `chat_template_sha256`), `base` (the base
-        model's identity, for an adapter) and `fingerprint`.
+        model's identity, for an adapter), for a hub id its `revision` and `commit`, and
+        `fingerprint`.
+
+    Raises:
+        ModelUnavailable: a hub id (or an adapter's hub base) that is neither cached nor
+            downloadable (`hub_snapshot`).
     """
     template_text = resolve_chat_template(chat_template)
-    directory = Path(model).expanduser()
-    if directory.is_dir():
-        identity = _local_identity(directory.resolve(), template_text)
+    local = Path(model).expanduser()
+    if local.is_dir():
+        identity = _local_identity(local.resolve(), template_text)
+    elif local.is_file():  # a single-file model (GGUF), or whatever a setting names
+        identity = _file_identity(local.resolve(), template_text)
+    elif model.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model not found: {model}")
     else:
         identity = {
             "model": model,
             "source": "hub",
             "revision": revision or "main",
-            "commit": _hub_commit(model, revision),
+            "commit": hub_snapshot(model, revision).commit,
             "chat_template_sha256": _sha256_text(template_text) if template_text else None,
             "chat_template_override": template_text is not None,
         }
-    content = {k: v for k, v in identity.items()
-               if k not in ("model", "files", "chat_template_override")}
+    return _with_fingerprint(identity)
+
+
+def served_identity(model: str, chat_template: str | None = None,
+                    revision: str | None = None) -> dict[str, Any]:
+    """Describe a model a server serves (backend `openai`): by its name; nothing is loaded."""
+    template_text = resolve_chat_template(chat_template)
+    return _with_fingerprint({
+        "model": model,
+        "source": "served",
+        "revision": revision,
+        "chat_template_sha256": _sha256_text(template_text) if template_text else None,
+        "chat_template_override": template_text is not None,
+    })
+
+
+def _with_fingerprint(identity: dict[str, Any]) -> dict[str, Any]:
+    """Add the `fingerprint`: what changes outputs, not where the files are or what named them.
+
+    A hub model's commit is its content; the branch or tag that named the commit is not.
+    """
+    left_out = {"model", "files", "chat_template_override"}
     if identity["source"] == "hub":
-        content["model"] = model
+        left_out.add("revision")
+    content = {k: v for k, v in identity.items() if k not in left_out}
+    if identity["source"] != "local":
+        content["model"] = identity["model"]
     identity["fingerprint"] = _sha256_text(json.dumps(content, sort_keys=True, default=str))
     return identity
+
+
+def _file_identity(path: Path, template_text: str | None) -> dict[str, Any]:
+    digest = cached_file_sha256(path)
+    return {
+        "model": str(path),
+        "source": "local",
+        "weights_sha256": digest,
+        "tokenizer_sha256": None,
+        "chat_template_sha256": _sha256_text(template_text) if template_text else None,
+        "chat_template_override": template_text is not None,
+        "files": {path.name: digest},
+    }
 
 
 def _local_identity(directory: Path, template_text: str | None) -> dict[str, Any]:

@@ -7,7 +7,9 @@
 - `ServedModel`: a model to load and the backend that serves it (teacher, judges,
   answer models).
 - `ModelRef`: a resolved model: the path or hub id the libraries load, and its identity
-  (`distill.identity`), which every fingerprint that depends on the model folds in.
+  (`distill.identity`), which every fingerprint that depends on the model folds in. A
+  hub id is downloaded (offline: found in the cache) and pinned to its commit when it is
+  resolved, before any stage runs.
 
 Schemes are registered in `distill.registry.MODEL_SCHEMES` by the plugins that own them.
 """
@@ -131,7 +133,12 @@ def model_path(model: str) -> str:
 
 @dataclass
 class ModelRef:
-    """A model some stage loads, and what makes it that model (for fingerprints)."""
+    """A model some stage loads, and what makes it that model (for fingerprints).
+
+    `path` is what the libraries load: a checkpoint directory, or a hub id. A hub id at a
+    pinned `revision` becomes its snapshot directory in the local cache, because the
+    stages load `path` and take no revision: by id they would load the default branch.
+    """
 
     path: str
     identity: dict[str, Any]
@@ -140,11 +147,25 @@ class ModelRef:
 
     @classmethod
     def resolve(cls, spec: ModelSpec) -> ModelRef:
-        """Find (or build) the model's files and hash what makes it that model."""
-        from distill.identity import model_identity
+        """Find (download, or build) the model's files and hash what makes it that model.
 
+        A hub id is resolved to a commit here, before any fingerprint uses it: its files
+        are downloaded at the spec's revision, or, offline, found in the local cache
+        (`distill.identity.hub_snapshot`); one that is neither raises
+        `distill.identity.ModelUnavailable`. A model a server serves (backend `openai`)
+        is only named: nothing is downloaded.
+        """
+        from distill.identity import hub_snapshot, model_identity, served_identity
+
+        if not spec.loads_weights():
+            return cls(path=spec.model, chat_template=spec.chat_template,
+                       revision=spec.revision,
+                       identity=served_identity(spec.model, chat_template=spec.chat_template,
+                                                revision=spec.revision))
         path = model_path(spec.model)
         identity = model_identity(path, chat_template=spec.chat_template,
                                   revision=spec.revision)
+        if identity["source"] == "hub" and spec.revision not in (None, "main"):
+            path = str(hub_snapshot(path, spec.revision).path)  # resolved just now: cached
         return cls(path=path, identity=identity, chat_template=spec.chat_template,
                    revision=spec.revision)

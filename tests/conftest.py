@@ -34,3 +34,20 @@ def tiny_model_dir(tmp_path_factory):
     from distill.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", TINY_CORPUS)
+
+
+@pytest.fixture(scope="session")
+def fake_hub_cache(tmp_path_factory):
+    """A local hub cache with a tiny Qwen2.5-base-like student and a Llama teacher (fakehub)."""
+    from fakehub import build_fake_hub
+
+    return build_fake_hub(tmp_path_factory.mktemp("fake-hub"), TINY_CORPUS)
+
+
+@pytest.fixture
+def fake_hub(fake_hub_cache, monkeypatch):
+    """The fake hub's cache, active for one test: HF_HUB_CACHE points at it, offline."""
+    from fakehub import activate
+
+    activate(monkeypatch, fake_hub_cache.cache)
+    return fake_hub_cache

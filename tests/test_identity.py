@@ -1,4 +1,4 @@
-"""model_identity: content hashes of checkpoints, cached; hub ids by id and revision."""
+"""model_identity: content hashes of checkpoints, cached (hub ids: test_hub_identity.py)."""
 
 import json
 import shutil
@@ -96,21 +96,3 @@ def test_disk_cache_for_big_files(tmp_path, monkeypatch):
     monkeypatch.setattr(identity_module.hashlib, "sha256",
                         lambda *a: pytest.fail("hashed despite the disk cache"))
     assert cached_file_sha256(big) == digest
-
-
-def test_hub_identity(monkeypatch, tmp_path):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    plain = model_identity("org/model")
-    assert plain == {**plain, "model": "org/model", "source": "hub", "revision": "main",
-                     "commit": None}
-    refs = tmp_path / "models--org--model" / "refs"
-    refs.mkdir(parents=True)
-    (refs / "main").write_text("a" * 40)
-    cached = model_identity("org/model")
-    assert cached["commit"] == "a" * 40
-    assert cached["fingerprint"] != plain["fingerprint"]
-    pinned = model_identity("org/model", revision="v2")
-    assert pinned["revision"] == "v2" and pinned["fingerprint"] != plain["fingerprint"]
-    assert model_identity("org/other")["fingerprint"] != plain["fingerprint"]
