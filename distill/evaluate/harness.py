@@ -95,10 +95,18 @@ def evaluate_model(model_path: str, config: Config, output_dir: Path, seed: int 
 
     vllm_cpu = config.backend == "vllm" and _allow_vllm_cpu()
     model_args = _model_args(model_path, config, seed)
-    if vllm_cpu and "kv_cache_memory_bytes" not in model_args and not os.environ.get(
-            "VLLM_CPU_KVCACHE_SPACE"):
-        # vllm-cpu otherwise reserves a fraction of the machine's memory for its KV cache.
-        model_args["kv_cache_memory_bytes"] = 1 << 30
+    if config.backend == "vllm":
+        from distill.backends.vllm import cpu_engine_options, resolve_dtype
+
+        # as the generation backend runs it: dtype "auto" is the checkpoint's own (vLLM's
+        # runs float32 in bfloat16, HFLM does not); on CPU a 1 GiB KV cache (not a share of
+        # the machine) and no chunked prefill (a seeded request, gen_kwargs seed, crashes it)
+        model_args["dtype"] = resolve_dtype(
+            model_path, model_args.get("dtype"), revision=model_args.get("revision"),
+            trust_remote_code=bool(model_args.get("trust_remote_code")))
+        if vllm_cpu:
+            model_args = cpu_engine_options(model_args, model_args.get("max_model_len")
+                                            or model_args.get("max_length"))
     batch_size = config.batch_size if config.batch_size is not None else (
         8 if config.backend == "hf" else "auto")
     lm = get_model(config.backend).create_from_arg_obj(model_args, {"batch_size": batch_size})
