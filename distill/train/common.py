@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -49,7 +50,10 @@ def load_chat_template(value: str | None) -> str | None:
 
 
 def load_tokenizer(spec: TrainSpec):
-    """The student's tokenizer, with the spec's chat template when it overrides one."""
+    """The student's tokenizer, with the spec's chat template when it overrides one.
+
+    Its EOS becomes the token that closes the template's assistant turns (`use_turn_end_as_eos`).
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or spec.model)
@@ -59,7 +63,55 @@ def load_tokenizer(spec: TrainSpec):
     if not tokenizer.chat_template:
         raise ValueError(f"{spec.tokenizer or spec.model}: the tokenizer has no chat template; "
                          "give the student one (student.chat_template in the recipe)")
+    use_turn_end_as_eos(tokenizer)
     return tokenizer
+
+
+_TURN_PROBE = "distill-turn-end-probe"
+
+
+def assistant_turn_end(tokenizer) -> str | None:
+    """The special token that closes an assistant turn in the tokenizer's chat template.
+
+    Renders a one-turn conversation and takes the first special token after the
+    assistant's text: `<|im_end|>` for ChatML (Qwen), `<|eot_id|>` for Llama 3,
+    `<end_of_turn>` for Gemma. None if no special token closes the turn, or the template
+    does not render the probe.
+    """
+    from jinja2 import TemplateError
+
+    messages = [{"role": "user", "content": "Hello."},
+                {"role": "assistant", "content": _TURN_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except (TemplateError, ValueError, TypeError):
+        return None
+    at = text.rfind(_TURN_PROBE) if isinstance(text, str) else -1
+    if at < 0:
+        return None
+    special = set(tokenizer.all_special_ids) | {
+        token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
+    after = tokenizer(text[at + len(_TURN_PROBE):], add_special_tokens=False)["input_ids"]
+    first = next((token_id for token_id in after if token_id in special), None)
+    return None if first is None else tokenizer.convert_ids_to_tokens(first)
+
+
+def use_turn_end_as_eos(tokenizer) -> None:
+    """Make the token that closes assistant turns the tokenizer's EOS, if it is another.
+
+    A base model's EOS often ends documents, not turns: Qwen2.5 base has `<|endoftext|>`
+    while its ChatML template closes turns with `<|im_end|>`. Trained on that template the
+    student ends its answers with `<|im_end|>`, but generation (hf, vLLM, lm-eval) stops
+    at EOS and would run on into made-up turns. With the turn end as EOS, the saved
+    tokenizer says so, and the saved models' generation configs stop at it as well as at
+    the old EOS (`distill.train.merge.stop_at_eos`).
+    """
+    turn_end = assistant_turn_end(tokenizer)
+    if turn_end is None or turn_end == tokenizer.eos_token:
+        return
+    log.info("EOS: %s, which ends the chat template's assistant turns (the tokenizer's was %s)",
+             turn_end, tokenizer.eos_token)
+    tokenizer.eos_token = turn_end
 
 
 def trainer_dir(spec: TrainSpec) -> str:
@@ -169,9 +221,13 @@ def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float,
 
     if is_main:
         if full_finetune:
-            finish_full_checkpoint(merged_dir, tokenizer)
+            finish_full_checkpoint(merged_dir, tokenizer, spec.model)
         else:
             merge_adapter(spec.model, adapter_dir, merged_dir, tokenizer=tokenizer)
+            # the base's generation config with the tokenizer's EOS, beside the adapter for
+            # whoever loads base + adapter by hand (the backends read the adapter's tokenizer)
+            shutil.copyfile(merged_dir / "generation_config.json",
+                            adapter_dir / "generation_config.json")
         result.wall_time_s = round(time.perf_counter() - started, 3)
         result.save(out / "train_log.json")
         with contextlib.suppress(OSError):  # the Trainer's own directory, unless it holds
@@ -223,15 +279,37 @@ def ranks_in_sync(trainer) -> bool | None:
     return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-9, atol=0))
 
 
-def finish_full_checkpoint(merged_dir: Path, tokenizer) -> None:
-    """Make a fully fine-tuned checkpoint ready for inference like a merged one."""
-    from transformers import AutoConfig
+def finish_full_checkpoint(merged_dir: Path, tokenizer, base_model: str) -> None:
+    """Make a fully fine-tuned checkpoint ready for inference like a merged one.
+
+    Its generation config stops at the tokenizer's EOS and at the base model's: the
+    Trainer aligned the saved one with the tokenizer, dropping the base's.
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    from distill.train.merge import stop_at_eos
 
     tokenizer.save_pretrained(merged_dir)
     config = AutoConfig.from_pretrained(merged_dir)
-    if getattr(config, "use_cache", True) is False:  # turned off for gradient checkpointing
-        config.use_cache = True
-        config.save_pretrained(merged_dir)
+    config.use_cache = True  # turned off for gradient checkpointing
+    generation, base = (_generation_config(path) for path in (merged_dir, base_model))
+    generation = generation or GenerationConfig.from_model_config(config)
+    stop_at_eos(config, generation, tokenizer, also=_ids(base and base.eos_token_id))
+    config.save_pretrained(merged_dir)
+    generation.save_pretrained(merged_dir)
+
+
+def _generation_config(model: str | Path):
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model)
+    except OSError:  # the checkpoint has none
+        return None
+
+
+def _ids(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
 
 
 # -- progress ------------------------------------------------------------------------------
