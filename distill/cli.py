@@ -51,22 +51,21 @@ def _load(recipe_path: Path, overrides: list[str] | None):
         raise _fail(str(error)) from None
 
 
-def _setup_logging(run_dir: Path, quiet: bool, rank: int) -> Path:
+def _setup_logging(run_dir: Path, quiet: bool) -> Path:
     """Log everything at INFO to the run's log file; the console gets what `_ConsoleRule` passes."""
     from rich.logging import RichHandler
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / ("distill.log" if rank == 0 else f"distill.rank{rank}.log")
+    log_path = run_dir / "distill.log"
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(file_handler)
-    if rank == 0:
-        console_handler = RichHandler(console=console, show_path=False, markup=False)
-        console_handler.setLevel(logging.WARNING if quiet else logging.INFO)
-        console_handler.addFilter(_ConsoleRule())
-        root.addHandler(console_handler)
+    console_handler = RichHandler(console=console, show_path=False, markup=False)
+    console_handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    console_handler.addFilter(_ConsoleRule())
+    root.addHandler(console_handler)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _route_library_output()
@@ -147,18 +146,21 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
     """Run a recipe end to end; re-running resumes where it stopped."""
-    from distill.runner import STAGES, Runner, RunOptions
+    from distill.runner import STAGES, Runner, RunOptions, refuse_launched_ranks
 
+    try:  # before anything is read or written
+        refuse_launched_ranks()
+    except RuntimeError as error:
+        raise _fail(str(error)) from None
     loaded = _load(recipe, overrides)
     unknown = sorted(set(force or []) - set(STAGES))
     if unknown:
         raise _fail(f"--force: unknown stage(s) {unknown}; stages are {list(STAGES)}")
     if stop_after is not None and stop_after not in STAGES:
         raise _fail(f"--stop-after: unknown stage {stop_after!r}; stages are {list(STAGES)}")
-    rank = int(os.environ.get("RANK", "0"))
     run_dir = Path(loaded.output_dir) / loaded.name
-    log_path = _setup_logging(run_dir, quiet, rank)
-    progress = None if quiet or rank != 0 else _progress_bars()
+    log_path = _setup_logging(run_dir, quiet)
+    progress = None if quiet else _progress_bars()
     options = RunOptions(force=set(force or []), stop_after=stop_after, quiet=quiet,
                          progress=progress.update if progress else None)
     try:
@@ -173,18 +175,14 @@ def run(
     finally:
         if progress:
             progress.stop()
-    if rank == 0:
-        held_back = _held_back_warnings()
-        note = f" ({held_back} library warning(s) in {log_path})" if held_back else ""
-        console.print(f"[green]done:[/] {run_dir}/report.md{note}", soft_wrap=True)
+    held_back = _held_back_warnings()
+    note = f" ({held_back} library warning(s) in {log_path})" if held_back else ""
+    console.print(f"[green]done:[/] {run_dir}/report.md{note}", soft_wrap=True)
 
 
 def _exit_code(error: Exception) -> int:
     from distill.evaluate.contamination import ContaminationError
-    from distill.identity import ModelUnavailable
 
-    if isinstance(error, ModelUnavailable):  # raised before any work (Runner._resolve_models)
-        return EXIT_BAD_INPUT
     return 3 if isinstance(error, ContaminationError) else 1
 
 
@@ -284,14 +282,18 @@ def sweep(
 ) -> None:
     """Run a grid of flywheel runs (arms x seeds) and write the comparison report."""
     from distill.flywheel.sweep import StudyError, load_study, run_sweep
-    from distill.runner import RunOptions
+    from distill.runner import RunOptions, refuse_launched_ranks
 
+    try:  # before anything is read or written
+        refuse_launched_ranks()
+    except RuntimeError as error:
+        raise _fail(str(error)) from None
     try:
         loaded, _ = load_study(study)
     except StudyError as error:
         raise _fail(str(error)) from None
     study_dir = Path(loaded.output_dir) / loaded.name
-    log_path = _setup_logging(study_dir, quiet, int(os.environ.get("RANK", "0")))
+    log_path = _setup_logging(study_dir, quiet)
     try:
         report_path = run_sweep(study, only=only, report_only=report_only,
                                 options=RunOptions(quiet=quiet))

@@ -365,5 +365,8 @@ def open_judge_backend(model: ServedModel, seed: int):
 
 
 def judge_context(ctx: GenerationContext, backend) -> GenerationContext:
-    """`ctx` with another backend (same checkpoints, ranks and seed)."""
-    return dataclasses.replace(ctx, backend=backend)
+    """`ctx` with another backend, run in this process (same checkpoints and seed).
+
+    The stage's executor serves the teacher alone: judges stay in the orchestrator.
+    """
+    return dataclasses.replace(ctx, backend=backend, executor=None)

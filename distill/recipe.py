@@ -29,6 +29,7 @@ from pydantic import (
 
 from distill.evaluate.contamination import Config as DecontaminationConfig
 from distill.evaluate.harness import Config as EvalConfig
+from distill.executors.base import ExecutorSettings
 from distill.filters.base import FilterSettings
 from distill.flywheel.measure import MeasureConfig
 from distill.flywheel.policies import DataPolicy
@@ -36,7 +37,7 @@ from distill.flywheel.real import RealSource
 from distill.flywheel.stopping import StopRule
 from distill.generate.base import GeneratorSettings
 from distill.models import ModelSpec, ServedModel
-from distill.registry import FILTERS, GENERATORS, POLICIES, REAL_SOURCES
+from distill.registry import EXECUTORS, FILTERS, GENERATORS, POLICIES, REAL_SOURCES
 from distill.review import Config as ReviewConfig
 from distill.settings import Strict, resolve_path
 from distill.train.config import LoraSettings, TrainConfig
@@ -63,8 +64,9 @@ class TeacherSpec(ServedModel):
     """The model that writes the synthetic data."""
 
     checkpoint_every: int = Field(64, ge=1, description="Requests per generation checkpoint "
-                                  "chunk; chunks are also the unit split across ranks. Use "
-                                  "hundreds with vLLM so its batches stay full.")
+                                  "chunk; chunks are also the unit of work an executor's "
+                                  "replicas share. Use hundreds with vLLM so its batches "
+                                  "stay full.")
 
 
 class StudentSpec(ModelSpec):
@@ -170,6 +172,17 @@ class Recipe(Strict):
                                  "whether decisions feed training.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Per-round "
                                    "metrics (perplexity, diversity, coverage) after evaluation.")
+    executor: ExecutorSettings = Field(
+        default_factory=lambda: EXECUTORS.get("local")(),
+        description="Where the teacher's generation engines run, chosen by `kind` (a bare "
+        "name is short for `{kind: name}`): `local` (one engine in this process) or `ray` "
+        "(replicas on a Ray cluster). Never part of a fingerprint: a run resumes under "
+        "another executor without regenerating.")
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _bare_executor(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _needs_real_data(self) -> Recipe:
@@ -308,7 +321,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def recipe_model() -> type[Recipe]:
     """The recipe's pydantic model, with every registered component in its unions."""
-    registries = (GENERATORS, FILTERS, POLICIES, REAL_SOURCES)
+    registries = (GENERATORS, FILTERS, POLICIES, REAL_SOURCES, EXECUTORS)
     return _recipe_model(tuple(tuple(registry.classes()) for registry in registries))
 
 
@@ -316,14 +329,16 @@ def recipe_model() -> type[Recipe]:
 def _recipe_model(classes: tuple[tuple[type, ...], ...]) -> type[Recipe]:
     # Built per set of registered classes, so a component registered later (a plugin, a
     # test's toy filter) gets a model that knows it.
-    generators, filters, policies, sources = (_union(group) for group in classes)
+    generators, filters, policies, sources, executors = (_union(group) for group in classes)
     data = _narrow(DataSpec, real=(sources | None, _field(DataSpec, "real", None)))
     rounds = _narrow(RoundsSpec, data_policy=(policies, _field(
         RoundsSpec, "data_policy", RoundsSpec.model_fields["data_policy"].default_factory)))
     return _narrow(Recipe, generate=(generators, _field(Recipe, "generate")),
                    filters=(list[filters], _field(Recipe, "filters", list)),
                    data=(data, _field(Recipe, "data", data)),
-                   rounds=(rounds, _field(Recipe, "rounds", rounds)))
+                   rounds=(rounds, _field(Recipe, "rounds", rounds)),
+                   executor=(executors, _field(
+                       Recipe, "executor", Recipe.model_fields["executor"].default_factory)))
 
 
 def _union(classes: tuple[type, ...]) -> Any:

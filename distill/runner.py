@@ -1,19 +1,24 @@
 """The round loop: generate, filter, decontaminate, train, evaluate; then maybe again.
 
     distill run recipes/quickstart.yaml
-    accelerate launch --config_file recipes/accelerate/ddp.yaml -m distill run recipes/x.yaml
+
+`distill run` is one process, the orchestrator: it owns the run directory and the loop,
+and hands work that needs many devices to what launches it there. Generation goes to the
+recipe's executor (`executor: ray` for one engine per GPU, or per node of a cluster;
+distill.executors), training launches itself with `train.accelerate_config` (DDP, FSDP,
+DeepSpeed on every GPU), and evaluation runs lm-eval. It is never itself started by
+`accelerate launch` or torchrun: one engine per rank would all land on cuda:0, and vLLM's
+cleanup destroys the process group accelerate made (`refuse_launched_ranks`).
 
 Every stage goes through `Runner._stage`: if its fingerprint is already committed it is
-skipped, otherwise it works in a temporary directory and commits with a manifest. Under
-`accelerate launch` every rank runs this same loop: generation and evaluation are shared
-across ranks, filtering and decontamination run on the main rank while the others wait,
-and training is collective.
+skipped, otherwise it works in a temporary directory and commits with a manifest.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +26,6 @@ from typing import Any
 
 from distill import LOG_ONLY
 from distill.component import Component, Dependent, fingerprint_inputs, path_sha256
-from distill.dist import Ranks
 from distill.flywheel.real import RealDraw
 from distill.models import ModelRef, ModelSpec
 from distill.recipe import Recipe
@@ -31,6 +35,23 @@ from distill.store import RunStore, Stage, file_sha256
 log = logging.getLogger("distill")
 
 STAGES = ("generate", "filter", "decontaminate", "train", "evaluate", "measure")
+
+LAUNCHED_RANKS_HINT = (
+    "distill run is one process and does not run under accelerate launch or torchrun "
+    "(WORLD_SIZE={world_size}): run `distill run recipe.yaml` with "
+    "`train.accelerate_config` naming recipes/accelerate/ddp.yaml (training launches "
+    "itself on every GPU) and `executor: ray` for several generation engines")
+
+
+def refuse_launched_ranks() -> None:
+    """Raise when this process is one of several ranks of a launcher (WORLD_SIZE > 1).
+
+    Raises:
+        RuntimeError: with `LAUNCHED_RANKS_HINT`, saying how to run instead.
+    """
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size.strip().isdigit() and int(world_size) > 1:
+        raise RuntimeError(LAUNCHED_RANKS_HINT.format(world_size=world_size))
 
 
 @dataclass
@@ -52,8 +73,8 @@ class Runner:
 
     def __init__(self, recipe: Recipe, options: RunOptions | None = None) -> None:
         self.recipe = recipe
+        refuse_launched_ranks()
         self.options = options or RunOptions()
-        self.ranks = Ranks.from_env()
         self.store = RunStore(Path(recipe.output_dir) / recipe.name)
         self._forcing: set[str] = set()
         self._models: dict[str, ModelRef] = {}  # resolved once per run
@@ -62,24 +83,20 @@ class Runner:
 
     def run(self) -> Path:
         """Run every round and write the report; returns the run directory."""
+        from distill.report import write_report
+
         recipe = self.recipe
-        if self.ranks.is_main:
-            self.store.root.mkdir(parents=True, exist_ok=True)
-            write_json(self.store.root / "recipe.resolved.json", recipe.model_dump(mode="json"))
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.store.root / "recipe.resolved.json", recipe.model_dump(mode="json"))
         try:
             self._rounds()
         except _StopAfter:
             log.info("stopped after %s, as asked", self.options.stop_after)
-        if self.ranks.is_main:
-            from distill.report import write_report
-
-            log.info("report: %s", write_report(self.store.root))
-        self.ranks.barrier()
+        log.info("report: %s", write_report(self.store.root))
         return self.store.root
 
     def _rounds(self) -> None:
         recipe = self.recipe
-        self._resolve_models()
         student = self._model_ref(recipe.student)
         teacher = self._model_ref(recipe.teacher)
         self.evaluate("base", student)
@@ -88,8 +105,7 @@ class Runner:
         history: list[dict[str, float]] = []
         reference = teacher  # scores generated data for the histograms (measure stage)
         stopped_path = self.store.root / "stopped.json"
-        if self.ranks.is_main:
-            stopped_path.unlink(missing_ok=True)  # decided again from the metrics below
+        stopped_path.unlink(missing_ok=True)  # decided again from the metrics below
         for round_index in range(recipe.rounds.count):
             label = f"round_{round_index}"
             real = self._real_draw(round_index)
@@ -116,8 +132,7 @@ class Runner:
                 stop = check_stop(recipe.rounds.stop, history)
                 if stop is not None:
                     log.warning("stopping after %s: %s", label, stop["reason"])
-                    if self.ranks.is_main:
-                        write_json(stopped_path, stop)
+                    write_json(stopped_path, stop)
                     break
             if recipe.rounds.next_teacher == "student":
                 teacher = merged
@@ -131,30 +146,10 @@ class Runner:
             return None
         return draw_real(real, self.recipe.seed, round_index, fresh=self.recipe.rounds.fresh_real)
 
-    def _resolve_models(self) -> None:
-        """Resolve every model the recipe names before any stage runs.
-
-        Hub models are downloaded here (offline: found in the cache) and pinned to their
-        commits, so that a missing or unreachable one stops the run before any work rather
-        than at the stage that needs it, hours later (`distill.identity.ModelUnavailable`).
-        """
-        recipe = self.recipe
-        specs: list[ModelSpec] = [recipe.student, recipe.teacher]
-        for component in (recipe.generate, *recipe.filters, recipe.decontamination):
-            specs += [spec for spec in component.dependencies().models.values()
-                      if spec != "teacher"]
-        for spec in specs:
-            self._model_ref(spec)
-
     def _model_ref(self, spec: ModelSpec) -> ModelRef:
-        # The main rank builds plugin models first; the others then find them cached.
         key = spec.model_dump_json(include={"model", "revision", "chat_template"})
         if key not in self._models:
-            if not self.ranks.is_main:
-                self.ranks.barrier()
             self._models[key] = ModelRef.resolve(spec)
-            if self.ranks.is_main:
-                self.ranks.barrier()
         return self._models[key]
 
     def _identity(self, spec: ModelSpec | str) -> str:
@@ -187,14 +182,8 @@ class Runner:
                 raise _StopAfter
             return stage
         log.info("%s/%s: running (fingerprint %s)", label, name, stage.fingerprint[:12])
-        if self.ranks.is_main:
-            stage.begin()
-        self.ranks.barrier()
-        summary = work(stage.work)
-        self.ranks.barrier()
-        if self.ranks.is_main:
-            stage.commit(summary)
-        self.ranks.barrier()
+        stage.begin()
+        stage.commit(work(stage.work))
         if name == self.options.stop_after:
             raise _StopAfter
         return stage
@@ -203,7 +192,11 @@ class Runner:
 
     def generate(self, label: str, round_index: int, teacher: ModelRef,
                  real: RealDraw | None = None) -> Stage:
-        """Teacher writes candidates: `candidates.jsonl` (+ `rejected.jsonl`)."""
+        """Teacher writes candidates: `candidates.jsonl` (+ `rejected.jsonl`).
+
+        The recipe's executor runs the teacher; it is left out of the fingerprint (it
+        changes where chunks run, not their bytes), so a run resumes under another one.
+        """
         from distill.models import semantic_engine_options
 
         recipe = self.recipe
@@ -220,7 +213,7 @@ class Runner:
         inputs = {"teacher": teacher.identity}
 
         def work(out: Path) -> dict[str, Any]:
-            from distill.backends.base import load_backend
+            from distill.executors.base import EngineSpec
             from distill.generate.context import GenerationContext
 
             declared = method.dependencies().inputs
@@ -229,35 +222,32 @@ class Runner:
                 loaders["seed_tasks"] = self._seed_tasks
             if "real" in declared:
                 loaders["real_records"] = lambda: list(real.train)
-            engine = load_backend(backend, model=teacher.path,
-                                  chat_template=teacher.chat_template, seed=recipe.seed,
-                                  **recipe.teacher.engine)
+            executor = recipe.executor.create(EngineSpec(
+                backend=backend, model=teacher.path, chat_template=teacher.chat_template,
+                seed=recipe.seed, engine=dict(recipe.teacher.engine)))
             context = GenerationContext(
-                backend=engine, checkpoint_dir=out / "checkpoints", teacher_name=teacher.path,
-                round=round_index, seed=recipe.seed, rank=self.ranks.rank,
-                world_size=self.ranks.world_size, chunk_size=recipe.teacher.checkpoint_every,
-                barrier=self.ranks.barrier, progress=self._progress(f"{label} generate"),
-                **loaders)
+                backend=executor.backend, checkpoint_dir=out / "checkpoints",
+                teacher_name=teacher.path, round=round_index, seed=recipe.seed,
+                chunk_size=recipe.teacher.checkpoint_every, executor=executor,
+                progress=self._progress(f"{label} generate"), **loaders)
             try:
                 result = method.run(context)
             finally:
-                engine.close()
-            if not self.ranks.is_main:
-                return {}
+                executor.close()
             write_jsonl(out / "candidates.jsonl", result.examples)
             write_jsonl(out / "rejected.jsonl", result.rejected)
             return {"counts": {"candidates": len(result.examples),
                                "rejected": len(result.rejected)},
                     "tokens": checkpoint_tokens(out / "checkpoints"),
                     "resumed_requests": context.stats.resumed_requests,
-                    "stats": result.stats, "teacher": teacher.path}
+                    "executor": executor.summary(), "stats": result.stats,
+                    "teacher": teacher.path}
 
         return self._stage(label, "generate", config, inputs, work)
 
     def _real_as_candidates(self, out: Path, real: RealDraw) -> dict[str, Any]:
-        if self.ranks.is_main:
-            write_jsonl(out / "candidates.jsonl", real.train)
-            write_jsonl(out / "rejected.jsonl", [])
+        write_jsonl(out / "candidates.jsonl", real.train)
+        write_jsonl(out / "rejected.jsonl", [])
         return {"counts": {"candidates": len(real.train), "rejected": 0},
                 "stats": {"method": "real_first"}, "teacher": "real data"}
 
@@ -268,8 +258,6 @@ class Runner:
         inputs = {"generate": generated.fingerprint}
 
         def work(out: Path) -> dict[str, Any]:
-            if not self.ranks.is_main:
-                return {}
             from distill.filters.base import FilterContext, run_funnel
 
             def context(settings: Component) -> FilterContext:
@@ -302,8 +290,6 @@ class Runner:
         inputs = {"filter": filtered.fingerprint, "benchmarks": _tasks_identity(include_path)}
 
         def work(out: Path) -> dict[str, Any]:
-            if not self.ranks.is_main:
-                return {}
             from collections import Counter
 
             from distill.evaluate.contamination import apply_policy, find_contamination
@@ -358,26 +344,22 @@ class Runner:
             from distill.train.launch import launch_training
 
             data_path = out / "train.jsonl"
-            mix: dict[str, int] = {}
-            if self.ranks.is_main:
-                synthetic = {r: read_records(s.path / "clean.jsonl")
-                             for r, s in zip(sources.synthetic, data, strict=True)}
-                if recipe.review.apply:  # drop rejected examples, train on fixes
-                    from distill.review import apply_decisions
+            synthetic = {r: read_records(s.path / "clean.jsonl")
+                         for r, s in zip(sources.synthetic, data, strict=True)}
+            if recipe.review.apply:  # drop rejected examples, train on fixes
+                from distill.review import apply_decisions
 
-                    synthetic = {r: apply_decisions(self.store.root, f"round_{r}", rows)[0]
-                                 for r, rows in synthetic.items()}
-                # sequential sampling trains in the order the stages wrote (the textbook
-                # method's curriculum order, simple to complex)
-                selection = policy.select(
-                    round_index, synthetic, [draw.train for draw in real], seed=recipe.seed,
-                    shuffle=recipe.train.args.get("train_sampling_strategy") != "sequential")
-                if not selection.records:
-                    raise RuntimeError(f"{label}: no training data survived the filters; see "
-                                       f"the funnel in {data[-1].round_dir}")
-                write_jsonl(data_path, selection.records)
-                mix = selection.counts
-            self.ranks.barrier()
+                synthetic = {r: apply_decisions(self.store.root, f"round_{r}", rows)[0]
+                             for r, rows in synthetic.items()}
+            # sequential sampling trains in the order the stages wrote (the textbook
+            # method's curriculum order, simple to complex)
+            selection = policy.select(
+                round_index, synthetic, [draw.train for draw in real], seed=recipe.seed,
+                shuffle=recipe.train.args.get("train_sampling_strategy") != "sequential")
+            if not selection.records:
+                raise RuntimeError(f"{label}: no training data survived the filters; see "
+                                   f"the funnel in {data[-1].round_dir}")
+            write_jsonl(data_path, selection.records)
             spec = TrainSpec(method=recipe.train.method, sft_args=recipe.train.sft_args,
                              model=student.path, chat_template=student.chat_template,
                              lora=recipe.student.lora, args=recipe.train.args,
@@ -393,7 +375,7 @@ class Runner:
             summary = result.model_dump(mode="json", exclude={"output_dir", "merged_dir",
                                                               "adapter_dir", "args"})
             return {"counts": {"examples": result.num_examples}, "train": summary,
-                    "data_mix": mix}
+                    "data_mix": selection.counts}
 
         return self._stage(label, "train", config, inputs, work)
 
@@ -432,8 +414,6 @@ class Runner:
                   "held_out": real and real.identity}
 
         def work(out: Path) -> dict[str, Any]:
-            if not self.ranks.is_main:
-                return {}
             manifests = {name: stage.manifest() or {} for name, stage in stages.items()}
             metrics = measure_round(
                 settings, out, round_index=round_index, seed=recipe.seed,
@@ -452,7 +432,7 @@ class Runner:
 
     def _progress(self, task: str) -> Callable[[str, int, int], None] | None:
         callback = self.options.progress
-        if callback is None or not self.ranks.is_main:
+        if callback is None:
             return None
         return lambda key, done, total: callback(f"{task}: {key}", done, total)
 
@@ -470,7 +450,7 @@ def _tasks_identity(include_path: str | None) -> str | None:
 
 
 def checkpoint_tokens(checkpoint_dir: Path) -> dict[str, int]:
-    """Prompt and completion tokens over every generation shard (all ranks, all runs)."""
+    """Prompt and completion tokens over every generation shard (every run's)."""
     prompt = completion = generations = 0
     for shard in sorted(checkpoint_dir.glob("*/chunk*.jsonl")):
         for line in shard.read_text(encoding="utf-8").splitlines():

@@ -22,7 +22,7 @@ from distill.cli import _setup_logging
 from distill.evaluate.harness import Config, evaluate_model
 
 model, tasks, run_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-_setup_logging(run_dir, quiet=False, rank=0)
+_setup_logging(run_dir, quiet=False)
 logging.getLogger("distill").info("base/evaluate: running (fingerprint 0123456789ab)")
 evaluate_model(model, Config(tasks=["distill_fixture"], include_path=tasks, limit=2,
                              bootstrap_iters=0, gen_kwargs={"max_gen_toks": 2}),

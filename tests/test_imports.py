@@ -23,7 +23,7 @@ PACKAGE = ROOT / "distill"
 LAYERS: dict[str, int] = {
     # 0: foundations, which know nothing of models or components
     "distill.settings": 0, "distill.registry": 0, "distill.records": 0,
-    "distill.identity": 0, "distill.dist": 0, "distill.prompts": 0, "distill.store": 0,
+    "distill.identity": 0, "distill.prompts": 0, "distill.store": 0,
     "distill.data": 0, "distill.tinymodel": 0,
     # 1: model references and the component contract
     "distill.models": 1, "distill.component": 1,

@@ -3,7 +3,7 @@
 A method is one module: its settings class derives from `GeneratorSettings`, registers
 under its `kind` (`@GENERATORS.register`), declares what its output depends on
 (`dependencies()`), and implements `run(ctx)`. It asks the teacher through
-`ctx.generate(key, requests)` (checkpointed, sharded across ranks), reads the run inputs
+`ctx.generate(key, requests)` (checkpointed; the stage's executor runs it), reads the run inputs
 it declared through the context (`ctx.seed_tasks()`, `ctx.real_records()`), and returns
 records with lineage, every refused completion as a `Rejected` record, and stats for the
 report. Its `report_section` turns those stats into the report's Markdown, and

@@ -1,12 +1,14 @@
-"""Checkpointed, rank-sharded generation: what every generation method calls.
+"""Checkpointed generation: what every generation method calls.
 
 A method builds requests and calls `GenerationContext.generate(key, requests)`. The
 context answers from the checkpoint what earlier (possibly killed) runs already
-generated, splits the rest across accelerate ranks, saves each finished chunk as an
-append-only shard file, and returns every request's generations in request order.
+generated, hands the missing chunks to the stage's executor (`distill.executors`: the
+backend in this process, or replicas on Ray), saves each chunk as an append-only shard
+file as the executor finishes it, and returns every request's generations in request
+order. Only this process writes shards, so nothing is written twice.
 
 Each request carries its own seed, so a request's output does not depend on which chunk,
-rank or run produced it: a resumed run equals an uninterrupted one.
+replica, executor or run produced it: a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 from distill.backends.base import Backend, Generation, GenerationRequest
 from distill.component import undeclared
+from distill.executors.base import Executor
+from distill.executors.local import LocalExecutor
 from distill.records import Rejected, atomic_write_text, iter_jsonl
 
 
@@ -41,9 +45,10 @@ class GenerationStats:
 
 @dataclass
 class GenerationContext:
-    """Checkpoint directory, rank layout, backend and run inputs for one generation stage."""
+    """Checkpoint directory, executor, backend and run inputs for one generation stage."""
 
-    backend: Backend
+    # The teacher's engine in this process; None when the executor's replicas hold it.
+    backend: Backend | None
     checkpoint_dir: Path
     teacher_name: str = ""  # the teacher's path or hub id, for lineage
     # The run inputs; each raises unless the method declared it in dependencies().inputs.
@@ -51,10 +56,10 @@ class GenerationContext:
     real_records: Callable[[], list[Any]] = undeclared("real")
     round: int = 0
     seed: int = 0
-    rank: int = 0
-    world_size: int = 1
     chunk_size: int = 64
-    barrier: Callable[[], None] = lambda: None
+    # Where missing chunks run; None: on `backend`, in this process. Judges and answer
+    # models get a context of their own backend and no executor (distill.judge).
+    executor: Executor | None = None
     progress: Callable[[str, int, int], None] | None = None  # (key, done, total)
     stats: GenerationStats = field(default_factory=GenerationStats)
 
@@ -73,33 +78,36 @@ class GenerationContext:
         """Generate (or reload) all requests under a checkpoint `key`; results in order.
 
         Chunks are fixed slices of `requests`, so the same call after a crash finds the
-        same chunks; chunk i is produced by rank i % world_size.
+        same chunks; the executor runs those not on disk yet.
         """
         ids = [r.id for r in requests]
         if len(set(ids)) != len(ids):
             raise ValueError(f"generation {key}: request ids are not unique")
         chunks = [requests[i:i + self.chunk_size]
                   for i in range(0, len(requests), self.chunk_size)]
-        done = {i for i in range(len(chunks)) if self._shard_path(key, i).exists()}
+        missing = [(i, chunk) for i, chunk in enumerate(chunks)
+                   if not self._shard_path(key, i).exists()]
         self.stats.requests += len(requests)
-        self.stats.resumed_requests += sum(len(chunks[i]) for i in done)
-        finished = sum(len(chunks[i]) for i in done)
-        for index, chunk in enumerate(chunks):
-            if index in done or index % self.world_size != self.rank:
-                continue
-            generations = self.backend.generate(chunk)
+        finished = len(requests) - sum(len(chunk) for _, chunk in missing)
+        self.stats.resumed_requests += finished
+        executor = self.executor
+        if executor is None:
+            if self.backend is None:
+                raise ValueError(f"generation {key}: a context needs a backend or an executor")
+            executor = LocalExecutor(self.backend)
+        for index, generations in executor.run(missing):
+            _check_chunk(key, index, chunks[index], generations)
             self.stats.add(generations)
             rows = [json.dumps(asdict(g), ensure_ascii=False) for g in generations]
             atomic_write_text(self._shard_path(key, index), "".join(r + "\n" for r in rows))
-            finished += len(chunk) * self.world_size
+            finished += len(chunks[index])
             if self.progress is not None:
-                self.progress(key, min(finished, len(requests)), len(requests))
-        self.barrier()  # every rank's chunks are on disk before anyone reads them
+                self.progress(key, finished, len(requests))
         by_request: dict[str, list[Generation]] = {}
         for index in range(len(chunks)):
             loaded = self._load_chunk(key, index)
             if loaded is None:
-                raise RuntimeError(f"generation {key}: chunk {index} missing after barrier")
+                raise RuntimeError(f"generation {key}: the executor never returned chunk {index}")
             for generation in loaded:
                 by_request.setdefault(generation.request_id, []).append(generation)
         return [g for rid in ids for g in sorted(by_request.get(rid, []), key=lambda g: g.index)]
@@ -110,6 +118,14 @@ class GenerationContext:
 
         text = json.dumps([self.seed, self.round, *parts], default=str)
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def _check_chunk(key: str, index: int, chunk: list[GenerationRequest],
+                 generations: list[Generation]) -> None:
+    """Refuse generations that are not those of the chunk's requests (an executor's bug)."""
+    if {g.request_id for g in generations} != {r.id for r in chunk}:
+        raise RuntimeError(f"generation {key}: chunk {index} came back with the generations "
+                           "of other requests")
 
 
 @dataclass

@@ -161,8 +161,8 @@ class Config(GeneratorSettings):
         """Chunk the documents and ask the teacher for grounded pairs about each chunk.
 
         Args:
-            ctx: checkpointing and rank sharding (one checkpoint key, "doc_qa"), and the
-                teacher's name for lineage; every rank calls this and gets the same result.
+            ctx: checkpointing and the executor (one checkpoint key, "doc_qa"), and the
+                teacher's name for lineage.
 
         Returns:
             Examples (ids "r{round}-d{document}-c{chunk}-q{position}") in document and chunk

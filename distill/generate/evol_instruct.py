@@ -214,8 +214,7 @@ class Config(GeneratorSettings):
     def run(self, ctx: GenerationContext) -> GenerationResult:
         """Evolve the initial instructions for `evolution_rounds` rounds and answer them.
 
-        The initial pool is the `instructions` file, or else the run's seed tasks. Every
-        rank calls this and gets the same result.
+        The initial pool is the `instructions` file, or else the run's seed tasks.
 
         Returns:
             Examples (initial ones "r{round}-c{chain}-e0", evolved ones

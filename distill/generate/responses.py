@@ -27,7 +27,7 @@ class SamplingConfig(Strict):
     """Sampling settings as a recipe writes them (OpenAI / vLLM names and meanings).
 
     The per-request seed is not a setting: each request gets `ctx.request_seed(...)`,
-    so an answer never depends on batching, ranks or resumption.
+    so an answer never depends on batching, replicas or resumption.
     """
 
     temperature: float = Field(0.7, ge=0.0, description="Softmax temperature; 0 is greedy.")
@@ -69,7 +69,7 @@ def generate_responses(
             `lineage.proposed_output`.
         sampling: settings (a `SamplingConfig` or a backend `Sampling`); each request
             gets its own seed `ctx.request_seed("response", key, id)` and n = 1.
-        ctx: the generation context (checkpoints under `key`, rank sharding).
+        ctx: the generation context (checkpoints under `key`, the executor).
         key: checkpoint key; use a different one per call within a stage.
         system_prompt: optional system message before the user turn.
         template: optional prompt template (distill/prompts/<name>.jinja, variables

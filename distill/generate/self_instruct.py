@@ -110,7 +110,8 @@ class Config(GeneratorSettings):
     prompts_per_step: int = Field(
         8, ge=1,
         description="Prompts generated together; the machine pool grows between steps. "
-                    "With several ranks, use a multiple of chunk size x ranks.")
+                    "With several replicas (executor ray), use a multiple of chunk size x "
+                    "replicas.")
     max_steps: int | None = Field(
         None, ge=1,
         description="Guard against a teacher that writes no usable task; null: 4x the "
@@ -174,7 +175,7 @@ class Config(GeneratorSettings):
         """Grow the run's seed tasks into `num_instructions` answered instructions.
 
         Instruction steps are checkpointed under "instructions-step0000", ..., the response
-        step under "responses". Every rank calls this and gets the same result.
+        step under "responses".
 
         Returns:
             Examples (ids "r{round}-s{step}-p{prompt}-t{block}"), parse and response

@@ -182,7 +182,7 @@ class Config(GeneratorSettings):
         """Write the sections and exercises the settings specify, in curriculum order.
 
         Args:
-            ctx: checkpointing and rank sharding ("sections" and "exercises" keys), and the
+            ctx: checkpointing and the executor ("sections" and "exercises" keys), and the
                 teacher's name for lineage.
 
         Returns:

@@ -2,11 +2,10 @@
 
 import json
 import re
-import threading
 
 import pytest
 from pydantic import ValidationError
-from scripted_teacher import ScriptedTeacher
+from scripted_teacher import AlternatingReplicas, ScriptedTeacher
 
 from distill.generate.evol_instruct import (
     IN_DEPTH,
@@ -366,7 +365,7 @@ def test_the_declared_templates_follow_the_settings():
     assert lean.dependencies().templates == ("evol_breadth_compact",)
 
 
-# -- resumption and ranks --------------------------------------------------------------------
+# -- resumption and replicas -----------------------------------------------------------------
 
 def test_killed_run_resumes_to_the_uninterrupted_result(make_ctx):
     cfg = Config(evolution_rounds=3, difficulty_judge=True)
@@ -380,22 +379,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_ctx):
         assert len(teacher.requests) < len(full_teacher.requests)  # only the missing part
 
 
-def test_two_ranks_give_the_single_rank_result(make_ctx):
+def test_chunks_from_two_replicas_out_of_order_give_the_one_engine_result(make_ctx):
     cfg = Config(evolution_rounds=2)
     single, _ = run(make_ctx, cfg, "single")
-    barrier = threading.Barrier(2, timeout=30)
-    results = {}
-
-    def rank(index):
-        results[index], _ = run(make_ctx, cfg, "ranks", rank=index, world_size=2,
-                                barrier=barrier.wait)
-
-    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert dump(results[0]) == dump(results[1]) == dump(single)
+    teachers = ScriptedTeacher(script), ScriptedTeacher(script)
+    replicated, _ = run(make_ctx, cfg, "replicas", teacher=None,
+                        executor=AlternatingReplicas(*teachers))
+    assert dump(replicated) == dump(single)
+    assert teachers[0].requests and teachers[1].requests  # both replicas did work
 
 
 # -- the whole loop through the CLI ----------------------------------------------------------
