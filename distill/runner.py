@@ -97,6 +97,7 @@ class Runner:
 
     def _rounds(self) -> None:
         recipe = self.recipe
+        self._resolve_models()
         student = self._model_ref(recipe.student)
         teacher = self._model_ref(recipe.teacher)
         self.evaluate("base", student)
@@ -145,6 +146,21 @@ class Runner:
         if real is None:
             return None
         return draw_real(real, self.recipe.seed, round_index, fresh=self.recipe.rounds.fresh_real)
+
+    def _resolve_models(self) -> None:
+        """Resolve every model the recipe names before any stage runs.
+
+        Hub models are downloaded here (offline: found in the cache) and pinned to their
+        commits, so that a missing or unreachable one stops the run before any work rather
+        than at the stage that needs it, hours later (`distill.identity.ModelUnavailable`).
+        """
+        recipe = self.recipe
+        specs: list[ModelSpec] = [recipe.student, recipe.teacher]
+        for component in (recipe.generate, *recipe.filters, recipe.decontamination):
+            specs += [spec for spec in component.dependencies().models.values()
+                      if spec != "teacher"]
+        for spec in specs:
+            self._model_ref(spec)
 
     def _model_ref(self, spec: ModelSpec) -> ModelRef:
         key = spec.model_dump_json(include={"model", "revision", "chat_template"})
