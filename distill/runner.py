@@ -379,6 +379,7 @@ class Runner:
             spec = TrainSpec(method=recipe.train.method, sft_args=recipe.train.sft_args,
                              model=student.path, chat_template=student.chat_template,
                              lora=recipe.student.lora, args=recipe.train.args,
+                             global_batch_size=recipe.train.global_batch_size,
                              data_path=str(data_path), output_dir=str(out), seed=recipe.seed,
                              quiet=self.options.quiet)
             report = self._progress(f"{label} train")

@@ -95,15 +95,18 @@ def sft_defaults(*, full_finetune: bool) -> dict[str, Any]:
 
 
 def resolve_sft_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
-                     quiet: bool = False) -> dict[str, Any]:
+                     quiet: bool = False, global_batch_size: int | None = None
+                     ) -> dict[str, Any]:
     """`train.args` with distill's defaults filled in where the user set nothing.
 
     Hardware-dependent defaults are decided here, in the process that trains: bf16 is
     TRL's default only where the device supports it, so that the same recipe also runs
-    on a CPU.
+    on a CPU; and with a `global_batch_size`, gradient accumulation follows the number of
+    processes training (`with_global_batch`).
     """
     resolved = {**sft_defaults(full_finetune=full_finetune), "seed": seed,
                 "disable_tqdm": quiet, **args}
+    resolved = with_global_batch(resolved, global_batch_size, training_processes(), "sft")
     return _device_defaults(resolved, args)
 
 
@@ -127,11 +130,95 @@ def dpo_defaults(*, full_finetune: bool) -> dict[str, Any]:
 
 
 def resolve_dpo_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
-                     quiet: bool = False) -> dict[str, Any]:
+                     quiet: bool = False, global_batch_size: int | None = None
+                     ) -> dict[str, Any]:
     """`train.args` for `DPOConfig`, with distill's defaults where the user set nothing."""
     resolved = {**dpo_defaults(full_finetune=full_finetune), "seed": seed,
                 "disable_tqdm": quiet, **args}
+    resolved = with_global_batch(resolved, global_batch_size, training_processes(), "dpo")
     return _device_defaults(resolved, args)
+
+
+# -- the global batch ----------------------------------------------------------------------
+
+def training_processes() -> int:
+    """How many processes train together: WORLD_SIZE under `accelerate launch`, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_device_batch(args: dict[str, Any], trainer: str) -> int:
+    """`per_device_train_batch_size` as TRL will read it: the recipe's, else its default."""
+    if "per_device_train_batch_size" in args:
+        return int(args["per_device_train_batch_size"])
+    return int(_config_defaults(trainer)["per_device_train_batch_size"])
+
+
+def accumulation_steps(global_batch_size: int, per_device: int, processes: int) -> int:
+    """The gradient accumulation that makes each optimizer step see `global_batch_size`.
+
+    Raises:
+        ValueError: the global batch is not a whole number of per-device batches on every
+            process (a rounded accumulation would silently train with another batch).
+    """
+    per_step = per_device * processes
+    if global_batch_size % per_step:
+        raise ValueError(
+            f"train.global_batch_size {global_batch_size} is not a multiple of "
+            f"per_device_train_batch_size {per_device} x {processes} process(es) = {per_step}; "
+            "choose a global batch (or a per-device batch) that divides evenly, e.g. powers "
+            "of two on 1, 2, 4 or 8 GPUs")
+    return global_batch_size // per_step
+
+
+def with_global_batch(resolved: dict[str, Any], global_batch_size: int | None,
+                      processes: int, trainer: str) -> dict[str, Any]:
+    """`resolved` with the gradient accumulation that `global_batch_size` asks for.
+
+    The effective batch is per-device batch x processes x accumulation, so a fixed
+    accumulation in the recipe would train a different model on 8 GPUs than on one; the
+    global batch stays what the recipe says, whatever the GPU count.
+    """
+    if global_batch_size is None:
+        return resolved
+    check_global_batch_args(global_batch_size, resolved, trainer)
+    steps = accumulation_steps(global_batch_size, per_device_batch(resolved, trainer), processes)
+    return {**resolved, "gradient_accumulation_steps": steps}
+
+
+def check_global_batch(spec: TrainSpec, processes: int) -> None:
+    """Check, before launching, that `processes` can train the spec's global batch.
+
+    Raises:
+        ValueError: as `accumulation_steps`, for the spec's args (and sft_args).
+    """
+    steps = [(spec.args, "sft" if spec.method == "sft" else "dpo")]
+    if spec.method == "sft_then_dpo":
+        steps.append((spec.sft_args, "sft"))
+    for args, trainer in steps:
+        if spec.global_batch_size is not None:
+            accumulation_steps(spec.global_batch_size, per_device_batch(args, trainer),
+                               processes)
+
+
+def check_global_batch_args(global_batch_size: int, args: dict[str, Any], trainer: str,
+                            where: str = "train.args") -> None:
+    """Refuse TRL arguments that would change the batch that `global_batch_size` fixes.
+
+    Raises:
+        ValueError: gradient_accumulation_steps or auto_find_batch_size is set, or the global
+            batch is not a multiple of the per-device batch.
+    """
+    if "gradient_accumulation_steps" in args:
+        raise ValueError(f"{where}.gradient_accumulation_steps is set too: global_batch_size "
+                         "decides the accumulation from the number of processes; remove one "
+                         "of the two")
+    if args.get("auto_find_batch_size"):
+        raise ValueError(f"{where}.auto_find_batch_size halves the per-device batch on running "
+                         "out of memory, which would change the global batch; remove it")
+    per_device = per_device_batch(args, trainer)
+    if global_batch_size % per_device:
+        raise ValueError(f"global_batch_size {global_batch_size} is not a multiple of "
+                         f"{where}.per_device_train_batch_size {per_device}")
 
 
 def _device_defaults(resolved: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
@@ -262,6 +349,16 @@ def _check_train_arg_name(key: str, info: ValidationInfo) -> str:
 
 
 @functools.cache
+def _config_defaults(trainer: str) -> dict[str, Any]:
+    import dataclasses
+
+    import trl
+
+    return {f.name: f.default for f in dataclasses.fields(getattr(trl, TRL_CONFIGS[trainer]))
+            if f.default is not dataclasses.MISSING}
+
+
+@functools.cache
 def _config_fields(trainer: str) -> frozenset[str]:
     import dataclasses
 
@@ -359,6 +456,13 @@ class TrainConfig(Strict):
     sft_args: dict[TrainArgName, Any] = Field(
         default_factory=dict, description="sft_then_dpo only: trl.SFTConfig arguments of the "
         "SFT step (defaults as for method sft).")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Examples per optimizer step, whatever the number of GPUs: "
+        "the training processes set gradient_accumulation_steps = global_batch_size / "
+        "(per_device_train_batch_size x processes), and refuse a count that does not divide. "
+        "Do not set gradient_accumulation_steps with it. With sft_then_dpo it applies to both "
+        "steps. null: the accumulation in args (TRL's default 1), so the effective batch "
+        "grows with the GPU count.")
 
     @field_validator("args")
     @classmethod
@@ -391,6 +495,21 @@ class TrainConfig(Strict):
         check_sft_values(value)
         return value
 
+    @field_validator("global_batch_size")
+    @classmethod
+    def _global_batch(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        method = info.data.get("method", "sft")
+        steps = {"args": "sft" if method == "sft" else "dpo"}
+        if method == "sft_then_dpo":
+            steps["sft_args"] = "sft"
+        for name, trainer in steps.items():
+            args = info.data.get(name)
+            if args is not None:  # None: already reported as invalid
+                check_global_batch_args(value, args, trainer, where=f"train.{name}")
+        return value
+
 
 class TrainSpec(BaseModel):
     """One training job, complete and JSON-serialisable (it crosses process boundaries)."""
@@ -408,6 +527,9 @@ class TrainSpec(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict, description="train.args, untouched.")
     sft_args: dict[str, Any] = Field(default_factory=dict,
                                      description="train.sft_args (sft_then_dpo), untouched.")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="train.global_batch_size: the training processes set "
+        "gradient_accumulation_steps from it and their number.")
     data_path: str = Field(description="JSONL written by distill.records; each row's "
                            "`messages` (user, assistant) is what the student learns, or "
                            "preference pairs (prompt, chosen, rejected) for DPO.")

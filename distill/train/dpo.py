@@ -62,7 +62,7 @@ def prepare_dpo(spec: TrainSpec, callbacks: list | None = None) -> PreparedTrain
 
     # TRL arguments and trainer
     args = resolve_dpo_args(spec.args, full_finetune=spec.lora is None, seed=spec.seed,
-                            quiet=spec.quiet)
+                            quiet=spec.quiet, global_batch_size=spec.global_batch_size)
     trainer = DPOTrainer(model=spec.model, args=DPOConfig(output_dir=trainer_dir(spec), **args),
                          train_dataset=dataset, processing_class=tokenizer,
                          peft_config=spec.lora and spec.lora.to_peft(), callbacks=callbacks)

@@ -11,7 +11,13 @@
 The method's function and module come from `distill.registry.TRAINERS`. By hand, the
 subprocess is the same as
 
-    accelerate launch --config_file recipes/accelerate/cpu.yaml -m distill.train.sft spec.json
+    accelerate launch --config_file recipes/accelerate/cpu.yaml --num_processes 1 \
+        -m distill.train.sft spec.json
+
+`--num_processes` is the config's own `num_processes`, or, for a multi-GPU config that
+leaves it out (ddp.yaml, fsdp.yaml, deepspeed_zero3.yaml), the number of GPUs this process
+sees: CUDA_VISIBLE_DEVICES when set, else torch's device count. So
+`CUDA_VISIBLE_DEVICES=2,3 distill run ...` trains on those two GPUs with two processes.
 """
 
 from __future__ import annotations
@@ -26,11 +32,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from distill.registry import TRAINERS
-from distill.train.config import LocalLauncher, RayLauncher, TrainResult, TrainSpec
+from distill.train.config import (
+    LocalLauncher,
+    RayLauncher,
+    TrainResult,
+    TrainSpec,
+    check_global_batch,
+)
 
 LOG_TAIL_LINES = 40
 PROGRESS_POLL_S = 0.5  # how often the parent reads the subprocess's progress file
@@ -90,10 +103,74 @@ def launch_training(spec: TrainSpec, accelerate_config: str | Path | None,
                               progress)
 
 
-def accelerate_command(config: str | Path, module: str, spec_path: str | Path) -> list[str]:
-    """The `accelerate launch` command line, run by this interpreter (so the same venv)."""
+def accelerate_command(config: str | Path, module: str, spec_path: str | Path,
+                       num_processes: int | None = None) -> list[str]:
+    """The `accelerate launch` command line, run by this interpreter (so the same venv).
+
+    `num_processes` None reads the count from the config (`launch_processes`).
+    """
+    if num_processes is None:
+        num_processes = launch_processes(read_accelerate_config(Path(config)), Path(config))
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-            "-m", module, str(spec_path)]
+            "--num_processes", str(num_processes), "-m", module, str(spec_path)]
+
+
+def read_accelerate_config(config: Path) -> dict[str, Any]:
+    """An accelerate config file's settings.
+
+    Raises:
+        ValueError: the file is not valid YAML.
+    """
+    try:
+        return yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"accelerate config {config}: not valid YAML ({error})") from None
+
+
+def launch_processes(settings: dict[str, Any], config: Path) -> int:
+    """How many processes a launch with this accelerate config starts on this machine.
+
+    The config's `num_processes` if it has one (a single-process config, distributed_type
+    NO, means 1); otherwise one per visible GPU, so the shipped multi-GPU configs follow
+    CUDA_VISIBLE_DEVICES instead of a count written for someone else's machine.
+
+    Raises:
+        ValueError: no count in the config and none to be had from the GPUs (none visible,
+            a CPU config, or several machines, where the count is the total of all of them).
+    """
+    if settings.get("num_processes") is not None:
+        return int(settings["num_processes"])
+    if str(settings.get("distributed_type", "NO")).upper() == "NO":
+        return 1
+    if int(settings.get("num_machines") or 1) > 1 or settings.get("use_cpu"):
+        why = "a multi-machine launch" if int(settings.get("num_machines") or 1) > 1 \
+            else "a CPU launch"
+        raise ValueError(f"accelerate config {config} has no num_processes, which {why} "
+                         "needs: set num_processes in it (the total over all machines)")
+    gpus = visible_gpus()
+    if gpus < 1:
+        raise ValueError(
+            f"accelerate config {config} has no num_processes, so it starts one process per "
+            f"visible GPU, and none is visible (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); make GPUs visible or set "
+            "num_processes in the config")
+    return gpus
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else torch's count."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        import torch
+
+        return torch.cuda.device_count()
+    count = 0
+    for item in visible.split(","):
+        item = item.strip()
+        if not item or item.startswith("-"):  # CUDA ignores the ids after an invalid one
+            break
+        count += 1
+    return count
 
 
 def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Path,
@@ -101,6 +178,9 @@ def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Pat
                        ) -> TrainResult:
     if not config.is_file():
         raise FileNotFoundError(f"accelerate config {config}: no such file")
+    num_processes = launch_processes(read_accelerate_config(config), config)
+    if spec.global_batch_size is not None:  # refused here, before any process starts
+        check_global_batch(spec, num_processes)
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec_path = spec.save(out / "train_spec.json")
@@ -108,7 +188,7 @@ def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Pat
     result_path.unlink(missing_ok=True)
     progress_file = _ProgressFile(Path(spec.progress_path), progress)
 
-    command = accelerate_command(config, module, spec_path)
+    command = accelerate_command(config, module, spec_path, num_processes)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(command)}\n")
@@ -145,10 +225,7 @@ def _child_env(config: Path) -> dict[str, str]:
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    try:
-        settings = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"accelerate config {config}: not valid YAML ({error})") from None
+    settings = read_accelerate_config(config)
     # accelerate's multi-process launcher does not pass `use_cpu` on; its ranks read this.
     if settings.get("use_cpu"):
         env["ACCELERATE_USE_CPU"] = "true"

@@ -60,7 +60,7 @@ def prepare_sft(spec: TrainSpec, callbacks: list | None = None) -> PreparedTrain
 
     # TRL arguments: they decide which tokens carry the loss, and so the dataset's format
     args = resolve_sft_args(spec.args, full_finetune=spec.lora is None, seed=spec.seed,
-                            quiet=spec.quiet)
+                            quiet=spec.quiet, global_batch_size=spec.global_batch_size)
     loss_mask = choose_loss_mask(tokenizer, args)
 
     # Dataset
