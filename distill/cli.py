@@ -1,7 +1,8 @@
 """The `distill` command line.
 
     distill run recipes/quickstart.yaml [key.sub=value ...] [--force STAGE] [--quiet]
-    distill validate recipes/x.yaml        check a recipe without running it
+    distill run recipes/alpaca.yaml --profile smoke    a recipe's small first try
+    distill validate recipes/x.yaml [--profile P]      check a recipe without running it
     distill show runs/<name>               rounds, stages, fingerprints, counts, scores
     distill report runs/<name>             (re)write runs/<name>/report.md
     distill schema                         the recipe's JSON Schema, for editors
@@ -42,11 +43,11 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(recipe_path: Path, overrides: list[str] | None):
+def _load(recipe_path: Path, overrides: list[str] | None, profile: str | None = None):
     from distill.recipe import RecipeError, load_recipe
 
     try:
-        return load_recipe(recipe_path, overrides)
+        return load_recipe(recipe_path, overrides, profile)
     except RecipeError as error:
         raise _fail(str(error)) from None
 
@@ -144,6 +145,9 @@ def run(
     stop_after: Annotated[str | None, typer.Option(
         "--stop-after", help="Stop once this stage of the first round is done.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="One of the recipe's `profiles` (e.g. smoke), applied before the "
+        "overrides; the run is named <name>-<profile> unless the profile sets a name.")] = None,
 ) -> None:
     """Run a recipe end to end; re-running resumes where it stopped."""
     from distill.runner import STAGES, Runner, RunOptions, refuse_launched_ranks
@@ -152,7 +156,7 @@ def run(
         refuse_launched_ranks()
     except RuntimeError as error:
         raise _fail(str(error)) from None
-    loaded = _load(recipe, overrides)
+    loaded = _load(recipe, overrides, profile)
     unknown = sorted(set(force or []) - set(STAGES))
     if unknown:
         raise _fail(f"--force: unknown stage(s) {unknown}; stages are {list(STAGES)}")
@@ -215,9 +219,11 @@ class _progress_bars:
 def validate(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="Check the recipe as this profile of its own makes it.")] = None,
 ) -> None:
     """Check a recipe (schema, files, values) without running anything."""
-    loaded = _load(recipe, overrides)
+    loaded = _load(recipe, overrides, profile)
     console.print(f"[green]ok:[/] {recipe} ({loaded.name}: {loaded.rounds.count} round(s), "
                   f"{len(loaded.filters)} filter(s), teacher {loaded.teacher.model})",
                   soft_wrap=True)

@@ -1,6 +1,7 @@
 """The recipe: one YAML file that describes a whole distillation experiment.
 
-`load_recipe(path, overrides)` reads the YAML, applies dotted `key.sub=value` overrides,
+`load_recipe(path, overrides, profile)` reads the YAML, applies a named profile of the
+recipe's own (`profiles:`, e.g. `smoke`) and then dotted `key.sub=value` overrides,
 resolves relative paths against the recipe's own directory and validates everything.
 Any problem raises `RecipeError` with one line per problem naming the field path
 (`filters.1.threshold: ...`); the CLI prints it and exits with code 2.
@@ -172,6 +173,12 @@ class Recipe(Strict):
                                  "whether decisions feed training.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Per-round "
                                    "metrics (perplexity, diversity, coverage) after evaluation.")
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Named variants of the recipe, chosen with `distill "
+        "run recipe.yaml --profile NAME` (and `distill validate --profile NAME`): each maps "
+        "dotted keys to values, as overrides on the command line do (applied before them), "
+        "e.g. `smoke: {generate.num_instructions: 200, train.args.max_steps: 20}`. A profile "
+        "that does not set `name` runs as `<name>-<profile>`, in its own run directory.")
     executor: ExecutorSettings = Field(
         default_factory=lambda: EXECUTORS.get("local")(),
         description="Where the teacher's generation engines run, chosen by `kind` (a bare "
@@ -248,6 +255,18 @@ class Recipe(Strict):
             raise ValueError("use letters, digits, '.', '_' and '-' only (it names a directory)")
         return value
 
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, settings in value.items():
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r}: use letters, digits, '.', '_' and '-' only (a "
+                                 "profile's name ends its run's name)")
+            for key in settings:
+                if not key or key.split(".")[0] == "profiles" or "" in key.split("."):
+                    raise ValueError(f"{name}: {key!r} is not a dotted key of the recipe")
+        return value
+
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides; values are YAML scalars, list items are indexed."""
@@ -256,28 +275,56 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise RecipeError(f"override {override!r}: expected key.path=value")
         value = yaml.safe_load(raw) if raw.strip() else ""
-        parts = key.split(".")
-        node: Any = data
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[: depth + 1])
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise RecipeError(f"override {key}: {where} is not an index of a list "
-                                      f"of {len(node)}")
-                if last:
-                    node[int(part)] = value
-                else:
-                    node = node[int(part)]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, {})
-            else:
-                raise RecipeError(f"override {key}: {'.'.join(parts[:depth])} is a value, "
-                                  "not a section")
+        set_dotted(data, key, value, f"override {key}")
     return data
+
+
+def apply_profile(data: dict[str, Any], profile: str) -> dict[str, Any]:
+    """Apply the recipe's profile `profile`: its dotted keys, as overrides would set them.
+
+    A profile that does not set `name` appends `-<profile>` to the run name, so that a
+    smoke run never shares its run directory (and its finished stages) with the full one.
+
+    Raises:
+        RecipeError: the recipe has no such profile (the message lists the known ones), or a
+            key does not fit the recipe.
+    """
+    profiles = data.get("profiles") or {}
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) or p is None
+                                                 for p in profiles.values()):
+        raise RecipeError("profiles: a mapping of profile names to {dotted.key: value}")
+    if profile not in profiles:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise RecipeError(f"--profile {profile}: unknown profile; this recipe has: {known}")
+    settings = profiles[profile] or {}
+    for key, value in settings.items():
+        set_dotted(data, str(key), value, f"profiles.{profile}.{key}")
+    if "name" not in settings and isinstance(data.get("name"), str):
+        data["name"] = f"{data['name']}-{profile}"
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, label: str) -> None:
+    """Set `a.b.c` (list items by index) to `value`; errors start with `label`."""
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"{label}: {where} is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise RecipeError(f"{label}: {'.'.join(parts[:depth])} is a value, not a section")
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -298,8 +345,12 @@ def format_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe; raises RecipeError naming every problem."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                profile: str | None = None) -> Recipe:
+    """Read, override and validate a recipe; raises RecipeError naming every problem.
+
+    `profile` names one of the recipe's `profiles`, applied before `overrides`.
+    """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
@@ -312,6 +363,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
                           ) from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping of sections")
+    if profile is not None:
+        data = apply_profile(data, profile)
     data = apply_overrides(data, overrides or [])
     try:
         return recipe_model().model_validate(data, context={"base_dir": path.parent.resolve()})
