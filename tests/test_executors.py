@@ -94,6 +94,39 @@ def test_replicas_are_planned_from_the_cluster_and_refused_when_they_cannot_fit(
         plan_replicas(RayConfig(gpus_per_replica=8), {}, [node, node])
 
 
+# -- the context's side of the contract -------------------------------------------------------
+
+class SwappingExecutor:
+    """Answers each chunk with the next chunk's generations: an executor with a bug."""
+
+    backend = None
+
+    def run(self, chunks):
+        from distill.backends.base import Generation
+
+        for (index, _), (_, other) in zip(chunks, chunks[1:], strict=False):
+            yield index, [Generation(r.id, 0, "text", "stop") for r in other]
+
+    def summary(self):
+        return {"kind": "swapping"}
+
+    def close(self):
+        pass
+
+
+def test_the_context_refuses_a_chunk_of_other_requests_and_writes_nothing(tmp_path):
+    from distill.backends.base import GenerationRequest, Sampling
+    from distill.generate.context import GenerationContext
+
+    requests = [GenerationRequest(f"r{i}", Sampling(), prompt="p") for i in range(4)]
+    context = GenerationContext(None, tmp_path, chunk_size=2, executor=SwappingExecutor())
+    with pytest.raises(RuntimeError, match="chunk 0 came back with the generations of other"):
+        context.generate("key", requests)
+    assert not list(tmp_path.rglob("*.jsonl"))
+    with pytest.raises(ValueError, match="needs a backend or an executor"):
+        GenerationContext(None, tmp_path).generate("key", requests)
+
+
 # -- a generation stage under each executor ---------------------------------------------------
 
 def make_recipe(out: Path, model: Path, executor: object = "local", max_tokens: int = 64):

@@ -12,12 +12,18 @@ the actor and the executor sends the chunk again. A replica lost more than `max_
 times fails the stage, with every finished chunk already on disk: a rerun resumes.
 
 Every node needs distill and the backend's libraries installed, and the teacher at the
-same path (or hub id). Ray gives an actor of `cpus_per_replica` CPUs that many OpenMP
-threads (OMP_NUM_THREADS), so a CPU engine in a replica may use fewer threads than the
-local executor. That is left as is: torch's thread count did not change a byte of a
-float32 model's generations on CPU (1 against 2 threads, and the tests compare the
-replicas' shard files with the local executor's byte for byte). On GPUs the CPU threads
-do not enter the numbers at all.
+same path (or hub id). A replica holds `gpus_per_replica` GPUs (Ray sets its
+CUDA_VISIBLE_DEVICES); with tensor_parallel_size > 1, vLLM starts its tensor-parallel
+workers itself on those GPUs (multiprocessing: the actor is in no placement group). A Ray
+that the executor started itself (no address, no RAY_ADDRESS, no `ray start` on this
+machine) is shut down at the end of the stage.
+
+Ray gives an actor of `cpus_per_replica` CPUs that many OpenMP threads (OMP_NUM_THREADS),
+so a CPU engine in a replica may use fewer threads than the local executor. That is left
+as is: torch's thread count did not change a byte of the tiny float32 test models'
+generations on CPU (1 against 2 threads; tests/test_executors.py compares the replicas'
+shard files with the local executor's byte for byte). On GPUs the model's arithmetic does
+not run on CPU threads.
 """
 
 from __future__ import annotations
