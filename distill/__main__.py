@@ -1,4 +1,4 @@
-"""`python -m distill ...` (what `accelerate launch -m distill run ...` executes)."""
+"""`python -m distill ...`, the same as the `distill` command."""
 
 from distill.cli import app
 
