@@ -107,9 +107,11 @@ def _funnel_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -> list[
     lines = ["### Funnel", ""]
     counts = generate.get("counts", {})
     if counts:
+        dtype = (generate.get("executor") or {}).get("dtype")
+        ran = f" The teacher ran in {dtype}." if dtype else ""
         lines.append(f"Generation: {counts.get('candidates', 0)} candidates parsed, "
                      f"{counts.get('rejected', 0)} teacher outputs rejected while parsing "
-                     f"({_reasons(_generate_rejects(generate.get('stats', {})))}).")
+                     f"({_reasons(_generate_rejects(generate.get('stats', {})))}).{ran}")
         lines.append("")
         lines += _parse_rejects(round_dir / "generate" / "rejected.jsonl")
     if not funnel_path.exists():

@@ -399,8 +399,8 @@ class Runner:
     def evaluate(self, label: str, model: ModelRef) -> Stage:
         """lm-eval on a model: the base student (`base`) or a round's trained student."""
         recipe = self.recipe
-        # batch size only changes speed, so it stays out of the fingerprint
-        config = {"eval": recipe.eval.model_dump(mode="json", exclude={"batch_size"}),
+        # batch size and parallelism change only speed: they stay out of the fingerprint
+        config = {"eval": recipe.eval.fingerprint_settings(),
                   "seed": recipe.seed}
         inputs = {"model": model.identity, "benchmarks": _tasks_identity(recipe.eval.include_path)}
 

@@ -169,7 +169,8 @@ def written(stage: Stage) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def local_stage(tmp_path_factory, tiny_model_dir) -> Stage:
     stage = generate(make_recipe(tmp_path_factory.mktemp("local"), tiny_model_dir))
-    assert stage.manifest()["executor"] == {"kind": "local"}
+    # the dtype the teacher ran in is on record (the tiny model is float32)
+    assert stage.manifest()["executor"] == {"kind": "local", "dtype": "float32"}
     shards = [name for name in written(stage) if name.startswith("checkpoints/")]
     assert len(shards) == RECORDS // CHUNK
     return stage
@@ -211,7 +212,8 @@ def test_two_ray_replicas_write_the_local_executors_bytes(local_stage, cluster, 
     stage = generate(make_recipe(tmp_path, tiny_model_dir, ray_executor(cluster)))
     assert written(stage) == written(local_stage)  # candidates, rejected and every shard
     assert stage.manifest()["executor"] == {"kind": "ray", "replicas": 2,
-                                            "gpus_per_replica": 0.0, "retried_chunks": 0}
+                                            "gpus_per_replica": 0.0, "retried_chunks": 0,
+                                            "dtype": "float32"}
 
 
 @pytest.mark.slow
@@ -303,3 +305,10 @@ def test_a_replica_lost_past_max_restarts_fails_the_stage_and_a_rerun_resumes(
     stage = generate(make_recipe(tmp_path, tiny_model_dir))  # the rerun, here locally
     assert stage.manifest()["resumed_requests"] == len(saved) * CHUNK
     assert written(stage) == written(local_stage)
+
+
+def test_the_report_says_which_dtype_the_teacher_ran_in(local_stage):
+    from distill.report import write_report
+
+    report = write_report(local_stage.path.parents[1]).read_text(encoding="utf-8")
+    assert "The teacher ran in float32." in report

@@ -34,7 +34,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -73,6 +73,20 @@ class Config(Strict):
     bootstrap_iters: int = Field(
         100000, ge=0, description="Bootstrap draws for stderrs of non-mean metrics; 0 skips.")
     log_samples: bool = Field(False, description="Also write samples_<task>.jsonl per task.")
+
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    # lm-eval model_args that spread the same computation over more devices or memory: a
+    # run evaluated on one GPU resumes on eight without re-evaluating.
+    SPEED_MODEL_ARGS: ClassVar[frozenset[str]] = frozenset({
+        "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
+        "max_batch_size", "parallelize", "max_num_seqs", "enforce_eager", "swap_space"})
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """The settings as they enter the evaluate stage's fingerprint."""
+        settings = self.model_dump(mode="json", exclude=set(self.OPERATIONAL))
+        settings["model_args"] = {key: value for key, value in self.model_args.items()
+                                  if key not in self.SPEED_MODEL_ARGS}
+        return settings
 
 
 def evaluate_model(model_path: str, config: Config, output_dir: Path, seed: int = 0,

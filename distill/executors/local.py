@@ -36,8 +36,8 @@ class LocalExecutor:
             yield index, self.backend.generate(requests)
 
     def summary(self) -> dict[str, Any]:
-        """The executor's kind."""
-        return {"kind": "local"}
+        """The executor's kind and the dtype the engine ran in (None: a served model)."""
+        return {"kind": "local", "dtype": getattr(self.backend, "dtype", None)}
 
     def close(self) -> None:
         """Free the backend."""

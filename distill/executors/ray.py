@@ -133,6 +133,10 @@ class EngineReplica:
         """Answers once the engine is (re)built."""
         return True
 
+    def dtype(self) -> str | None:
+        """The dtype the engine runs in (None: a served model)."""
+        return getattr(self.backend, "dtype", None)
+
 
 # Ways to lose a replica mid-chunk (its process, its node, its memory); the chunk is sent
 # again. An error raised by the backend itself (a bad request) ends the stage instead.
@@ -253,8 +257,13 @@ class RayExecutor:
 
     def summary(self) -> dict[str, Any]:
         """Replicas started and chunks sent again after a replica was lost."""
+        dtype = None
+        if self._replicas:  # every replica builds the same engine
+            import ray
+
+            dtype = ray.get(self._replicas[0].dtype.remote())
         return {"kind": "ray", "replicas": self._started, "gpus_per_replica": self._gpus,
-                "retried_chunks": self.retried_chunks}
+                "retried_chunks": self.retried_chunks, "dtype": dtype}
 
     def close(self) -> None:
         """Stop the replicas (freeing their devices), and the Ray this executor started."""
