@@ -1,7 +1,7 @@
 """Start a training job the right way for the process we are in.
 
-- Already one rank of an `accelerate launch` (every rank runs the runner): train here, on
-  every rank; the ranks train collectively.
+- Already inside an `accelerate launch` (a script launched by hand, or `distill run`
+  started under a one-process launch): train here; several ranks train collectively.
 - A plain single process with an accelerate config: run
   `accelerate launch --config_file CFG -m <the method's module> spec.json` as a
   subprocess, its output streamed into a log file, its progress read from the JSON lines
