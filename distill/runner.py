@@ -248,6 +248,7 @@ class Runner:
                 progress=self._progress(f"{label} generate"), **loaders)
             try:
                 result = method.run(context)
+                ran = executor.summary()  # while its engines are up to say how they ran
             finally:
                 executor.close()
             write_jsonl(out / "candidates.jsonl", result.examples)
@@ -256,7 +257,7 @@ class Runner:
                                "rejected": len(result.rejected)},
                     "tokens": checkpoint_tokens(out / "checkpoints"),
                     "resumed_requests": context.stats.resumed_requests,
-                    "executor": executor.summary(), "stats": result.stats,
+                    "executor": ran, "stats": result.stats,
                     "teacher": teacher.path}
 
         return self._stage(label, "generate", config, inputs, work)

@@ -257,13 +257,20 @@ class RayExecutor:
 
     def summary(self) -> dict[str, Any]:
         """Replicas started and chunks sent again after a replica was lost."""
-        dtype = None
-        if self._replicas:  # every replica builds the same engine
-            import ray
-
-            dtype = ray.get(self._replicas[0].dtype.remote())
         return {"kind": "ray", "replicas": self._started, "gpus_per_replica": self._gpus,
-                "retried_chunks": self.retried_chunks, "dtype": dtype}
+                "retried_chunks": self.retried_chunks, "dtype": self._dtype()}
+
+    def _dtype(self) -> str | None:
+        """The engines' dtype (they all build the same engine), from a replica that answers."""
+        import ray
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+        for replica in self._replicas:
+            try:
+                return ray.get(replica.dtype.remote(), timeout=60)
+            except (*_lost_errors(), ActorUnavailableError, GetTimeoutError):
+                continue  # lost or restarting: ask the next one
+        return None
 
     def close(self) -> None:
         """Stop the replicas (freeing their devices), and the Ray this executor started."""
