@@ -163,7 +163,9 @@ class Runner:
             self._model_ref(spec)
 
     def _model_ref(self, spec: ModelSpec) -> ModelRef:
-        key = spec.model_dump_json(include={"model", "revision", "chat_template"})
+        # a model a server serves is only named, one loaded here is hashed: two entries
+        key = (spec.model_dump_json(include={"model", "revision", "chat_template"}) +
+               f"|loads weights: {spec.loads_weights()}")
         if key not in self._models:
             self._models[key] = ModelRef.resolve(spec)
         return self._models[key]

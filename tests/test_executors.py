@@ -312,3 +312,14 @@ def test_the_report_says_which_dtype_the_teacher_ran_in(local_stage):
 
     report = write_report(local_stage.path.parents[1]).read_text(encoding="utf-8")
     assert "The teacher ran in float32." in report
+
+
+def test_a_served_and_a_loaded_model_of_the_same_name_keep_their_own_identities(
+        tmp_path, tiny_model_dir):
+    from distill.models import ModelSpec, ServedModel
+
+    runner = Runner(make_recipe(tmp_path, tiny_model_dir))
+    served = ServedModel(model=str(tiny_model_dir), backend="openai")
+    loaded = ModelSpec(model=str(tiny_model_dir))
+    assert runner._model_ref(served).identity != runner._model_ref(loaded).identity
+    assert "weights" in str(runner._model_ref(loaded).identity)  # hashed, not only named
