@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from distill.train.config import RayLauncher, TrainResult, TrainSpec
+from distill.train.config import RayLauncher, TrainResult, TrainSpec, check_global_batch
 from distill.train.launch import (
     LOG_TAIL_LINES,
     PROGRESS_POLL_S,
@@ -148,6 +148,8 @@ def launch_on_ray(spec: TrainSpec, module: str, accelerate_config: str | Path | 
     connected_here = _connect(ray, launcher.address)
     try:
         bundle, per_node = _node_share(ray, launcher, settings)
+        if spec.global_batch_size is not None:  # refused here, before any node starts
+            check_global_batch(spec, launcher.nodes * per_node)
         group, nodes = _reserve(ray, launcher.nodes, bundle)
         try:
             jobs = _jobs(ray, group, bundle, nodes, per_node, settings, module, config,

@@ -257,3 +257,16 @@ def test_a_failing_node_fails_the_launch_with_its_output_tail(two_node_cluster, 
     spec_file = str(Path(spec.output_dir) / "train_spec.json")
     assert not [p.pid for p in psutil.process_iter(["cmdline"])
                 if spec_file in (p.info["cmdline"] or [])]
+
+
+@pytest.mark.slow
+def test_a_global_batch_the_nodes_cannot_split_is_refused_before_any_node_starts(
+        two_node_cluster, tiny_model_dir, chat_data, tmp_path):
+    cluster, _ = two_node_cluster()
+    per_device = FAST_ARGS["per_device_train_batch_size"]
+    spec = shared_spec(tmp_path, tiny_model_dir, chat_data).model_copy(
+        update={"global_batch_size": 3 * per_device})  # 2 nodes x 1 process: no whole split
+    with pytest.raises(ValueError, match=r"x 2 process\(es\)"):
+        launch_training(spec, CONFIGS / "cpu_2proc.yaml", log_path=tmp_path / "train.log",
+                        launcher=RayLauncher(nodes=2, address=cluster.address))
+    assert not (Path(spec.output_dir) / "nodes.json").exists()  # no node ran anything
