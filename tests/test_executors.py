@@ -88,10 +88,19 @@ def test_replicas_are_planned_from_the_cluster_and_refused_when_they_cannot_fit(
     with pytest.raises(RuntimeError, match="executor.replicas: the Ray cluster has no GPUs"):
         plan_replicas(RayConfig(), {}, [cpu_node])
     assert plan_replicas(RayConfig(replicas=2), {}, [cpu_node]) == (2, 0.0)
-    with pytest.raises(RuntimeError, match=r"3 replica\(s\) of 1 CPU\(s\) do not fit"):
+    with pytest.raises(RuntimeError, match=r"3 replica\(s\) of 0 GPU\(s\) and 1 CPU\(s\) do "
+                       r"not fit the Ray cluster's nodes \(2 fit"):
         plan_replicas(RayConfig(replicas=3), {}, [cpu_node])
-    with pytest.raises(RuntimeError, match=r"of 8 GPU\(s\) do not fit .* at most 4 on one node"):
+    with pytest.raises(RuntimeError, match=r"of 8 GPU\(s\) and 1 CPU\(s\) do not fit .*\(0 fit"):
         plan_replicas(RayConfig(gpus_per_replica=8), {}, [node, node])
+    # a replica lives on one node: two nodes of 3 GPUs hold two 2-GPU engines, not three
+    three = {"CPU": 8.0, "GPU": 3.0}
+    assert plan_replicas(RayConfig(), {"tensor_parallel_size": 2}, [three, three]) == (2, 2.0)
+    with pytest.raises(RuntimeError, match=r"\(2 fit, one node each\)"):
+        plan_replicas(RayConfig(replicas=3, gpus_per_replica=2), {}, [three, three])
+    # CPUs count per node too: 5 + 3 CPUs hold one replica of 4
+    with pytest.raises(RuntimeError, match=r"\(1 fit"):
+        plan_replicas(RayConfig(replicas=2, cpus_per_replica=4), {}, [{"CPU": 5.0}, {"CPU": 3.0}])
 
 
 # -- the context's side of the contract -------------------------------------------------------
@@ -323,3 +332,15 @@ def test_a_served_and_a_loaded_model_of_the_same_name_keep_their_own_identities(
     loaded = ModelSpec(model=str(tiny_model_dir))
     assert runner._model_ref(served).identity != runner._model_ref(loaded).identity
     assert "weights" in str(runner._model_ref(loaded).identity)  # hashed, not only named
+
+
+@pytest.mark.slow
+def test_an_engine_that_cannot_be_built_fails_with_its_own_message_not_as_a_lost_replica(
+        cluster, tmp_path, tiny_model_dir):
+    recipe = make_recipe(tmp_path, tiny_model_dir, ray_executor(cluster))
+    recipe.teacher.engine["device"] = "cuda:7"  # no such device here: every build fails
+    with pytest.raises(RuntimeError) as caught:
+        generate(recipe)
+    message = str(caught.value)
+    assert message.startswith("ray executor: the teacher's engine could not be built")
+    assert "lost" not in message and "cuda" in message.lower()

@@ -97,25 +97,24 @@ def plan_replicas(settings: RayConfig, engine: dict[str, Any],
             wait for resources forever).
     """
     cluster_gpus = sum(node.get("GPU", 0) for node in nodes)
-    cluster_cpus = sum(node.get("CPU", 0) for node in nodes)
     gpus = settings.gpus_per_replica
     if gpus is None:
         gpus = float(engine.get("tensor_parallel_size") or 1) if cluster_gpus else 0.0
+    cpus = settings.cpus_per_replica
+    # a replica lives on one node: count what fits node by node, not in the cluster's sum
+    fits = sum(int(min(node.get("GPU", 0) // gpus if gpus else float("inf"),
+                       node.get("CPU", 0) // cpus)) for node in nodes)
     replicas = settings.replicas
     if replicas is None:
         if not cluster_gpus or not gpus:
             raise RuntimeError("executor.replicas: the Ray cluster has no GPUs (or "
                                "gpus_per_replica is 0): say how many replicas to start")
-        replicas = int(cluster_gpus // gpus)
-    cpus = settings.cpus_per_replica
-    for what, per, total, largest in (
-            ("GPU", gpus, cluster_gpus, max((n.get("GPU", 0) for n in nodes), default=0)),
-            ("CPU", cpus, cluster_cpus, max((n.get("CPU", 0) for n in nodes), default=0))):
-        if per > largest or replicas * per > total:
-            raise RuntimeError(
-                f"executor: {replicas} replica(s) of {per:g} {what}(s) do not fit the Ray "
-                f"cluster ({total:g} {what}s, at most {largest:g} on one node); set "
-                f"executor.replicas or executor.{what.lower()}s_per_replica")
+        replicas = fits
+    if replicas > fits or not fits:
+        raise RuntimeError(
+            f"executor: {replicas} replica(s) of {gpus:g} GPU(s) and {cpus:g} CPU(s) do not "
+            f"fit the Ray cluster's nodes ({fits} fit, one node each); set "
+            f"executor.replicas, gpus_per_replica or cpus_per_replica")
     return replicas, gpus
 
 
@@ -220,6 +219,7 @@ class RayExecutor:
             try:
                 generations = ray.get(ref)
             except lost as error:
+                _raise_if_engine_failed(error)
                 self._lost(replica, chunk[0], error)
                 pending.appendleft(chunk)  # first in line for the next idle replica
                 self._probes[self._replicas[replica].ready.remote()] = replica
@@ -239,6 +239,7 @@ class RayExecutor:
             self._probes[self._replicas[replica].ready.remote()] = replica
             return False
         except ActorDiedError as error:  # Ray's restarts are spent (or its engine failed)
+            _raise_if_engine_failed(error)
             raise RuntimeError(
                 f"ray executor: replica {replica} is dead after {self._losses[replica]} "
                 f"loss(es) (executor.max_restarts {self.settings.max_restarts}); every "
@@ -284,6 +285,21 @@ class RayExecutor:
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
+
+
+def _raise_if_engine_failed(error: BaseException) -> None:
+    """An engine that could not be built (bad model, refused dtype) is no lost replica.
+
+    Restarting would fail the same way; the error's last line is the builder's own
+    message, which Ray's first line does not show.
+    """
+    from ray.exceptions import ActorDiedError
+
+    if isinstance(error, ActorDiedError) and error.actor_init_failed:
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        cause = lines[-1].strip() if lines else type(error).__name__
+        raise RuntimeError(f"ray executor: the teacher's engine could not be built on a "
+                           f"replica: {cause}") from error
 
 
 def _first_line(error: BaseException) -> str:
