@@ -347,8 +347,11 @@ class Runner:
         sources = policy.sources(round_index, real_first=recipe.rounds.real_first)
         data = [clean_data[r] for r in sources.synthetic]
         real = [real_draws[r] for r in sources.real] if real_draws else []  # no data.real
+        from distill.train.launch import training_shape
+
         config = {"train": recipe.train.model_dump(mode="json",
                                                    exclude=set(recipe.train.OPERATIONAL)),
+                  "launch": training_shape(recipe.train),
                   "lora": recipe.student.lora and recipe.student.lora.model_dump(mode="json"),
                   "policy": policy.model_dump(mode="json"), "seed": recipe.seed}
         inputs = {"student": student.identity, "data": [s.fingerprint for s in data],

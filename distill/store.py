@@ -21,7 +21,9 @@ from typing import Any
 from distill.records import read_json, write_json
 
 # Bump when a stage's outputs change meaning, so old runs are not silently reused.
-CACHE_VERSION = "1"
+# 2: vLLM's dtype auto is the checkpoint's (it ran bfloat16), chat students get their
+# turn-closing EOS, and the train stage's launch shape is fingerprinted.
+CACHE_VERSION = "2"
 
 
 def canonical_json(data: Any) -> str:

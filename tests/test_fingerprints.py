@@ -351,3 +351,24 @@ def test_eval_parallelism_and_batch_size_stay_out_of_the_evaluate_fingerprint():
     assert one_gpu.fingerprint_settings() == eight.fingerprint_settings()
     float32 = Config(tasks=["ifeval"], model_args={"dtype": "float32"})
     assert float32.fingerprint_settings() != one_gpu.fingerprint_settings()
+
+
+def test_the_launch_enters_the_train_fingerprint_only_where_it_changes_the_model():
+    from pathlib import Path
+
+    from distill.train.config import TrainConfig
+    from distill.train.launch import training_shape
+
+    configs = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+    one, two = str(configs / "cpu.yaml"), str(configs / "cpu_2proc.yaml")
+    # without a global batch, two processes double the effective batch: another model
+    assert training_shape(TrainConfig(accelerate_config=one)) != \
+        training_shape(TrainConfig(accelerate_config=two))
+    # with one, they train alike
+    fixed = {"global_batch_size": 16}
+    assert training_shape(TrainConfig(accelerate_config=one, **fixed)) == \
+        training_shape(TrainConfig(accelerate_config=two, **fixed))
+    # the config's mixed precision reaches TRL when the args leave bf16 unset
+    bf16 = str(configs / "single_gpu.yaml")
+    assert training_shape(TrainConfig(accelerate_config=bf16, **fixed))["mixed_precision"] \
+        == "bf16"

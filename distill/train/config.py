@@ -430,7 +430,8 @@ TrainLauncher = Annotated[LocalLauncher | RayLauncher, Field(discriminator="kind
 class TrainConfig(Strict):
     """The recipe's `train` section: how the student is trained."""
 
-    # Where training runs changes its speed, not what it learns.
+    # Where training runs changes its speed, not what it learns; the two things it does
+    # change (mixed precision, the process count) enter through `launch.training_shape`.
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"accelerate_config", "launcher"})
 
     method: TrainMethod = Field(

@@ -40,6 +40,7 @@ from distill.registry import TRAINERS
 from distill.train.config import (
     LocalLauncher,
     RayLauncher,
+    TrainConfig,
     TrainResult,
     TrainSpec,
     check_global_batch,
@@ -155,6 +156,29 @@ def launch_processes(settings: dict[str, Any], config: Path) -> int:
             f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); make GPUs visible or set "
             "num_processes in the config")
     return gpus
+
+
+def training_shape(train: TrainConfig) -> dict[str, Any]:
+    """What of the launch changes the trained model, for the train stage's fingerprint.
+
+    The accelerate config and launcher only say where training runs, except for two
+    things: the mixed precision they set (TRL reads it when the recipe's args leave bf16 /
+    fp16 unset) and, without `global_batch_size`, the number of processes, which
+    multiplies the effective batch. With a global batch, one GPU or eight train alike.
+
+    Raises:
+        ValueError: the config gives no process count (see `launch_processes`).
+    """
+    config = Path(train.accelerate_config) if train.accelerate_config else None
+    settings = read_accelerate_config(config) if config is not None else {}
+    shape: dict[str, Any] = {"mixed_precision": settings.get("mixed_precision", "no")}
+    if train.global_batch_size is None:
+        if train.launcher.kind == "ray":
+            shape["processes"] = {"nodes": train.launcher.nodes,
+                                  "per_node": train.launcher.processes_per_node}
+        else:
+            shape["processes"] = launch_processes(settings, config) if config else 1
+    return shape
 
 
 def visible_gpus() -> int:

@@ -81,10 +81,16 @@ def test_the_launcher_stays_out_of_the_train_stage_fingerprint(tmp_path):
         runner.train("round_0", ModelRef(path="m", identity={"fingerprint": "m"}), [clean])
         return seen[0]
 
-    local = train_stage_config({})
+    # with a global batch, the process count does not change what is learnt
+    fixed = {"global_batch_size": 64}
+    local = train_stage_config({"accelerate_config": str(CONFIGS / "cpu.yaml"), **fixed})
     assert train_stage_config({"accelerate_config": str(CONFIGS / "cpu_2proc.yaml"),
-                               "launcher": {"kind": "ray", "nodes": 4}}) == local
-    assert train_stage_config({"args": {"learning_rate": 1e-3}}) != local
+                               "launcher": {"kind": "ray", "nodes": 4}, **fixed}) == local
+    assert train_stage_config({"args": {"learning_rate": 1e-3}, **fixed}) != local
+    # without one it does: 4 nodes multiply the effective batch
+    assert train_stage_config({"accelerate_config": str(CONFIGS / "cpu_2proc.yaml"),
+                               "launcher": {"kind": "ray", "nodes": 4}}) != \
+        train_stage_config({"accelerate_config": str(CONFIGS / "cpu.yaml")})
 
 
 def test_the_train_stage_hands_the_recipe_launcher_to_the_launch(tmp_path, monkeypatch):
