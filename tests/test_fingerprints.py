@@ -344,12 +344,12 @@ def test_a_class_no_generic_value_fits_gives_examples(resources: Resources) -> N
 def test_eval_parallelism_and_batch_size_stay_out_of_the_evaluate_fingerprint():
     from distill.evaluate.harness import Config
 
-    one_gpu = Config(tasks=["ifeval"], model_args={"dtype": "bfloat16"})
-    eight = Config(tasks=["ifeval"], batch_size=64,
-                   model_args={"dtype": "bfloat16", "data_parallel_size": 8,
-                               "tensor_parallel_size": 1})
+    one_gpu = Config(tasks=["ifeval"], backend="vllm", model_args={"dtype": "bfloat16"})
+    eight = Config(tasks=["ifeval"], backend="vllm", batch_size=64,
+                   model_args={"dtype": "bfloat16", "data_parallel_size": 4,
+                               "tensor_parallel_size": 2, "max_num_batched_tokens": 8192})
     assert one_gpu.fingerprint_settings() == eight.fingerprint_settings()
-    float32 = Config(tasks=["ifeval"], model_args={"dtype": "float32"})
+    float32 = Config(tasks=["ifeval"], backend="vllm", model_args={"dtype": "float32"})
     assert float32.fingerprint_settings() != one_gpu.fingerprint_settings()
 
 

@@ -75,17 +75,20 @@ class Config(Strict):
     log_samples: bool = Field(False, description="Also write samples_<task>.jsonl per task.")
 
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
-    # lm-eval model_args that spread the same computation over more devices or memory: a
-    # run evaluated on one GPU resumes on eight without re-evaluating.
+    # lm-eval model_args that only spread the same computation over more devices or
+    # memory, besides the engine options the backend itself names as speed-only: a run
+    # evaluated on one GPU resumes on eight without re-evaluating.
     SPEED_MODEL_ARGS: ClassVar[frozenset[str]] = frozenset({
-        "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
-        "max_batch_size", "parallelize", "max_num_seqs", "enforce_eager", "swap_space"})
+        "data_parallel_size", "max_batch_size", "parallelize"})
 
     def fingerprint_settings(self) -> dict[str, Any]:
         """The settings as they enter the evaluate stage's fingerprint."""
+        from distill.registry import BACKENDS
+
+        speed = self.SPEED_MODEL_ARGS | BACKENDS.get(self.backend).OPERATIONAL
         settings = self.model_dump(mode="json", exclude=set(self.OPERATIONAL))
         settings["model_args"] = {key: value for key, value in self.model_args.items()
-                                  if key not in self.SPEED_MODEL_ARGS}
+                                  if key not in speed}
         return settings
 
 
