@@ -43,6 +43,9 @@ from distill.review import Config as ReviewConfig
 from distill.settings import Strict, resolve_path
 from distill.train.config import LoraSettings, TrainConfig
 
+# A profile's dotted keys and values; None (a name with nothing under it) only renames.
+Profile = Union[dict[str, Any], None]  # noqa: UP007 - pydantic evaluates it at runtime
+
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names every offending field."""
@@ -173,7 +176,7 @@ class Recipe(Strict):
                                  "whether decisions feed training.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Per-round "
                                    "metrics (perplexity, diversity, coverage) after evaluation.")
-    profiles: dict[str, dict[str, Any]] = Field(
+    profiles: dict[str, Profile] = Field(
         default_factory=dict, description="Named variants of the recipe, chosen with `distill "
         "run recipe.yaml --profile NAME` (and `distill validate --profile NAME`): each maps "
         "dotted keys to values, as overrides on the command line do (applied before them), "
@@ -257,12 +260,12 @@ class Recipe(Strict):
 
     @field_validator("profiles")
     @classmethod
-    def _profiles(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _profiles(cls, value: dict[str, Profile]) -> dict[str, Profile]:
         for name, settings in value.items():
             if not NAME_PATTERN.match(name):
                 raise ValueError(f"{name!r}: use letters, digits, '.', '_' and '-' only (a "
                                  "profile's name ends its run's name)")
-            for key in settings:
+            for key in settings or {}:  # an empty profile only renames the run
                 if not key or key.split(".")[0] == "profiles" or "" in key.split("."):
                     raise ValueError(f"{name}: {key!r} is not a dotted key of the recipe")
         return value

@@ -229,6 +229,9 @@ def test_a_profile_applies_its_keys_and_renames_the_run(tmp_path):
     assert smoke.train.args["max_steps"] == 5
     named = load_recipe(path, profile="named")
     assert (named.name, named.rounds.count) == ("other", 2)
+    # an empty profile (`full:` with nothing under it) only renames the run
+    empty = load_recipe(write(tmp_path, {**BASE, "profiles": {"full": None}}), profile="full")
+    assert (empty.name, empty.generate.num_instructions) == ("t-full", 1000)
 
 
 def test_command_line_overrides_come_after_the_profile(tmp_path):
