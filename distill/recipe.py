@@ -44,7 +44,7 @@ from distill.settings import Strict, resolve_path
 from distill.train.config import LoraSettings, TrainConfig
 
 # A profile's dotted keys and values; None (a name with nothing under it) only renames.
-Profile = Union[dict[str, Any], None]  # noqa: UP007 - pydantic evaluates it at runtime
+Profile = dict[str, Any] | None
 
 
 class RecipeError(ValueError):
