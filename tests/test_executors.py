@@ -344,3 +344,21 @@ def test_an_engine_that_cannot_be_built_fails_with_its_own_message_not_as_a_lost
     message = str(caught.value)
     assert message.startswith("ray executor: the teacher's engine could not be built")
     assert "lost" not in message and "cuda" in message.lower()
+
+
+@pytest.mark.slow
+def test_fewer_chunks_than_replicas_says_which_chunk_size_keeps_them_busy(
+        cluster, tiny_model_dir, caplog):
+    from distill.backends.base import GenerationRequest, Sampling
+
+    engine = EngineSpec(backend="hf", model=str(tiny_model_dir), engine={"dtype": "float32"})
+    executor = RayConfig(**ray_executor(cluster)).create(engine)
+    requests = [GenerationRequest(f"r{i}", Sampling(max_tokens=2), prompt="the") for i in range(4)]
+    try:
+        with caplog.at_level("WARNING", logger="distill.executors.ray"):
+            done = dict(executor.run([(0, requests)]))
+    finally:
+        executor.close()
+    assert [g.request_id for g in done[0]] == ["r0", "r1", "r2", "r3"]
+    assert "1 chunk(s) for 2 replicas, so 1 replica(s) wait; a teacher.checkpoint_every of " \
+           "at most 2 keeps them all busy" in caplog.text

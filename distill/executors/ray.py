@@ -166,6 +166,7 @@ class RayExecutor:
         self._started = 0
         self._gpus = 0.0
         self._owns_ray = False
+        self._told_idle = False
 
     def _start(self) -> None:
         if self._replicas:
@@ -194,6 +195,12 @@ class RayExecutor:
         if not chunks:
             return
         self._start()
+        if len(chunks) < len(self._replicas) and not self._told_idle:
+            self._told_idle = True  # once per stage
+            log.warning("ray executor: %d chunk(s) for %d replicas, so %d replica(s) wait; "
+                        "a teacher.checkpoint_every of at most %d keeps them all busy",
+                        len(chunks), len(self._replicas), len(self._replicas) - len(chunks),
+                        max(1, sum(len(chunk) for _, chunk in chunks) // len(self._replicas)))
         import ray
 
         lost = _lost_errors()
