@@ -286,8 +286,13 @@ class RayExecutor:
             return
         import ray
 
+        # runs in the runner's `finally`: a failure here (the cluster already gone) must
+        # not replace the error that ended the stage
         for replica in self._replicas:
-            ray.kill(replica, no_restart=True)
+            try:
+                ray.kill(replica, no_restart=True)
+            except Exception as error:  # noqa: BLE001
+                log.warning("ray executor: could not stop a replica: %s", _first_line(error))
         self._replicas, self._probes = [], {}
         if self._owns_ray:
             ray.shutdown()

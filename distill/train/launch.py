@@ -120,10 +120,12 @@ def read_accelerate_config(config: Path) -> dict[str, Any]:
     """An accelerate config file's settings.
 
     Raises:
-        ValueError: the file is not valid YAML.
+        ValueError: the file cannot be read, or is not valid YAML.
     """
     try:
         return yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ValueError(f"accelerate config {config}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         raise ValueError(f"accelerate config {config}: not valid YAML ({error})") from None
 

@@ -55,8 +55,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from distill.train.config import RayLauncher, TrainResult, TrainSpec, check_global_batch
 from distill.train.launch import (
     LOG_TAIL_LINES,
@@ -66,6 +64,7 @@ from distill.train.launch import (
     _copy_output,
     _LogWriter,
     _ProgressFile,
+    read_accelerate_config,
 )
 
 log = logging.getLogger("distill.train")
@@ -101,10 +100,7 @@ def check_ray_launch(accelerate_config: str | Path | None) -> dict[str, Any]:
         raise ValueError("kind ray needs train.accelerate_config: a multi-process accelerate "
                          "config such as recipes/accelerate/ddp.yaml")
     path = Path(accelerate_config)
-    try:
-        settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"accelerate config {path}: {error}") from None
+    settings = read_accelerate_config(path)
     kind = str(settings.get("distributed_type", "NO"))
     if kind not in MULTI_PROCESS_TYPES:
         raise ValueError(f"accelerate config {path} has distributed_type {kind}, which does "
