@@ -145,6 +145,16 @@ class ModelRef:
     chat_template: str | None = None
     revision: str | None = None
 
+    def pinned(self) -> tuple[str, str | None]:
+        """(model, revision) that load exactly the fingerprinted model on any machine.
+
+        A hub model is its id at the resolved commit, which a machine without this one's
+        cache (a Ray replica on another node) downloads; anything else is its path.
+        """
+        if self.identity.get("source") == "hub":
+            return self.identity["model"], self.identity["commit"]
+        return self.path, None
+
     @classmethod
     def resolve(cls, spec: ModelSpec) -> ModelRef:
         """Find (download, or build) the model's files and hash what makes it that model.

@@ -240,9 +240,14 @@ class Runner:
                 loaders["seed_tasks"] = self._seed_tasks
             if "real" in declared:
                 loaders["real_records"] = lambda: list(real.train)
+            # a hub teacher loads at its fingerprinted commit, here or on a Ray node
+            model, revision = teacher.pinned()
+            engine = dict(recipe.teacher.engine)
+            if revision is not None:
+                engine["revision"] = revision
             executor = recipe.executor.create(EngineSpec(
-                backend=backend, model=teacher.path, chat_template=teacher.chat_template,
-                seed=recipe.seed, engine=dict(recipe.teacher.engine)))
+                backend=backend, model=model, chat_template=teacher.chat_template,
+                seed=recipe.seed, engine=engine))
             context = GenerationContext(
                 backend=executor.backend, checkpoint_dir=out / "checkpoints",
                 teacher_name=teacher.path, round=round_index, seed=recipe.seed,
@@ -413,7 +418,10 @@ class Runner:
         def work(out: Path) -> dict[str, Any]:
             from distill.evaluate.harness import evaluate_model
 
-            result = evaluate_model(model.path, recipe.eval, output_dir=out, seed=recipe.seed,
+            path, revision = model.pinned()  # a hub model at its fingerprinted commit
+            settings = recipe.eval if revision is None else recipe.eval.model_copy(
+                update={"model_args": {**recipe.eval.model_args, "revision": revision}})
+            result = evaluate_model(path, settings, output_dir=out, seed=recipe.seed,
                                     progress=self._progress(f"{label} evaluate"))
             return {"scores": result["scores"] if result else {}, "model": model.path,
                     "tasks": recipe.eval.tasks}

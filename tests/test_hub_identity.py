@@ -144,3 +144,32 @@ def test_a_missing_local_path_is_not_taken_for_a_hub_id(tmp_path):
     single.write_bytes(b"other weights")
     assert before["source"] == "local"
     assert model_identity(str(single))["fingerprint"] != before["fingerprint"]
+
+
+def test_a_hub_teacher_loads_at_the_commit_resolved_first_even_when_main_moves(
+        fake_hub, tmp_path, monkeypatch):
+    """Ray replicas and later stages load (id, commit), not whatever `main` is by then."""
+    import shutil
+
+    from distill.backends.base import load_backend
+
+    cache = tmp_path / "hub"
+    shutil.copytree(fake_hub.cache, cache, symlinks=True)
+    activate(monkeypatch, cache)
+    hub = FakeHub(cache=cache, commits={r: dict(c) for r, c in fake_hub.commits.items()})
+    teacher = ModelRef.resolve(ServedModel(model=TEACHER, backend="hf"))
+    first = hub.commit(TEACHER)
+    # main moves on: the student's files become the teacher repository's new commit
+    moved = publish(hub, TEACHER, fake_hub.snapshot(STUDENT))
+    assert moved != first
+    model, revision = teacher.pinned()
+    assert (model, revision) == (TEACHER, first)
+    backend = load_backend("hf", model=model, revision=revision, dtype="float32")
+    try:
+        assert type(backend.model).__name__ == "LlamaForCausalLM"  # the first commit's
+        assert backend.identity()["commit"] == first
+    finally:
+        backend.close()
+    # a local checkpoint is its own path, with no revision
+    local = ModelRef.resolve(ModelSpec(model=str(fake_hub.snapshot(STUDENT))))
+    assert local.pinned() == (local.path, None)
