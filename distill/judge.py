@@ -360,8 +360,11 @@ def open_judge_backend(model: ServedModel, seed: int):
     from distill.backends.base import load_backend
     from distill.models import model_path
 
+    engine = dict(model.engine)
+    if model.revision is not None and model.loads_weights():  # the revision fingerprinted
+        engine.setdefault("revision", model.revision)
     return load_backend(model.backend, model=model_path(model.model),
-                        chat_template=model.chat_template, seed=seed, **model.engine)
+                        chat_template=model.chat_template, seed=seed, **engine)
 
 
 def judge_context(ctx: GenerationContext, backend) -> GenerationContext:

@@ -173,3 +173,23 @@ def test_a_hub_teacher_loads_at_the_commit_resolved_first_even_when_main_moves(
     # a local checkpoint is its own path, with no revision
     local = ModelRef.resolve(ModelSpec(model=str(fake_hub.snapshot(STUDENT))))
     assert local.pinned() == (local.path, None)
+
+
+def test_a_judge_with_a_pinned_revision_loads_that_revision(fake_hub, tmp_path, monkeypatch):
+    import shutil
+
+    from distill.judge import open_judge_backend
+
+    cache = tmp_path / "hub"
+    shutil.copytree(fake_hub.cache, cache, symlinks=True)
+    activate(monkeypatch, cache)
+    hub = FakeHub(cache=cache, commits={r: dict(c) for r, c in fake_hub.commits.items()})
+    pinned = hub.commit(TEACHER)
+    publish(hub, TEACHER, fake_hub.snapshot(STUDENT))  # main is now another model
+    judge = ServedModel(model=TEACHER, backend="hf", revision=pinned,
+                        engine={"dtype": "float32"})
+    backend = open_judge_backend(judge, seed=0)
+    try:
+        assert type(backend.model).__name__ == "LlamaForCausalLM"
+    finally:
+        backend.close()
