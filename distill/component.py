@@ -69,7 +69,7 @@ def _semantic(value: Any) -> Any:
     from distill.models import semantic_engine_options
 
     if isinstance(value, ServedModel):
-        dumped = value.model_dump(mode="json")
+        dumped = value.model_dump(mode="json", exclude=set(value.OPERATIONAL))
         dumped["engine"] = semantic_engine_options(value.backend, value.engine)
         return dumped
     if isinstance(value, Strict):

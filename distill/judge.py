@@ -14,7 +14,8 @@ annotation (Cui et al. 2023):
 
 Judge output is parsed leniently (markdown, "4/5", a JSON object) but never guessed:
 output that does not give every asked score is a `Rating` with `ok=False` and a reason
-(`empty`, `missing:<aspect>`, `out_of_range:<aspect>`, `no_verdict`), counted by the
+(`empty`, `missing:<aspect>`, `out_of_range:<aspect>`, `no_verdict`, `request_failed`
+when the judge's request ran out of retries), counted by the
 callers and kept out of the data, never an exception.
 
 `kind: verifier` scores with an exact checker instead (the microworld's: a correct
@@ -58,6 +59,9 @@ ASPECTS: dict[str, tuple[str, str]] = {
 Aspect = Literal["instruction_following", "truthfulness", "honesty", "helpfulness"]
 RUBRIC_TEMPLATE = "judge_rubric"
 PAIRWISE_TEMPLATE = "judge_pairwise"
+# why a judgement is missing when the judge's request ran out of retries (the stage files
+# the request itself as rejected and asks again next run: distill.generate.failures)
+REQUEST_FAILED = "request_failed"
 
 
 class JudgeSettings(Strict):
@@ -288,7 +292,8 @@ class LLMJudge:
                           response=r.output)) for r in records])
         ratings = []
         for record in records:
-            rating = parse_rubric(answers.get(record.id, ""), list(self.config.aspects))
+            rating = (parse_rubric(answers[record.id], list(self.config.aspects))
+                      if record.id in answers else Rating(ok=False, reason=REQUEST_FAILED))
             self._count(rating.ok, rating.reason)
             ratings.append(rating)
         return ratings
@@ -307,8 +312,13 @@ class LLMJudge:
         answers = self._ask(key, prompts)
         comparisons = []
         for item_id, *_ in items:
-            first, why_first = parse_verdict(answers.get(f"{item_id}-xy", ""))
-            second, why_second = parse_verdict(answers.get(f"{item_id}-yx", ""))
+            if f"{item_id}-xy" not in answers or f"{item_id}-yx" not in answers:
+                comparison = Comparison(ok=False, reason=REQUEST_FAILED)
+                self._count(False, REQUEST_FAILED)
+                comparisons.append(comparison)
+                continue
+            first, why_first = parse_verdict(answers[f"{item_id}-xy"])
+            second, why_second = parse_verdict(answers[f"{item_id}-yx"])
             comparison = combine_orders(first, second)
             comparison.rationales = (why_first, why_second)
             self._count(comparison.ok, comparison.reason)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -89,6 +89,14 @@ class ServedModel(ModelSpec):
     engine: dict[str, Any] = Field(default_factory=dict, description="Options passed to the "
                                    "backend as they are (batch_size, gpu_memory_utilization, "
                                    "tensor_parallel_size, base_url, max_concurrency, ...).")
+    max_failed_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Requests to this model that run out of retries "
+        "are rejected and asked again on the next run; when more than this share of a "
+        "stage's requests (and at least 10) fail, the server is taken for down and the "
+        "stage stops, its finished chunks saved.")
+
+    # how patiently a server is asked, not what it answers
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"max_failed_fraction"})
 
     def loads_weights(self) -> bool:
         """False for a backend that sends the name to a server (`openai`)."""

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from distill import LOG_ONLY
+from distill.backends.base import FAILED
 from distill.component import Component, Dependent, fingerprint_inputs, path_sha256
 from distill.flywheel.real import RealDraw
+from distill.generate.failures import FailedRequests
 from distill.models import ModelRef, ModelSpec
 from distill.recipe import Recipe
 from distill.records import read_json, read_records, write_json, write_jsonl
@@ -200,6 +202,9 @@ class Runner:
                 raise _StopAfter
             return stage
         log.info("%s/%s: running (fingerprint %s)", label, name, stage.fingerprint[:12])
+        if stage.failed_requests():
+            log.info("%s/%s: asking the %d request(s) that failed last time again", label,
+                     name, stage.failed_requests())
         stage.begin()
         stage.commit(work(stage.work))
         if name == self.options.stop_after:
@@ -252,16 +257,20 @@ class Runner:
                 backend=executor.backend, checkpoint_dir=out / "checkpoints",
                 teacher_name=teacher.path, round=round_index, seed=recipe.seed,
                 chunk_size=recipe.teacher.checkpoint_every, executor=executor,
-                progress=self._progress(f"{label} generate"), **loaders)
+                progress=self._progress(f"{label} generate"),
+                failures=FailedRequests(max_fraction=recipe.teacher.max_failed_fraction),
+                **loaders)
             try:
                 result = method.run(context)
                 ran = executor.summary()  # while its engines are up to say how they ran
             finally:
                 executor.close()
+            failed = _failed_requests(f"{label}/generate", context.failures)
+            rejected = [*result.rejected, *context.failures.rejected]
             write_jsonl(out / "candidates.jsonl", result.examples)
-            write_jsonl(out / "rejected.jsonl", result.rejected)
-            return {"counts": {"candidates": len(result.examples),
-                               "rejected": len(result.rejected)},
+            write_jsonl(out / "rejected.jsonl", rejected)
+            return {"counts": {"candidates": len(result.examples), "rejected": len(rejected)},
+                    "failed_requests": failed,
                     "tokens": checkpoint_tokens(out / "checkpoints"),
                     "resumed_requests": context.stats.resumed_requests,
                     "executor": ran, "stats": result.stats,
@@ -284,11 +293,13 @@ class Runner:
         def work(out: Path) -> dict[str, Any]:
             from distill.filters.base import FilterContext, run_funnel
 
+            failures = FailedRequests(stage="filter")  # a judge's requests
+
             def context(settings: Component) -> FilterContext:
                 declared = settings.dependencies().inputs
                 loaders = {"seed_tasks": self._seed_tasks} if "seed_tasks" in declared else {}
                 return FilterContext(seed=recipe.seed, work_dir=out, teacher=recipe.teacher,
-                                     **loaders)
+                                     failures=failures, **loaders)
 
             candidates = read_records(generated.path / "candidates.jsonl")
             filters = [settings.create(context(settings)) for settings in recipe.filters]
@@ -299,7 +310,8 @@ class Runner:
             write_jsonl(out / "rejected.jsonl", result.rejected)
             write_json(out / "funnel.json", result.funnel)
             return {"counts": {"in": len(candidates), "kept": len(result.kept),
-                               "rejected": len(result.rejected)}}
+                               "rejected": len(result.rejected)},
+                    "failed_requests": _failed_requests(f"{label}/filter", failures)}
 
         return self._stage(label, "filter", config, inputs, work)
 
@@ -480,12 +492,27 @@ def _tasks_identity(include_path: str | None) -> str | None:
     return f"{local}|lm-eval {version('lm_eval')}"
 
 
+def _failed_requests(where: str, failures: FailedRequests) -> int:
+    """How many of a stage's requests the next run asks again (it redoes the stage)."""
+    refused = len(failures.rejected) - failures.to_retry
+    if failures.to_retry:
+        log.warning("%s: %d request(s) ran out of retries (last error: %s); they are "
+                    "rejected as request_failed, and the next run asks them again",
+                    where, failures.to_retry, failures.last_error)
+    if refused:
+        log.warning("%s: the server refused %d request(s) (rejected as request_refused)",
+                    where, refused)
+    return failures.to_retry
+
+
 def checkpoint_tokens(checkpoint_dir: Path) -> dict[str, int]:
     """Prompt and completion tokens over every generation shard (every run's)."""
     prompt = completion = generations = 0
     for shard in sorted(checkpoint_dir.glob("*/chunk*.jsonl")):
         for line in shard.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
+            if row.get("finish_reason") == FAILED:  # not a generation: a request to ask again
+                continue
             generations += 1
             completion += row.get("completion_tokens", 0)
             if row.get("index", 0) == 0:

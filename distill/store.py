@@ -5,7 +5,9 @@ evaluation) or `round_<r>`. A stage works inside `<round>/.<stage>.work/` (gener
 checkpoints live there, so a killed run resumes), writes `config.json` and finally
 `manifest.json`, then renames the work directory into place. A stage whose manifest
 exists with the expected fingerprint is done; one whose fingerprint changed is moved
-aside to `<round>/.stale/` (never deleted) and redone.
+aside to `<round>/.stale/` (never deleted) and redone. A stage committed with requests
+that ran out of retries (`failed_requests` in its manifest) is not done: the next run
+takes its directory back as the work directory and asks only those requests again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from distill.records import read_json, write_json
 # Bump when a stage's outputs change meaning, so old runs are not silently reused.
 # 2: vLLM's dtype auto is the checkpoint's (it ran bfloat16), chat students get their
 # turn-closing EOS, and the train stage's launch shape is fingerprinted.
-CACHE_VERSION = "2"
+# 3: checkpoint shards name the request each row answers (older shards are not trusted).
+CACHE_VERSION = "3"
 
 
 def canonical_json(data: Any) -> str:
@@ -74,17 +77,33 @@ class Stage:
         return read_json(manifest_path) if manifest_path.exists() else None
 
     def is_done(self) -> bool:
-        """True when a manifest with this fingerprint exists."""
+        """True when a manifest with this fingerprint exists and no request in it failed."""
         manifest = self.manifest()
-        return manifest is not None and manifest.get("fingerprint") == self.fingerprint
+        return (manifest is not None and manifest.get("fingerprint") == self.fingerprint
+                and not manifest.get("failed_requests"))
+
+    def failed_requests(self) -> int:
+        """Requests this commit (of this fingerprint) left failed; 0 for any other."""
+        manifest = self.manifest()
+        if manifest is None or manifest.get("fingerprint") != self.fingerprint:
+            return 0
+        return int(manifest.get("failed_requests") or 0)
 
     def begin(self) -> Path:
         """Prepare the work directory, keeping generation checkpoints of this fingerprint.
 
-        A committed directory (stale, or done but being redone) is moved aside first.
+        A commit of this fingerprint that left requests failed becomes the work directory
+        (its checkpoints answer everything else); any other committed directory (stale,
+        or done but being redone) is moved aside first.
         """
         if self.path.exists():
-            self._move_aside(self.path)
+            if self.failed_requests() and not self.work.exists():
+                # marker first: a kill at any step leaves a directory the next run resumes
+                (self.path / "fingerprint").write_text(self.fingerprint)
+                self.path.rename(self.work)
+                (self.work / "manifest.json").unlink()
+            else:
+                self._move_aside(self.path)
         marker = self.work / "fingerprint"
         if self.work.exists() and (not marker.exists()
                                    or marker.read_text().strip() != self.fingerprint):

@@ -90,3 +90,24 @@ def test_speed_only_settings_stay_out_of_stage_fingerprints(tmp_path):
         filter_fingerprint(PerplexityConfig(model="org/m", max_length=16))
     assert measure_fingerprint(MeasureConfig(max_length=8)) != \
         measure_fingerprint(MeasureConfig(max_length=16))
+
+
+def test_a_commit_with_failed_requests_is_redone_from_its_own_checkpoints(tmp_path):
+    store = RunStore(tmp_path / "run")
+    stage = store.stage("round_0", "generate", {"k": 1}, {})
+    work = stage.begin()
+    (work / "checkpoints").mkdir()
+    (work / "checkpoints" / "chunk-00000.jsonl").write_text("answers\n")
+    stage.commit({"failed_requests": 2})
+    assert stage.manifest() is not None and not stage.is_done()
+    assert stage.failed_requests() == 2
+
+    again = store.stage("round_0", "generate", {"k": 1}, {})
+    work = again.begin()  # the commit becomes the work directory: its answers are kept
+    assert (work / "checkpoints" / "chunk-00000.jsonl").read_text() == "answers\n"
+    assert not again.path.exists() and not (work / "manifest.json").exists()
+    assert not (tmp_path / "run" / "round_0" / ".stale").exists()
+    again.commit({"failed_requests": 0})
+    assert store.stage("round_0", "generate", {"k": 1}, {}).is_done()
+    # a complete commit is never reopened
+    assert store.stage("round_0", "generate", {"k": 1}, {}).failed_requests() == 0

@@ -56,6 +56,13 @@ class GenerationRequest:
             raise ValueError(f"request {self.id}: give exactly one of messages or prompt")
 
 
+# The finish reason of a request the backend could not get answered (a server that kept
+# failing or sent no completion): text is empty, `extra["error"]` says why. The generation
+# context records it as a failed request and asks again on the next run
+# (distill.generate.failures); methods never see it.
+FAILED = "error"
+
+
 @dataclass
 class Generation:
     """One sampled completion of one request."""
@@ -63,7 +70,8 @@ class Generation:
     request_id: str
     index: int
     text: str
-    finish_reason: str  # "stop" or "length" (truncated), as OpenAI and vLLM report it
+    # "stop" or "length" (truncated), as OpenAI and vLLM report it; FAILED: no answer
+    finish_reason: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: list[float] | None = None

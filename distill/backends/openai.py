@@ -39,12 +39,20 @@ import random
 import time
 from typing import Any, ClassVar
 
-from distill.backends.base import Generation, GenerationRequest, ProgressFn, request_seed
+from distill.backends.base import (
+    FAILED,
+    Generation,
+    GenerationRequest,
+    ProgressFn,
+    request_seed,
+)
 from distill.registry import BACKENDS
 
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 429})
+# the run's own configuration is wrong (key, model name, base URL): no request can succeed
+FATAL_STATUS = frozenset({401, 403, 404})
 NO_KEY = "EMPTY"  # what OpenAI-compatible servers without authentication accept
 
 
@@ -192,6 +200,10 @@ class OpenAIBackend:
         return delay
 
     async def _with_retries(self, request: GenerationRequest, client: Any) -> list[Generation]:
+        """The request's generations, or one FAILED generation saying why there are none.
+
+        A server that refuses the whole run (bad key, unknown model or path) raises.
+        """
         openai = self._openai
         for attempt in range(self.max_retries + 1):
             retry_after = None
@@ -200,18 +212,24 @@ class OpenAIBackend:
                 return await self._call(request, client)
             except openai.APIConnectionError as error:  # timeouts included
                 reason = type(error).__name__
-                failure: Exception = error
+            except MalformedReply as error:
+                reason = f"malformed reply ({error})"
             except openai.APIStatusError as error:
                 status = error.status_code
-                if status not in RETRY_STATUS and status < 500:
+                if status in FATAL_STATUS:
                     raise
+                if status not in RETRY_STATUS and status < 500:
+                    # this request's own fault (too long, a value the model refuses): no
+                    # retry changes the answer, and the stage goes on without it
+                    return [_failed(request, f"HTTP {status} from {self.base_url}: "
+                                             f"{_message(error)}", retry=False)]
                 reason = f"HTTP {status}"
                 retry_after = _retry_after(getattr(error.response, "headers", None))
-                failure = error
             if attempt == self.max_retries:
-                logger.error("request %s: %s; giving up after %d attempts",
-                             request.id, reason, attempt + 1)
-                raise failure
+                logger.warning("request %s: %s; giving up after %d attempts",
+                               request.id, reason, attempt + 1)
+                return [_failed(request, f"{reason} from {self.base_url} after "
+                                         f"{attempt + 1} attempts", retry=True)]
             delay = self._backoff(attempt, retry_after)
             self.retries += 1
             logger.warning("request %s: %s (attempt %d of %d); retrying in %.2fs",
@@ -238,27 +256,24 @@ class OpenAIBackend:
     async def _call(self, request: GenerationRequest, client: Any) -> list[Generation]:
         s = request.sampling
         options = self._common_options(request)
-        if request.messages is not None:
+        chat = request.messages is not None
+        if chat:
             options[self.max_tokens_param] = options.pop("max_tokens")
             if s.logprobs:
                 options["logprobs"] = True
-            response = await client.chat.completions.create(
-                messages=request.messages, **options, **self.extra)
-            choices = [(c.index, c.message.content or "", c.finish_reason,
-                        [t.logprob for t in c.logprobs.content]
-                        if s.logprobs and c.logprobs is not None and c.logprobs.content
-                        is not None else None)
-                       for c in response.choices]
-        else:
-            if s.logprobs:
-                options["logprobs"] = 0
-            response = await client.completions.create(
-                prompt=request.prompt, **options, **self.extra)
-            choices = [(c.index, c.text or "", c.finish_reason,
-                        list(c.logprobs.token_logprobs)
-                        if s.logprobs and c.logprobs is not None
-                        and c.logprobs.token_logprobs is not None else None)
-                       for c in response.choices]
+        elif s.logprobs:
+            options["logprobs"] = 0
+        try:
+            if chat:
+                response = await client.chat.completions.create(
+                    messages=request.messages, **options, **self.extra)
+            else:
+                response = await client.completions.create(
+                    prompt=request.prompt, **options, **self.extra)
+        except (json.JSONDecodeError, AttributeError) as error:
+            # a 200 whose body is cut off, or JSON that is not an object: the SDK's parser
+            raise MalformedReply(f"{type(error).__name__}: {error}") from None
+        choices = _choices(response, chat, s.logprobs, options["n"])
         usage = response.usage
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         total = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -288,3 +303,54 @@ class OpenAIBackend:
 
     def close(self) -> None:
         """Nothing to free: clients live only for the duration of one `generate` call."""
+
+
+class MalformedReply(Exception):
+    """A 200 reply that is not a completion (cut-off JSON, no choices): retried."""
+
+
+def _choices(response: Any, chat: bool, logprobs: bool, n: int
+             ) -> list[tuple[int, str, str | None, list[float] | None]]:
+    """(index, text, finish reason, logprobs) per choice of a parsed reply.
+
+    Raises:
+        MalformedReply: the reply lacks `choices`, has other than `n`, or a choice lacks
+            its message.
+    """
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or len(choices) != n:
+        found = "no choices" if not choices else f"{len(choices)} choices"
+        raise MalformedReply(f"{found}, expected {n}")
+    parsed = []
+    for c in choices:
+        if chat:
+            if c.message is None:
+                raise MalformedReply(f"choice {c.index} has no message")
+            text = c.message.content
+            chosen = ([t.logprob for t in c.logprobs.content]
+                      if logprobs and c.logprobs is not None and c.logprobs.content is not None
+                      else None)
+        else:
+            text = c.text
+            chosen = (list(c.logprobs.token_logprobs)
+                      if logprobs and c.logprobs is not None
+                      and c.logprobs.token_logprobs is not None else None)
+        parsed.append((c.index, text or "", c.finish_reason, chosen))
+    return parsed
+
+
+def _failed(request: GenerationRequest, error: str, retry: bool) -> Generation:
+    """The generation standing for a request with no answer (see `FAILED`)."""
+    return Generation(request_id=request.id, index=0, text="", finish_reason=FAILED,
+                      extra={"error": error, "retry": retry})
+
+
+def _message(error: Any) -> str:
+    """The server's own message from an error reply, on one line."""
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else None
+        if message:
+            return " ".join(str(message).split())
+    return " ".join(str(error).split())

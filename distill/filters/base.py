@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pydantic import Field
 
 from distill.component import Component, undeclared
+from distill.generate.failures import FailedRequests
 from distill.records import Example, Rejected
 
 EXAMPLES_PER_REASON = 3
@@ -45,6 +46,8 @@ class FilterContext:
     teacher: Any = None  # the recipe's teacher (a ServedModel): "teacher" in dependencies
     # the run's seed tasks (the novelty pool's start); raises unless the filter declared them
     seed_tasks: Callable[[], list[Example]] = undeclared("seed_tasks")
+    # the stage's requests to a judge that ran out of retries (distill.generate.failures)
+    failures: FailedRequests = field(default_factory=lambda: FailedRequests(stage="filter"))
 
 
 class Filter(Protocol):

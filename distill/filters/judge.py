@@ -29,7 +29,13 @@ from pydantic import Field
 
 from distill.component import Dependencies
 from distill.filters.base import FilterContext, FilterSettings, Verdict
-from distill.judge import RUBRIC_TEMPLATE, JudgeSettings, LLMJudge, open_judge_backend
+from distill.judge import (
+    REQUEST_FAILED,
+    RUBRIC_TEMPLATE,
+    JudgeSettings,
+    LLMJudge,
+    open_judge_backend,
+)
 from distill.models import ServedModel
 from distill.records import Example
 from distill.registry import FILTERS
@@ -88,14 +94,18 @@ class JudgeFilter:
         settings = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
         key = "judge-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
         backend = open_judge_backend(choice, self.context.seed)
+        self.context.failures.max_fraction = choice.max_failed_fraction  # the judge's server
         try:
             ctx = GenerationContext(backend=backend, checkpoint_dir=work / "judge-checkpoints",
-                                    seed=self.context.seed)
+                                    seed=self.context.seed, failures=self.context.failures)
             ratings = LLMJudge(self.config, ctx, choice.model).rate(records, key=key)
         finally:
             backend.close()
         verdicts = []
         for rating in ratings:
+            if rating.reason == REQUEST_FAILED:  # no judgement at all: never kept unjudged
+                verdicts.append(Verdict(keep=False, reason="judge_request_failed"))
+                continue
             if not rating.ok:
                 verdicts.append(Verdict(keep=self.config.keep_unjudged, reason="judge_malformed",
                                         scores={"malformed": rating.reason}))

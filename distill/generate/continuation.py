@@ -95,12 +95,13 @@ class Config(GeneratorSettings):
         rejected: list[Rejected] = []
         for request, prompt, source in zip(requests, prompts, sources, strict=True):
             generation = generations.get(request.id)
-            continuation = generation.text if generation is not None else ""
+            if generation is None:
+                continue  # failed: the context filed it as rejected
+            continuation = generation.text
             lineage = Lineage(round=ctx.round, method="continuation", teacher=ctx.teacher_name,
                               sampling=request.sampling.as_dict(), source_id=source.id,
                               prompt_tokens=self.prompt_tokens,
-                              instruction_finish_reason=generation.finish_reason
-                              if generation is not None else "missing")
+                              instruction_finish_reason=generation.finish_reason)
             if not continuation.strip():
                 rejected.append(Rejected(id=request.id, stage="continuation",
                                          reason="empty_continuation",

@@ -219,8 +219,9 @@ class Config(GeneratorSettings):
         truncated = 0
         for source, request in zip(sources, requests, strict=True):
             generation = by_id.get(request.id)
-            text = generation.text if generation is not None else ""
-            finish = generation.finish_reason if generation is not None else "missing"
+            if generation is None:
+                continue  # failed: the context filed it as rejected
+            text, finish = generation.text, generation.finish_reason
             truncated += finish == "length"
             parsed = parse_qa_pairs(text, finish, limit=self.questions_per_chunk)
             lineage = {**base_lineage, **_chunk_lineage(source, file_hashes),

@@ -245,8 +245,9 @@ class Config(GeneratorSettings):
             children: list[tuple[_Attempt, Example]] = []
             for attempt in attempts:
                 generation = by_id.get(attempt.request.id)
-                text = (generation.text if generation is not None else "") or ""
-                finish = generation.finish_reason if generation is not None else "missing"
+                if generation is None:
+                    continue  # failed: the context filed it as rejected
+                text, finish = generation.text or "", generation.finish_reason
                 child = _child(attempt, text.strip(), finish, ctx)
                 reason = _instruction_failure(self, attempt, child.instruction, finish)
                 if reason is not None:
@@ -485,7 +486,9 @@ def _equality(config: Config, children: list[tuple[_Attempt, Example]],
     by_id = {g.request_id: g.text or "" for g in generations if g.index == 0}
     kept, failed = [], []
     for attempt, child in children:
-        raw = by_id.get(child.id, "")
+        if child.id not in by_id:
+            continue  # failed: the context filed it as rejected
+        raw = by_id[child.id]
         verdict = parse_equality(raw)
         if verdict is None:
             failed.append((child, "malformed_judgement", raw))
@@ -538,7 +541,9 @@ def _difficulty(config: Config, examples: list[Example], ctx: GenerationContext,
     by_id = {g.request_id: g.text or "" for g in generations if g.index == 0}
     scored, malformed = [], []
     for example in examples:
-        raw = by_id.get(example.id, "")
+        if example.id not in by_id:
+            continue  # failed: the context filed it as rejected
+        raw = by_id[example.id]
         score = parse_difficulty(raw)
         if score is None:
             malformed.append(Rejected(id=example.id, stage="difficulty",

@@ -100,10 +100,12 @@ def generate_responses(
     refused: list[Rejected] = []
     for example, request in zip(examples, requests, strict=True):
         generation = by_id.get(example.id)
-        text = (generation.text if generation is not None else "") or ""
+        if generation is None:
+            continue  # failed: the context filed it as rejected
+        text = generation.text or ""
         update: dict[str, Any] = {
             "sampling": request.sampling.as_dict(),
-            "finish_reason": generation.finish_reason if generation is not None else "missing",
+            "finish_reason": generation.finish_reason,
         }
         if example.output.strip():
             update["proposed_output"] = example.output

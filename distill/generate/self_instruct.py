@@ -209,8 +209,9 @@ class Config(GeneratorSettings):
             step_rejects = 0
             for prompt in prompts:
                 generation = by_id.get(prompt.request.id)
-                text = generation.text if generation is not None else ""
-                finish = generation.finish_reason if generation is not None else "missing"
+                if generation is None:
+                    continue  # failed: the context filed it as rejected
+                text, finish = generation.text, generation.finish_reason
                 truncated_completions += finish == "length"
                 parsed = parse_task_list(text, prompt.first_number, finish,
                                          strict_numbering=self.strict_numbering)

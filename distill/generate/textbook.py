@@ -208,8 +208,9 @@ class Config(GeneratorSettings):
             counter = reasons.setdefault(product, Counter())
             for item in built:
                 generation = by_id.get(item.spec.id)
-                text = generation.text if generation is not None else ""
-                finish = generation.finish_reason if generation is not None else "missing"
+                if generation is None:
+                    continue  # failed: the context filed it as rejected
+                text, finish = generation.text, generation.finish_reason
                 truncated += finish == "length"
                 lineage = _lineage(self, item, ctx, template, template_hash(template), finish)
                 if product == "section":

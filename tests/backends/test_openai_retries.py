@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from distill.backends.base import GenerationRequest, Sampling, load_backend
+from distill.backends.base import FAILED, GenerationRequest, Sampling, load_backend
 
 KEY = "sk-test-DO-NOT-LEAK-0123456789"
 KEY_ENV = "DISTILL_TEST_OPENAI_KEY"
@@ -66,7 +66,7 @@ class Stub:
                     if body is None:
                         body = (chat_body(payload.get("n", 1)) if "chat" in self.path
                                 else completion_body())
-                    data = json.dumps(body).encode()
+                    data = body if isinstance(body, bytes) else json.dumps(body).encode()
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(data)))
@@ -146,24 +146,60 @@ def test_retries_429_then_503_then_succeeds(stub, key_env, caplog):
     assert backend.identity()["model"] == "stub"
 
 
-def test_gives_up_after_max_retries(stub, key_env):
-    server = stub(default=(500, {"error": {"message": "broken"}}, 0.0))
-    backend = make_backend(server.url, max_retries=2)
-    import openai
-
-    with pytest.raises(openai.InternalServerError):
-        backend.generate([chat_request()])
-    assert len(server.requests) == 3
+def test_gives_up_after_max_retries_with_a_failed_generation(stub, key_env):
+    # the request that ran out of retries comes back failed, and the others are kept
+    server = stub([(200, None, 0.0)], default=(500, {"error": {"message": "broken"}}, 0.0))
+    backend = make_backend(server.url, max_retries=2, max_concurrency=1)
+    answered, failed = backend.generate([chat_request("ok"), chat_request("c", n=3)])
+    assert answered.text == "hello 0"
+    assert (failed.request_id, failed.index, failed.text) == ("c", 0, "")
+    assert failed.finish_reason == FAILED and failed.extra["retry"] is True
+    assert failed.extra["error"] == f"HTTP 500 from {server.url} after 3 attempts"
+    assert len(server.requests) == 1 + 3
 
 
 def test_client_errors_are_not_retried(stub, key_env):
-    server = stub([(400, {"error": {"message": "bad request"}}, 0.0)])
+    server = stub([(400, {"error": {"message": "prompt is  too long"}}, 0.0)])
     backend = make_backend(server.url)
+    [failed] = backend.generate([chat_request()])
+    assert failed.finish_reason == FAILED and failed.extra["retry"] is False
+    assert failed.extra["error"] == f"HTTP 400 from {server.url}: prompt is too long"
+    assert len(server.requests) == 1
+
+
+def test_a_wrong_key_or_model_stops_at_once(stub, key_env):
     import openai
 
-    with pytest.raises(openai.BadRequestError):
-        backend.generate([chat_request()])
+    server = stub(default=(404, {"error": {"message": "no such model"}}, 0.0))
+    with pytest.raises(openai.NotFoundError):
+        make_backend(server.url).generate([chat_request()])
     assert len(server.requests) == 1
+
+
+TRUNCATED = json.dumps(chat_body()).encode()[:60]
+
+
+@pytest.mark.parametrize("body, why", [
+    (TRUNCATED, "JSONDecodeError"),
+    (b"[]", "no choices"),
+    ({k: v for k, v in chat_body().items() if k != "choices"}, "no choices, expected 1"),
+    ({**chat_body(), "choices": [{"index": 0, "finish_reason": "stop"}]}, "has no message"),
+    (chat_body(n=2), "2 choices, expected 1"),
+], ids=["cut-off-json", "not-an-object", "no-choices", "no-message", "wrong-n"])
+def test_malformed_replies_are_retried(stub, key_env, caplog, body, why):
+    server = stub([(200, body, 0.0)])
+    backend = make_backend(server.url)
+    [generation] = backend.generate([chat_request()])
+    assert generation.text == "hello 0"  # the second reply was whole
+    assert len(server.requests) == 2
+    assert "malformed reply" in caplog.text and why in caplog.text
+
+
+def test_malformed_replies_run_out_of_retries_as_a_failed_generation(stub, key_env):
+    server = stub(default=(200, TRUNCATED, 0.0))
+    [failed] = make_backend(server.url, max_retries=1).generate([chat_request()])
+    assert failed.finish_reason == FAILED and failed.extra["retry"] is True
+    assert failed.extra["error"].startswith("malformed reply (JSONDecodeError")
 
 
 def test_timeouts_are_retried(stub, key_env, caplog):
@@ -182,10 +218,9 @@ def test_connection_errors_are_retried(key_env, caplog):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     backend = make_backend(f"http://127.0.0.1:{port}/v1", max_retries=2)
-    import openai
-
-    with pytest.raises(openai.APIConnectionError):
-        backend.generate([chat_request()])
+    [failed] = backend.generate([chat_request()])
+    assert failed.finish_reason == FAILED
+    assert failed.extra["error"].startswith("APIConnectionError from ")
     assert backend.attempts == 3
     assert caplog.text.count("APIConnectionError") >= 2
 
