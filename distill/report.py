@@ -112,6 +112,11 @@ def _funnel_section(round_dir: Path, stages: dict[str, dict[str, Any]]) -> list[
         lines.append(f"Generation: {counts.get('candidates', 0)} candidates parsed, "
                      f"{counts.get('rejected', 0)} teacher outputs rejected while parsing "
                      f"({_reasons(_generate_rejects(generate.get('stats', {})))}).{ran}")
+        failed = generate.get("failed_requests")
+        if failed:
+            lines.append(f"**{failed} request(s) to the teacher failed** after every retry "
+                         "(rejected as `request_failed`): run `distill run` again to ask them "
+                         "again; this round's data lacks their answers until then.")
         lines.append("")
         lines += _parse_rejects(round_dir / "generate" / "rejected.jsonl")
     if not funnel_path.exists():
@@ -161,7 +166,8 @@ def _parse_rejects(path: Path, per_reason: int = 3) -> list[str]:
             shown = examples.setdefault(reason, [])
             if len(shown) < per_reason:
                 record = item.get("record") or {}
-                text = record.get("raw") or record.get("instruction") or json.dumps(record)
+                text = (record.get("raw") or record.get("instruction") or record.get("error")
+                        or json.dumps(record))
                 shown.append((str(item.get("id", "")), str(text)))
     lines = []
     for reason, shown in examples.items():

@@ -77,6 +77,8 @@ def test_faults_lose_nothing_and_a_second_run_fills_in(tmp_path, teacher_dir):
         assert len({r["id"] for r in failed}) == len(failed)  # none twice
         assert all(" after 2 attempts" in r["record"]["error"] for r in failed)
         assert not any(r["reason"] == "empty_response" for r in rejected)
+        report = (stage.parents[1] / "report.md").read_text()
+        assert f"{len(failed)} request(s) to the teacher failed" in report
         # every request of every call is in its shards exactly once: answered, or failed
         # and rejected; nothing answered is filed as failed
         failed_ids = {r["id"] for r in failed}
