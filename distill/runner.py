@@ -411,10 +411,9 @@ class Runner:
                                      log_path=self.store.root / "train.log",
                                      progress=report and (lambda done, total:
                                                           report("steps", done, total)))
-            # the result's paths point into the work directory, renamed at commit
-            summary = result.model_dump(mode="json", exclude={"output_dir", "merged_dir",
-                                                              "adapter_dir", "args"})
-            return {"counts": {"examples": result.num_examples}, "train": summary,
+            # the result's paths (sft_step's too) point into the work directory, renamed
+            # at commit: the summary leaves them out
+            return {"counts": {"examples": result.num_examples}, "train": result.summary(),
                     "data_mix": selection.counts}
 
         return self._stage(label, "train", config, inputs, work)

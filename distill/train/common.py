@@ -216,6 +216,7 @@ def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float,
         **prepared.summarize(state.log_history),
         **fields,
     )
+    training_args = trainer.args
     del trainer, output, prepared
     accelerator.free_memory()  # drops its model and optimizer, collects, empties the cache
 
@@ -228,6 +229,9 @@ def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float,
             # whoever loads base + adapter by hand (the backends read the adapter's tokenizer)
             shutil.copyfile(merged_dir / "generation_config.json",
                             adapter_dir / "generation_config.json")
+            relative_adapter_base(adapter_dir, out)
+        relative_training_args(merged_dir if full_finetune else adapter_dir, out,
+                               training_args)
         result.wall_time_s = round(time.perf_counter() - started, 3)
         result.save(out / "train_log.json")
         with contextlib.suppress(OSError):  # the Trainer's own directory, unless it holds
@@ -235,6 +239,62 @@ def train_and_save(spec: TrainSpec, prepared: PreparedTraining, started: float,
     accelerator.wait_for_everyone()
     result.wall_time_s = round(time.perf_counter() - started, 3)
     return result
+
+
+# -- records that survive the stage's rename -----------------------------------------------
+# The runner trains in `<round>/.train.work/` and renames it `<round>/train/` when the stage
+# commits: what the Trainer and PEFT save with an absolute path into the output directory
+# would name a directory that no longer exists, so such paths are made relative to it.
+
+def relative_training_args(saved_dir: Path, out: Path, training_args) -> None:
+    """Rewrite the Trainer's `training_args.bin` with its paths relative to `out`.
+
+    The pickled arguments name the Trainer's own directory, `out/trainer`; they become
+    `trainer`, relative to the training output directory (the stage directory).
+    """
+    import copy
+
+    import torch
+
+    path = saved_dir / "training_args.bin"
+    if not path.is_file():
+        return
+    relocated = copy.copy(training_args)  # not dataclasses.replace: no __post_init__ again
+    for name, value in vars(training_args).items():
+        if isinstance(value, str) and _inside(value, out):
+            setattr(relocated, name, _relative(value, out))
+    torch.save(relocated, path)
+
+
+def relative_adapter_base(adapter_dir: Path, out: Path) -> None:
+    """Name the adapter's base relative to `out` when it lies inside it.
+
+    sft_then_dpo's DPO adapter sits on the SFT step's merged model, `out/sft/merged`: its
+    `adapter_config.json` and model card name `sft/merged`, and the card says relative to
+    what. A base outside the output directory (a hub id, the student) is kept as given.
+    """
+    config_path = adapter_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not _inside(base, out):
+        return
+    relative = _relative(base, out)
+    config["base_model_name_or_path"] = relative
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card = adapter_dir / "README.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8").replace(base, relative)
+        note = (f"\n<!-- distill: base_model {relative} is relative to the training output "
+                "directory, the parent of this adapter directory -->\n")
+        card.write_text(text.replace("\n---\n", "\n---\n" + note, 1), encoding="utf-8")
+
+
+def _inside(path: str, directory: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(directory))
+
+
+def _relative(path: str, directory: Path) -> str:
+    return Path(os.path.abspath(path)).relative_to(os.path.abspath(directory)).as_posix()
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -560,6 +560,9 @@ class TrainSpec(BaseModel):
 _JOB_PATHS = ("data_path", "output_dir", "progress_path")
 # TrainResult fields (and those of its `sft_step`) that name its output directories.
 _RESULT_PATHS = ("output_dir", "merged_dir", "adapter_dir")
+# The first key of a saved spec or result, so that a reader of the file knows what the
+# relative paths in it are relative to; dropped again on loading.
+_PATHS_NOTE = {"paths_relative_to": "the directory of this file"}
 
 
 def _save_relative(model: BaseModel, path: str | Path, keys: tuple[str, ...]) -> Path:
@@ -568,13 +571,15 @@ def _save_relative(model: BaseModel, path: str | Path, keys: tuple[str, ...]) ->
     path = Path(path)
     data = model.model_dump(mode="json")
     _map_paths(data, keys, lambda value: _relative_to(value, path.parent))
-    write_json(path, data)
+    write_json(path, {**_PATHS_NOTE, **data})
     return path
 
 
 def _load_relative(cls: type[BaseModel], path: str | Path, keys: tuple[str, ...]) -> Any:
     path = Path(path)
     data = json.loads(path.read_text(encoding="utf-8"))
+    for key in _PATHS_NOTE:
+        data.pop(key, None)
     _map_paths(data, keys, lambda value: _resolved_against(value, path.parent))
     return cls.model_validate(data)
 
@@ -662,3 +667,15 @@ class TrainResult(BaseModel):
     def load(cls, path: str | Path) -> TrainResult:
         """Read a `train_log.json`; its relative paths are resolved against its directory."""
         return _load_relative(cls, path, _RESULT_PATHS)
+
+    def summary(self) -> dict[str, Any]:
+        """The result without its paths and arguments: the train stage manifest's summary.
+
+        The paths of a result read back from the work directory name that directory, which
+        the stage's commit renames; `train_log.json` keeps them, relative to itself.
+        """
+        data = self.model_dump(mode="json", exclude={*_RESULT_PATHS, "args"})
+        if isinstance(data.get("sft_step"), dict):
+            data["sft_step"] = {key: value for key, value in data["sft_step"].items()
+                                if key not in _RESULT_PATHS}
+        return data

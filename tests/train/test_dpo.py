@@ -130,7 +130,9 @@ def test_sft_then_dpo_trains_sft_first_then_dpo_from_it(tiny_model_dir, pairs_pa
     assert result.method == "sft_then_dpo" and result.steps == 3
     # the DPO adapter sits on the SFT model, and the final merge is based on it
     adapter_config = json.loads((Path(result.adapter_dir) / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == sft["merged_dir"]
+    # named relative to the training output directory, which the runner renames at commit
+    assert adapter_config["base_model_name_or_path"] == "sft/merged"
+    assert sft["merged_dir"] == str(tmp_path / "out" / "sft" / "merged")
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert log["sft_step"]["final_loss"] == sft["final_loss"]
     assert log["sft_step"]["merged_dir"] == "sft/merged"  # relative to the log's directory
