@@ -129,7 +129,8 @@ def test_the_context_refuses_a_chunk_of_other_requests_and_writes_nothing(tmp_pa
 
     requests = [GenerationRequest(f"r{i}", Sampling(), prompt="p") for i in range(4)]
     context = GenerationContext(None, tmp_path, chunk_size=2, executor=SwappingExecutor())
-    with pytest.raises(RuntimeError, match="chunk 0 came back with the generations of other"):
+    with pytest.raises(RuntimeError, match="chunk 0 holds an answer to 'r2', not one of its "
+                       "requests: the executor returned a wrong chunk"):
         context.generate("key", requests)
     assert not list(tmp_path.rglob("*.jsonl"))
     with pytest.raises(ValueError, match="needs a backend or an executor"):

@@ -113,7 +113,10 @@ class GenerationContext:
             executor = LocalExecutor(self.backend)
         sent = dict(todo)
         for index, generations in executor.run(todo):
-            by_request = _check_answers(key, index, sent[index], generations)
+            try:
+                by_request = _check_answers(key, index, sent[index], generations)
+            except ValueError as error:  # nothing of it is saved
+                raise RuntimeError(f"{error}: the executor returned a wrong chunk") from None
             self.stats.add([g for g in generations if g.finish_reason != FAILED])
             saved[index] = {**saved.get(index, {}), **by_request}
             self._save_chunk(key, index, chunks[index], saved[index])
