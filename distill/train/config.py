@@ -265,9 +265,76 @@ def check_sft_values(args: dict[str, Any]) -> None:
     """Construct `trl.SFTConfig` from `args` (plus defaults); its complaint becomes ours.
 
     Skipped in one rank of several: constructing TrainingArguments sets up devices and
-    process groups, which belongs to the trainer there.
+    process groups, which belongs to the trainer there. Packing settings under which the
+    examples would attend to one another are refused first (`check_examples_apart`).
     """
+    check_examples_apart(args)
     _check_values(args, "sft")
+
+
+# -- packing: every example must see only itself -------------------------------------------
+# TRL 1.16's SFTTrainer packs in two ways. `padding_free` (which `packing` with strategy
+# bfd or bfd_split turns on) flattens a batch into one row whose position ids restart at
+# each example; what keeps the examples apart is then the attention: flash attention
+# kernels split the row at the restarts (cu_seq_lens), and transformers' own masks (sdpa,
+# eager, flex_attention) split it too, because SFTTrainer.compute_loss passes
+# use_cache=False and transformers 5 then builds a per-example causal mask from the
+# position ids (masking_utils.find_packed_sequence_indices). Measured on the microworld
+# student with sdpa: the loss of every step is that of unpacked training (to 1e-5). (A
+# forward outside TRL with the checkpoint's use_cache true skips that mask and does mix
+# the examples, likely the issue's 9.965 against 10.264; TRL's training never runs one.)
+# Strategy `wrapped` instead concatenates the examples and cuts rows with an all-ones
+# attention mask: each token attends to the examples before it in its row, whatever the
+# kernel: TRL's loss on the same 168 trained tokens of 16 chats, one row, microworld
+# student, sdpa: 10.917 wrapped, 10.741 unpacked and bfd (tests/train/test_packing.py).
+# Attention implementations that keep a padding-free row's examples apart: the flash
+# kernels (transformers' own test: "flash" in the name) and these mask-building ones.
+MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")
+PACKING_STRATEGY_DEFAULT = "bfd"
+
+
+def check_examples_apart(args: dict[str, Any]) -> None:
+    """Refuse SFT arguments under which one training example attends to another.
+
+    Raises:
+        ValueError: naming the argument (`packing_strategy`, `padding_free`, `packing`) and
+            why: wrapped packing; or padding-free batches under an attention implementation
+            not known to keep the examples apart (one that is neither flash attention nor
+            sdpa / eager / flex_attention, or a model's own remote code).
+    """
+    packing = bool(args.get("packing"))
+    strategy = args.get("packing_strategy", PACKING_STRATEGY_DEFAULT)
+    if packing and strategy == "wrapped":
+        raise ValueError(
+            "packing_strategy wrapped concatenates the examples and cuts the stream into rows "
+            "with one attention mask each, so a token attends to the other examples in its "
+            "row and examples are cut mid-conversation; use packing_strategy bfd (TRL's "
+            "default), which keeps each example whole and apart")
+    padding_free = bool(args.get("padding_free")) or (packing and strategy in ("bfd",
+                                                                                "bfd_split"))
+    if not padding_free:
+        return
+    asked = ("padding_free" if args.get("padding_free")
+             else f"packing (strategy {strategy}, which TRL trains padding-free)")
+    kwargs = args.get("model_init_kwargs") or {}
+    if isinstance(kwargs, str):  # TRL also takes the JSON text of the dict
+        kwargs = json.loads(kwargs)
+    attention = kwargs.get("attn_implementation")
+    if attention is not None and "flash" in attention:
+        return
+    if attention is not None and attention not in MASKED_ATTENTION:
+        raise ValueError(
+            f"{asked} puts a batch's examples into one row, and model_init_kwargs."
+            f"attn_implementation {attention!r} is not known to keep them apart; use a flash "
+            "attention kernel (flash_attention_2, flash_attention_3, "
+            "kernels-community/flash-attn2, ...) or one of " + ", ".join(MASKED_ATTENTION))
+    if kwargs.get("trust_remote_code"):
+        raise ValueError(
+            f"{asked} puts a batch's examples into one row, which {attention or 'sdpa'} keeps "
+            "apart only through transformers' own masks, and a model with "
+            "trust_remote_code may build its own; set model_init_kwargs.attn_implementation "
+            "to a flash attention kernel (flash_attention_2, ...), or drop " + (
+                "padding_free" if args.get("padding_free") else "packing"))
 
 
 def check_dpo_values(args: dict[str, Any]) -> None:

@@ -35,7 +35,13 @@ from distill.train.common import (
     train_and_save,
     trainer_dir,
 )
-from distill.train.config import LoraSettings, TrainResult, TrainSpec, resolve_sft_args
+from distill.train.config import (
+    LoraSettings,
+    TrainResult,
+    TrainSpec,
+    check_examples_apart,
+    resolve_sft_args,
+)
 
 if __name__ == "__main__":  # before any definition: see run_as_main
     run_as_main("distill.train.sft")
@@ -61,6 +67,7 @@ def prepare_sft(spec: TrainSpec, callbacks: list | None = None) -> PreparedTrain
     # TRL arguments: they decide which tokens carry the loss, and so the dataset's format
     args = resolve_sft_args(spec.args, full_finetune=spec.lora is None, seed=spec.seed,
                             quiet=spec.quiet, global_batch_size=spec.global_batch_size)
+    check_examples_apart(args)  # again here: a spec written by hand was never validated
     loss_mask = choose_loss_mask(tokenizer, args)
 
     # Dataset
