@@ -13,6 +13,7 @@ filters, data policies and real-data sources from the registries.
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import cache
 from pathlib import Path
@@ -38,6 +39,7 @@ from distill.flywheel.real import RealSource
 from distill.flywheel.stopping import StopRule
 from distill.generate.base import GeneratorSettings
 from distill.models import ModelSpec, ServedModel
+from distill.records import read_utf8
 from distill.registry import EXECUTORS, FILTERS, GENERATORS, POLICIES, REAL_SOURCES
 from distill.review import Config as ReviewConfig
 from distill.settings import Strict, resolve_path
@@ -93,8 +95,13 @@ class DataSpec(Strict):
 
     @field_validator("seed_tasks")
     @classmethod
-    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return resolve_path(value, info)
+    def _readable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from distill.data import load_seed_tasks
+
+        path = resolve_path(value, info)
+        if path is not None:
+            load_seed_tasks(path)  # the run's own reader: a bad line is named now, not later
+        return path
 
     @field_validator("real", mode="before")
     @classmethod
@@ -277,7 +284,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise RecipeError(f"override {override!r}: expected key.path=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise RecipeError(f"override {key}: {raw!r} is not a YAML value "
+                              f"({getattr(error, 'problem', error)})") from None
         set_dotted(data, key, value, f"override {key}")
     return data
 
@@ -358,7 +369,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = read_utf8(path)
+    except ValueError as error:
+        raise RecipeError(f"{error}; save the recipe as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -370,9 +385,59 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
         data = apply_profile(data, profile)
     data = apply_overrides(data, overrides or [])
     try:
-        return recipe_model().model_validate(data, context={"base_dir": path.parent.resolve()})
+        recipe = recipe_model().model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as error:
         raise RecipeError(f"{path}: invalid recipe\n{format_validation_error(error)}") from None
+    problems = unknown_tasks(recipe)
+    if problems:
+        raise RecipeError(f"{path}: invalid recipe\n" + "\n".join(problems))
+    return recipe
+
+
+def unknown_tasks(recipe: Recipe) -> list[str]:
+    """One line per lm-eval task name the recipe gives that lm-eval does not know.
+
+    Names are looked up as the evaluate and decontaminate stages look them up (lm-eval's
+    `TaskManager` with the recipe's include path): its own tasks, groups and tags, the
+    local ones, and paths of task YAMLs.
+    """
+    named = [("eval.tasks", recipe.eval.tasks, recipe.eval.include_path)]
+    decontamination = recipe.decontamination
+    if decontamination.enabled and decontamination.tasks:
+        named.append(("decontamination.tasks", decontamination.tasks,
+                      decontamination.include_path or recipe.eval.include_path))
+    problems = []
+    for field, tasks, include in named:
+        for index, name in enumerate(tasks):
+            if _is_task_file(name) or name in _task_names(include, full=False):
+                continue
+            known = _task_names(include, full=True)  # indexes lm-eval's own: seconds, once
+            if name in known:
+                continue
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            where = f" nor under {include}" if include else ""
+            problems.append(f"{field}.{index}: unknown lm-eval task {name!r} (not one of "
+                            f"lm-eval's tasks, groups or tags{where}){hint}")
+    return problems
+
+
+def _is_task_file(name: str) -> bool:
+    # lm-eval also takes the path of a task YAML where a name goes
+    return name.endswith((".yaml", ".yml")) and Path(name).is_file()
+
+
+@cache
+def _task_names(include_path: str | None, full: bool) -> frozenset[str]:
+    """Task, group and tag names lm-eval sees: under `include_path`, and its own if `full`.
+
+    Cached for the process: a sweep loads its recipe once per cell.
+    """
+    if not full and include_path is None:
+        return frozenset()
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_path=include_path, include_defaults=full).all_tasks)
 
 
 def recipe_model() -> type[Recipe]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Lineage(BaseModel):
@@ -166,19 +166,29 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Iterate a JSONL file's records; blank lines are skipped."""
-    with Path(path).open(encoding="utf-8") as handle:
+    with Path(path).open("rb") as handle:  # decoded line by line: see numbered_json_objects
         for _, row in numbered_json_objects(handle, path):
             yield row
 
 
-def numbered_json_objects(lines: Iterable[str], path: str | Path
+def numbered_json_objects(lines: Iterable[str | bytes], path: str | Path
                           ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank JSONL line of `path`.
 
+    `lines` may be bytes (a file opened "rb"), decoded here as UTF-8 one line at a time:
+    a text-mode file decodes in blocks, so its UnicodeDecodeError names neither the file
+    nor the line.
+
     Raises:
-        ValueError: "<path>:<line>: ..." for a line that is not a JSON object.
+        ValueError: "<path>:<line>: ..." for a line that is not UTF-8 or not a JSON object.
     """
     for number, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 (byte 0x{line[error.start]:02x} "
+                                 f"at column {error.start + 1})") from None
         if not line.strip():
             continue
         try:
@@ -225,14 +235,33 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def read_utf8(path: str | Path) -> str:
+    """A text file's content; bytes that are not UTF-8 raise ValueError naming the line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x})") from None
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def read_examples(path: str | Path) -> list[Example]:
-    """Read a JSONL file of examples."""
-    return [Example.from_json(row) for row in iter_jsonl(path)]
+    """Read a JSONL file of examples; a line that is not one raises ValueError naming it."""
+    examples = []
+    with Path(path).open("rb") as handle:
+        for number, row in numbered_json_objects(handle, path):
+            try:
+                examples.append(Example.from_json(row))
+            except ValidationError as error:
+                problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
+                                     for item in error.errors())
+                raise ValueError(f"{path}:{number}: not an example ({problems})") from None
+    return examples
 
 
 def read_records(path: str | Path) -> list[Example | PreferencePair]:

@@ -68,7 +68,8 @@ def test_bad_recipes_name_the_field(tmp_path, change, expected):
 
 def test_relative_paths_resolve_against_the_recipe_directory(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "seeds.jsonl").write_text("")
+    (tmp_path / "sub" / "seeds.jsonl").write_text(
+        '{"id": "s1", "instruction": "Say hi.", "output": "Hi."}\n')
     path = write_recipe(tmp_path / "sub", {**MINIMAL, "data": {"seed_tasks": "seeds.jsonl"}})
     monkeypatch.chdir(tmp_path)
     assert load_recipe(path).data.seed_tasks == str((tmp_path / "sub" / "seeds.jsonl").resolve())

@@ -35,15 +35,17 @@ def load_seed_tasks(path: str | Path | None = None) -> list[Example]:
 
     Required per line: `id`, `instruction`, `output` (or Self-Instruct's `instances`);
     optional: `input` (default ""), `is_classification` (default false); other keys are
-    kept on the record. Raises ValueError naming the file and line for bad JSON, missing
-    or mistyped fields, empty instructions and duplicate ids.
+    kept on the record. Raises ValueError naming the file and line for bytes that are not
+    UTF-8, bad JSON, missing or mistyped fields, empty instructions and duplicate ids, and
+    for a file with no task. The recipe calls it when it is loaded, so a bad seed file is
+    refused before any stage runs.
     """
     path = Path(path) if path is not None else seed_tasks_path()
     if not path.is_file():
         raise ValueError(f"{path}: seed task file not found")
     tasks: list[Example] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:  # decoded per line, so a bad byte names its line
         for number, row in numbered_json_objects(handle, path):
             where = f"{path}:{number}"
             task = _seed_task(row, where)

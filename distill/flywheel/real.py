@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distill.records import Example
 from distill.registry import REAL_SOURCES
@@ -72,6 +72,21 @@ class PathReal(RealSource):
     @classmethod
     def _path(cls, value: str | None, info: ValidationInfo) -> str | None:
         return resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _readable(self) -> PathReal:
+        # read as `draw` reads them, so a bad line or too few records is named now
+        from distill.records import read_examples
+
+        pool = read_examples(self.path)
+        if not pool:
+            raise ValueError(f"path {self.path}: no records")
+        if self.held_out_path is not None and not read_examples(self.held_out_path):
+            raise ValueError(f"held_out_path {self.held_out_path}: no records")
+        if self.held_out_path is None and len(pool) <= self.held_out:
+            raise ValueError(f"path {self.path}: {len(pool)} records, but held_out asks for "
+                             f"{self.held_out} and training needs some")
+        return self
 
     def draw(self, seed: int, draw_round: int) -> RealDraw:
         """Hold out a seeded share (or draw it from `held_out_path`); sample the rest."""

@@ -148,6 +148,12 @@ class Config(GeneratorSettings):
                              f"chunk_words ({self.chunk_words})")
         return self
 
+    @model_validator(mode="after")
+    def _readable(self) -> Config:
+        # the run's reader: an undecodable file or a bad JSONL line is named at load
+        load_documents(self.files(), self.text_field)
+        return self
+
     def files(self) -> list[Path]:
         """The document files, sorted."""
         return expand_sources(self.documents)

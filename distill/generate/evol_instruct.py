@@ -53,7 +53,7 @@ from distill.component import Dependencies
 from distill.generate.base import GeneratorSettings
 from distill.generate.context import GenerationContext, GenerationResult
 from distill.generate.responses import ResponseSampling, SamplingConfig, generate_responses
-from distill.records import Example, Lineage, Rejected, numbered_json_objects
+from distill.records import Example, Lineage, Rejected, numbered_json_objects, read_utf8
 from distill.registry import GENERATORS
 from distill.settings import resolve_path
 
@@ -190,7 +190,10 @@ class Config(GeneratorSettings):
     @field_validator("instructions")
     @classmethod
     def _instructions_path(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return resolve_path(value, info)
+        path = resolve_path(value, info)
+        if path is not None:
+            load_instructions(path)  # the run's reader: a bad line is named at load
+        return path
 
     def dependencies(self) -> Dependencies:
         """The templates it renders, and its instructions file or else the seed pool."""
@@ -345,7 +348,7 @@ def load_instructions(path: str | Path) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: instructions file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)

@@ -106,7 +106,10 @@ class Config(GeneratorSettings):
     @field_validator("prompts")
     @classmethod
     def _prompts(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return resolve_path(value, info)
+        path = resolve_path(value, info)
+        if path is not None:
+            load_prompts(path)  # the run's reader: a bad line is named at load, not later
+        return path
 
     @model_validator(mode="after")
     def _two_answers(self) -> Config:
