@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from distill.engine_options import check_engine_options, relocated
 from distill.registry import BACKENDS, MODEL_SCHEMES
 from distill.settings import Strict, base_dir, resolve_path
 
@@ -86,9 +87,14 @@ class ServedModel(ModelSpec):
     """A model to load and the backend that serves it."""
 
     backend: BackendName = Field("hf", description="Which backend serves the model.")
-    engine: dict[str, Any] = Field(default_factory=dict, description="Options passed to the "
-                                   "backend as they are (batch_size, gpu_memory_utilization, "
-                                   "tensor_parallel_size, base_url, max_concurrency, ...).")
+    engine: dict[str, Any] = Field(default_factory=dict, description="Options of the "
+                                   "backend, checked against its own declaration when the "
+                                   "recipe is loaded (see Engine options below): hf "
+                                   "batch_size, dtype, device, ...; vllm "
+                                   "gpu_memory_utilization, max_model_len, "
+                                   "tensor_parallel_size and vLLM's engine arguments; openai "
+                                   "base_url, max_concurrency, ... and the SDK's extra_body, "
+                                   "extra_headers.")
     max_failed_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description="Requests to this model that run out of retries "
         "are rejected and asked again on the next run; when more than this share of a "
@@ -101,6 +107,17 @@ class ServedModel(ModelSpec):
     def loads_weights(self) -> bool:
         """False for a backend that sends the name to a server (`openai`)."""
         return BACKENDS.get(self.backend).LOADS_WEIGHTS
+
+    @model_validator(mode="after")
+    def _engine(self) -> ServedModel:
+        # the backend's constructor declares its options; errors are located under engine
+        try:
+            self.engine = check_engine_options(BACKENDS.get(self.backend), self.backend,
+                                               self.engine)
+        except ValidationError as error:
+            raise ValidationError.from_exception_data(type(self).__name__,
+                                                      relocated(error, "engine")) from None
+        return self
 
 
 def semantic_engine_options(backend: str, engine: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ import distill.identity
 import distill.prompts
 from distill.component import RUN_INPUTS, Dependencies, Dependent, fingerprint_inputs
 from distill.data import load_seed_tasks
+from distill.engine_options import engine_parameters
 from distill.identity import WEIGHT_SUFFIXES
 from distill.models import ModelSpec, ServedModel, model_path
 from distill.records import Example
@@ -592,14 +593,32 @@ def nested_changes(settings: BaseModel, res: Resources
                 yield (f"operational setting {where}.{name}",
                        validate(cls, _replaced(data, path, changed.model_dump()), res), False)
         if isinstance(model, ServedModel):
-            engine_path = (*path, "engine")
-            for key in sorted(BACKENDS.get(model.backend).OPERATIONAL):
-                engine = {**model.engine, key: 7 if model.engine.get(key) != 7 else 8}
-                yield (f"{where}.engine.{key} (speed-only for backend {model.backend})",
-                       validate(cls, _replaced(data, engine_path, engine), res), False)
-            engine = {**model.engine, "fingerprint_probe_option": 1}
-            yield (f"{where}.engine.fingerprint_probe_option (not speed-only)",
-                   validate(cls, _replaced(data, engine_path, engine), res), True)
+            # every option the backend declares, to another value it takes
+            backend = BACKENDS.get(model.backend)
+            operational = backend.OPERATIONAL
+            for key, info in sorted(engine_parameters(backend).items()):
+                changed = _changed_engine(cls, data, (*path, "engine"), model.engine, key,
+                                          info, res)
+                if changed is not None or key in operational:
+                    yield (f"{where}.engine.{key} " + (
+                        f"(speed-only for backend {model.backend})" if key in operational
+                        else "(not speed-only)"), changed, key not in operational)
+
+
+def _changed_engine(cls: type[BaseModel], data: dict[str, Any], engine_path: tuple,
+                    engine: dict[str, Any], key: str, info: FieldInfo, res: Resources
+                    ) -> BaseModel | None:
+    """The settings with engine option `key` set to a value its backend takes, or None."""
+    current = engine.get(key, info.default)
+    for value in itertools.islice(alternatives(info.annotation, _constraints(info.metadata),
+                                               current, res), 300):
+        if json.dumps(value, sort_keys=True, default=str) == json.dumps(current, sort_keys=True,
+                                                                        default=str):
+            continue
+        changed = validate(cls, _replaced(data, engine_path, {**engine, key: value}), res)
+        if changed is not None:
+            return changed
+    return None
 
 
 def fingerprint_problems(settings: Dependent, res: Resources,

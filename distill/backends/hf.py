@@ -42,7 +42,9 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from distill.backends.base import (
     Generation,
@@ -121,20 +123,48 @@ class HFBackend:
     LOADS_WEIGHTS: ClassVar[bool] = True  # does `model` name weights to load here?
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
-    def __init__(self, model: str, chat_template: str | None = None, dtype: str = "auto",
-                 batch_size: int = 16, device: str | None = None, seed: int = 0,
-                 **engine: Any) -> None:
+    def __init__(self, model: str, chat_template: str | None = None,
+                 dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+                 batch_size: Annotated[int, Field(ge=1)] = 16, device: str | None = None,
+                 seed: int = 0, revision: str | None = None, tokenizer: str | None = None,
+                 trust_remote_code: bool = False, attn_implementation: str | None = None,
+                 device_map: str | dict[str, Any] | None = None, cache_dir: str | None = None,
+                 model_kwargs: dict[str, Any] | None = None) -> None:
+        """Load the model and its tokenizer.
+
+        The signature is the declaration of the `hf` backend's engine options, checked when
+        a recipe is loaded (`distill.engine_options`).
+
+        Args:
+            model: checkpoint directory, hub id, or PEFT adapter directory.
+            chat_template: Jinja text or path replacing the tokenizer's template.
+            dtype: `auto` is the checkpoint's own.
+            batch_size: requests decoded together (speed only).
+            device: default cuda when there is one, else cpu; ignored with `device_map`.
+            seed: seeds requests that carry no seed of their own.
+            revision: hub revision (the runner pins the resolved commit).
+            tokenizer: where the tokenizer is, when not beside the weights.
+            trust_remote_code: run a checkpoint's own modelling code.
+            attn_implementation: transformers' attention kernel (eager, sdpa, ...).
+            device_map: transformers' placement ("auto" spreads over the GPUs).
+            cache_dir: hub cache directory.
+            model_kwargs: any other `from_pretrained` keyword, passed as it is.
+        """
         import torch
         from transformers import AutoTokenizer
 
         self.model_name = str(model)
         self.chat_template_source = chat_template
         self.chat_template = resolve_chat_template(chat_template)
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = batch_size
         self.seed = int(seed)
-        self.revision = engine.get("revision")
+        self.revision = revision
+        named = {"revision": revision, "trust_remote_code": trust_remote_code or None,
+                 "attn_implementation": attn_implementation, "device_map": device_map,
+                 "cache_dir": cache_dir}
+        engine = {**(model_kwargs or {}), **{k: v for k, v in named.items() if v is not None}}
         shared = {k: engine[k] for k in _SHARED_LOAD_OPTIONS if k in engine}
-        tokenizer_source = engine.pop("tokenizer", None)
+        tokenizer_source = tokenizer
         adapter_base = self._adapter_base(self.model_name)
         if tokenizer_source is None:
             has_tokenizer = adapter_base is None or any(

@@ -37,7 +37,9 @@ import logging
 import os
 import random
 import time
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from distill.backends.base import (
     FAILED,
@@ -116,10 +118,16 @@ class OpenAIBackend:
         "backoff_max"})
 
     def __init__(self, model: str, base_url: str | None = None,
-                 api_key_env: str | None = "OPENAI_API_KEY", max_concurrency: int = 8,
-                 max_retries: int = 5, timeout: float = 60.0, chat_template: str | None = None,
-                 seed: int = 0, backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 max_tokens_param: str = "max_tokens", **extra: Any) -> None:
+                 api_key_env: str | None = "OPENAI_API_KEY",
+                 max_concurrency: Annotated[int, Field(ge=1)] = 8,
+                 max_retries: Annotated[int, Field(ge=0)] = 5,
+                 timeout: Annotated[float, Field(gt=0)] = 60.0, chat_template: str | None = None,
+                 seed: int = 0, backoff_base: Annotated[float, Field(ge=0)] = 0.5,
+                 backoff_max: Annotated[float, Field(ge=0)] = 30.0,
+                 max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+                 **extra: Any) -> None:
+        # The signature declares the engine options (distill.engine_options); `**extra`
+        # takes any key on purpose: the SDK's extra_body, extra_headers, user, ...
         import openai
 
         self.model = str(model)
@@ -136,8 +144,8 @@ class OpenAIBackend:
         self._api_key = _Secret(key)
         self.base_url = str(base_url or os.environ.get("OPENAI_BASE_URL")
                             or "https://api.openai.com/v1").rstrip("/")
-        self.max_concurrency = max(1, int(max_concurrency))
-        self.max_retries = max(0, int(max_retries))
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
         self.timeout = float(timeout)
         self.seed = int(seed)
         self.backoff_base = float(backoff_base)

@@ -57,10 +57,13 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from distill.backends.base import Generation, GenerationRequest, ProgressFn, request_seed
 from distill.backends.hf import encode_request
+from distill.engine_options import PassedOn
 from distill.identity import model_identity, resolve_chat_template
 from distill.registry import BACKENDS
 
@@ -92,6 +95,24 @@ def _progress_bar_factory(progress: ProgressFn):
     return _Bar
 
 
+def vllm_engine_arguments() -> frozenset[str] | None:
+    """What `vllm.LLM` takes as keywords (its parameters, `EngineArgs`); None without vLLM.
+
+    Asked only for engine options that `VLLMBackend` does not name itself, since importing
+    vLLM takes seconds.
+    """
+    import dataclasses
+    import inspect
+
+    try:
+        from vllm import LLM
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError:
+        return None
+    return (frozenset(inspect.signature(LLM.__init__).parameters)
+            | {f.name for f in dataclasses.fields(EngineArgs)})
+
+
 @BACKENDS.register("vllm")
 class VLLMBackend:
     """vLLM offline generation behind the backend protocol (see the module docstring)."""
@@ -105,10 +126,20 @@ class VLLMBackend:
         "data_parallel_size", "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens",
         "enable_chunked_prefill", "enforce_eager", "swap_space"})
 
-    def __init__(self, model: str, chat_template: str | None = None, dtype: str = "auto",
+    def __init__(self, model: str, chat_template: str | None = None,
+                 dtype: Literal["auto", "float32", "bfloat16", "float16", "half",
+                                "float"] = "auto",
                  seed: int = 0, enable_prefix_caching: bool = True,
-                 gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
-                 tensor_parallel_size: int = 1, **engine: Any) -> None:
+                 gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.85,
+                 max_model_len: Annotated[int | None, Field(ge=1)] = None,
+                 tensor_parallel_size: Annotated[int, Field(ge=1)] = 1,
+                 **engine: Annotated[Any, PassedOn("vLLM's engine arguments",
+                                                   vllm_engine_arguments)]) -> None:
+        """Start a vLLM engine; the signature declares the `vllm` backend's engine options.
+
+        Every other keyword goes to `vllm.LLM` (its own parameters and `EngineArgs`), and
+        a recipe is checked against those names when vLLM is installed.
+        """
         import torch.distributed
         from vllm import LLM
         from vllm.platforms import current_platform
