@@ -12,7 +12,10 @@
     distill decontaminate data.jsonl --tasks t1,t2   check any JSONL against lm-eval tasks
 
 Bad input exits with code 2 and one line per problem; nothing is printed as a traceback
-unless the failure is a bug, and then the traceback goes to the run's log file.
+unless the failure is a bug, and then the traceback goes to the run's log file. `run` and
+`validate` make the same checks (`_load`), so `run` refuses bad input before any stage;
+`run` then holds the run directory's lock (`distill.runlock`) until it exits, and a
+second `run` of the same directory exits with 2, naming the holder.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -44,23 +49,56 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
 
 
 def _load(recipe_path: Path, overrides: list[str] | None, profile: str | None = None):
+    """The checked recipe, as `run` and `validate` both see it; bad input exits with 2.
+
+    `load_recipe` checks the schema, the files a recipe names (seed tasks and other data
+    files, line by line), the lm-eval task names and each backend's engine options; here
+    the run directory must also be one this process can create or write.
+    """
     from distill.recipe import RecipeError, load_recipe
+    from distill.runlock import unwritable
 
     try:
-        return load_recipe(recipe_path, overrides, profile)
+        loaded = load_recipe(recipe_path, overrides, profile)
     except RecipeError as error:
         raise _fail(str(error)) from None
+    problem = unwritable(Path(loaded.output_dir) / loaded.name)
+    if problem:
+        raise _fail(f"output_dir: {problem}")
+    return loaded
+
+
+def _lock_run_dir(stack: ExitStack, run_dir: Path, command: str) -> str | None:
+    """Hold the run directory's lock until `stack` closes; bad input exits with 2.
+
+    Taken before anything is written there (the log file included). Returns the warning
+    to log, once logging is set up, when the lock was taken over from a dead process.
+    """
+    from distill.runlock import RunLocked, run_lock, taken_over
+
+    try:
+        previous = stack.enter_context(run_lock(run_dir, command))
+    except RunLocked as error:
+        raise _fail(str(error)) from None
+    except OSError as error:
+        raise _fail(f"{run_dir}: cannot create or write the run directory "
+                    f"({error.strerror or error})") from None
+    return taken_over(run_dir, previous) if previous is not None else None
 
 
 def _setup_logging(run_dir: Path, quiet: bool) -> Path:
     """Log everything at INFO to the run's log file; the console gets what `_ConsoleRule` passes."""
     from rich.logging import RichHandler
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "distill.log"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_path, encoding="utf-8")
+    except OSError as error:
+        raise _fail(f"{log_path}: cannot write the log file ({error.strerror or error})"
+                    ) from None
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    file_handler = logging.FileHandler(log_path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(file_handler)
     console_handler = RichHandler(console=console, show_path=False, markup=False)
@@ -163,22 +201,28 @@ def run(
     if stop_after is not None and stop_after not in STAGES:
         raise _fail(f"--stop-after: unknown stage {stop_after!r}; stages are {list(STAGES)}")
     run_dir = Path(loaded.output_dir) / loaded.name
-    log_path = _setup_logging(run_dir, quiet)
-    progress = None if quiet else _progress_bars()
-    options = RunOptions(force=set(force or []), stop_after=stop_after, quiet=quiet,
-                         progress=progress.update if progress else None)
-    try:
-        if progress:
-            progress.start()
-        Runner(loaded, options).run()
-    except Exception as error:  # one readable line here; the traceback goes to the log
-        with log_path.open("a", encoding="utf-8") as handle:
-            handle.write(traceback.format_exc())
-        raise _fail(f"{type(error).__name__}: {error}\n(full traceback in {log_path})",
-                    code=_exit_code(error)) from None
-    finally:
-        if progress:
-            progress.stop()
+    command = shlex.join(["distill", "run", str(recipe), *(["--profile", profile] if profile
+                                                            else []), *(overrides or [])])
+    with ExitStack() as held:  # the run directory's lock, until this command returns
+        took_over = _lock_run_dir(held, run_dir, command)
+        log_path = _setup_logging(run_dir, quiet)
+        if took_over:
+            logging.getLogger("distill").warning(took_over)
+        progress = None if quiet else _progress_bars()
+        options = RunOptions(force=set(force or []), stop_after=stop_after, quiet=quiet,
+                             progress=progress.update if progress else None)
+        try:
+            if progress:
+                progress.start()
+            Runner(loaded, options).run()
+        except Exception as error:  # one readable line here; the traceback goes to the log
+            with log_path.open("a", encoding="utf-8") as handle:
+                handle.write(traceback.format_exc())
+            raise _fail(f"{type(error).__name__}: {error}\n(full traceback in {log_path})",
+                        code=_exit_code(error)) from None
+        finally:
+            if progress:
+                progress.stop()
     held_back = _held_back_warnings()
     note = f" ({held_back} library warning(s) in {log_path})" if held_back else ""
     console.print(f"[green]done:[/] {run_dir}/report.md{note}", soft_wrap=True)
@@ -291,6 +335,7 @@ def sweep(
 ) -> None:
     """Run a grid of flywheel runs (arms x seeds) and write the comparison report."""
     from distill.flywheel.sweep import StudyError, load_study, run_sweep
+    from distill.runlock import RunLocked
     from distill.runner import RunOptions, refuse_launched_ranks
 
     try:  # before anything is read or written
@@ -306,7 +351,7 @@ def sweep(
     try:
         report_path = run_sweep(study, only=only, report_only=report_only,
                                 options=RunOptions(quiet=quiet))
-    except StudyError as error:
+    except (StudyError, RunLocked) as error:  # RunLocked: a cell's run is in use
         raise _fail(str(error)) from None
     except Exception as error:  # one readable line here; the traceback goes to the log
         with log_path.open("a", encoding="utf-8") as handle:

@@ -33,11 +33,33 @@ Generated from the recipe schema by `{COMMAND}`;
 information as JSON Schema, for editors. A section used in several places has its table
 at the first; the others point to it.
 
-Unknown keys are errors everywhere except inside `engine` (options of a backend) and
-`train.args` / `train.sft_args` (passed untouched to TRL's `SFTConfig`, or `DPOConfig` for
-DPO, whose own validation runs when the recipe is loaded, so a misspelt key is still
-named). Sections chosen by `kind` (generation methods, filters, judges, stopping rules)
+Unknown keys are errors everywhere. `engine` (options of a backend) is checked against
+the backend's own constructor (its options are listed at the end of this page);
+`train.args` / `train.sft_args` are passed untouched to TRL's `SFTConfig`, or `DPOConfig`
+for DPO, whose own validation runs when the recipe is loaded, so a misspelt key is still
+named. Sections chosen by `kind` (generation methods, filters, judges, stopping rules)
 are listed in alphabetical order of their kind.
+
+## Checks before a run
+
+`distill validate recipe.yaml` and `distill run recipe.yaml` make the same checks before
+any stage starts, and stop with exit code 2 and one line per problem, naming the field, or
+the file and line: the recipe itself (UTF-8, YAML, every key and value below); every data
+file it names, read line by line by the reader the run uses (`data.seed_tasks`,
+`data.real`'s files: UTF-8, one JSON object per line, the required fields, not empty);
+every lm-eval task name in `eval.tasks` and `decontamination.tasks`, looked up as lm-eval
+looks it up, with the recipe's include path (indexing lm-eval's own tasks takes seconds,
+and happens only for names that are not local); each served model's `engine` options
+against its backend's declaration (a misspelt key, or `batch_size: -3`, is refused, never
+quietly changed); and that `output_dir/name` can be created and written.
+
+`distill run` (and each run of `distill sweep`) then takes a lock on its run directory,
+`<output_dir>/<name>/.lock`, before it writes anything there, and holds it until it
+exits. A second `distill run` of the same run stops at once, exit code 2, naming the
+holder: `runs/x is in use by pid 123 on host h since 2026-12-06T05:40:00 (distill run
+recipes/x.yaml); wait for it or stop it`. The lock is `flock`, which the kernel releases
+when its holder dies, however it dies: the next run takes it over and logs a warning that
+names the dead holder.
 """
 
 
@@ -124,12 +146,45 @@ def section(prefix: str, model: type[BaseModel], seen: dict) -> list[str]:
     return lines
 
 
+def engine_options() -> list[str]:
+    """One table per backend: the engine options its constructor declares."""
+    from distill.engine_options import engine_parameters, passed_on
+    from distill.registry import BACKENDS
+
+    lines = ["## Engine options", "",
+             "`engine` of a served model (the teacher, judges, answer models) takes its "
+             "backend's options, as the backend's constructor declares them; `model`, "
+             "`chat_template`, `revision` and `seed` come from the model's own fields and "
+             "the recipe. Options marked speed-only stay out of fingerprints.", ""]
+    for name, backend in BACKENDS.items():
+        lines += [f"### `{name}`", "", "| option | type | default | note |", "|---|---|---|---|"]
+        for option, field in engine_parameters(backend).items():
+            kind = type_text(field.annotation, field.metadata).replace("|", "\\|")
+            note = "speed-only" if option in backend.OPERATIONAL else ""
+            lines.append(f"| `{option}` | {kind} | {default_text(field)} | {note} |")
+        rest = passed_on(backend)
+        if rest is not None:
+            lines += ["", f"Other keys: {rest}."]
+        lines.append("")
+    return lines
+
+
+def type_text(annotation, metadata) -> str:
+    """A parameter's type as a reader wants it: `int >= 1`, `'auto' | 'float32'`."""
+    text = re.sub(r"typing\.|<class '([^']+)'>", lambda m: m.group(1) or "", str(annotation))
+    text = text.replace("Literal[", "one of [").replace("NoneType", "None")
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    bounds = [f"{sign} {getattr(item, key)}" for item in metadata
+              for key, sign in signs.items() if getattr(item, key, None) is not None]
+    return f"`{text}`" + (f" ({', '.join(bounds)})" if bounds else "")
+
+
 def render() -> str:
     """The reference page, as Markdown, from the recipe model the registries assemble."""
     from distill.recipe import recipe_model
 
     model = recipe_model()
-    lines = section("recipe", model, {model: "recipe"})
+    lines = section("recipe", model, {model: "recipe"}) + engine_options()
     while lines and not lines[-1]:
         lines.pop()
     return INTRO + "\n" + "\n".join(lines) + "\n"

@@ -24,9 +24,9 @@ LAYERS: dict[str, int] = {
     # 0: foundations, which know nothing of models or components
     "distill.settings": 0, "distill.registry": 0, "distill.records": 0,
     "distill.identity": 0, "distill.prompts": 0, "distill.store": 0,
-    "distill.data": 0, "distill.tinymodel": 0,
-    # 1: model references and the component contract
-    "distill.models": 1, "distill.component": 1,
+    "distill.data": 0, "distill.tinymodel": 0, "distill.runlock": 0,
+    # 1: model references, backends' engine options and the component contract
+    "distill.models": 1, "distill.engine_options": 1, "distill.component": 1,
     # 2: components (backends, generators, filters, training, evaluation, metrics, ...)
     # 3: the recipe, assembled from the components' settings; the report
     "distill.recipe": 3, "distill.report": 3, "distill.cards": 3,

@@ -159,6 +159,7 @@ def run_sweep(path: str | Path, *, only: list[str] | None = None, report_only: b
         The study's report.md.
     """
     from distill.recipe import RecipeError, load_recipe
+    from distill.runlock import run_lock, taken_over, unwritable
 
     study, recipe_path = load_study(path)
     study_dir = Path(study.output_dir) / study.name
@@ -175,12 +176,20 @@ def run_sweep(path: str | Path, *, only: list[str] | None = None, report_only: b
             recipes.append(load_recipe(recipe_path, cell.overrides))
         except RecipeError as error:
             raise StudyError(f"cell {cell.name}: {error}") from None
+        problem = unwritable(Path(recipes[-1].output_dir) / recipes[-1].name)
+        if problem and not report_only:
+            raise StudyError(f"cell {cell.name}: output_dir: {problem}")
     if not report_only:
         from distill.runner import Runner
 
         for index, (cell, recipe) in enumerate(zip(grid, recipes, strict=True), start=1):
             log.info("sweep %s: cell %d/%d %s", study.name, index, len(grid), cell.name)
-            Runner(recipe, options).run()
+            run_dir = Path(recipe.output_dir) / recipe.name
+            # RunLocked (another process runs this cell) stops the sweep, exit 2
+            with run_lock(run_dir, f"distill sweep {path} (cell {cell.name})") as previous:
+                if previous is not None:
+                    log.warning(taken_over(run_dir, previous))
+                Runner(recipe, options).run()
     return write_sweep_report(study, study_dir, cells(study, study_dir))
 
 
