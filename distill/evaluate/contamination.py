@@ -58,7 +58,8 @@ Beyond "any shared n-gram" (`method: ngram`, GPT-3's rule and the default):
   `method: coverage` only dirty examples are flagged and partial ones are listed as
   suspect. Words here are normalised words, not model tokens, and Llama 2's skip-gram
   budget is not modelled. `preset` names published settings (PRESETS).
-- Paraphrases (`paraphrase:`, LLM Decontaminator): see distill/evaluate/paraphrase.py.
+- Paraphrases (`paraphrase:`, LLM Decontaminator): embedding candidates confirmed by a
+  second signal; see distill/evaluate/paraphrase.py.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ class Config(Dependent):
                                "(Llama 2: 0.8; Tulu 3: 0.5).")
     paraphrase: ParaphraseConfig | None = Field(
         None, description="Rephrased benchmark items: nearest benchmark item by sentence "
-        "embedding, optionally confirmed by an LLM judge (LLM Decontaminator). null: off. "
-        "Needs the `embeddings` extra.")
+        "embedding, confirmed by agreeing numbers and words or by an LLM judge (LLM "
+        "Decontaminator). null: off. Needs the `embeddings` extra.")
 
     def dependencies(self) -> Dependencies:
         """The paraphrase judge and its prompt, and a local embedding model's files.
@@ -188,6 +189,9 @@ class Match(BaseModel):
                                 "similarity (paraphrase).")
     judge: str | None = Field(None, description='The LLM judge\'s verdict on a paraphrase: '
                               '"same", "different" or "unclear"; None when no judge ran.')
+    evidence: str | None = Field(None, description="For a paraphrase: how its numbers and "
+                                 "words compare with the benchmark item's (the agreement "
+                                 "check).")
 
 
 class ContaminatedExample(BaseModel):
@@ -235,7 +239,8 @@ class ContaminationReport(BaseModel):
     contaminated: list[ContaminatedExample] = Field(default_factory=list)
     suspect: list[ContaminatedExample] = Field(
         default_factory=list, description="Listed, not flagged: partial coverage, or a "
-        "paraphrase candidate the judge rejected or could not decide.")
+        "paraphrase candidate that was not confirmed (the judge said different, or its "
+        "numbers and words disagree with the item's).")
     method: str = "ngram"
     coverage_of: str = "benchmark"
     clean_below: float = 0.2
@@ -256,7 +261,9 @@ class ContaminationReport(BaseModel):
         method = (f"{self.ngram}-grams" if self.method == "ngram" else
                   f"{self.ngram}-gram coverage of the {self.coverage_of} > {self.dirty_above}")
         if self.paraphrase is not None:
-            method += f", paraphrases (cosine >= {self.paraphrase.get('threshold')})"
+            confirm = "judge" if self.paraphrase.get("judge") else self.paraphrase.get("confirm")
+            method += (f", paraphrases (cosine >= {self.paraphrase.get('threshold')}, "
+                       f"confirmed by {confirm})")
         head = (f"decontamination ({method}, policy {self.policy}): "
                 f"{len(self.contaminated)} of {self.checked} training examples overlap "
                 f"{sum(1 for s in self.tasks.values() if s.contaminated_examples)} of "
@@ -763,10 +770,12 @@ def check_items(items: Sequence[TextItem], config: Config,
 def _add_paraphrases(report: ContaminationReport, items: Sequence[TextItem],
                      index: BenchmarkIndex, config: ParaphraseConfig,
                      judge_backend: Any) -> dict[str, Any]:
-    """Flag the items whose nearest benchmark question is a paraphrase; return the counts.
+    """Flag the items whose nearest benchmark question is a confirmed paraphrase.
 
-    Items the n-gram check already flagged are not embedded again. A judge's "unclear"
-    answer flags the item: the judge only takes away candidates it rejects outright.
+    Items the n-gram check already flagged are not embedded again. A candidate that is
+    not confirmed (the judge said "different", or without a usable verdict its numbers
+    and words disagree with the item's) is listed as suspect and kept. Returns the
+    detector's settings and counts for the report.
     """
     from distill.evaluate.paraphrase import find_paraphrases
 
@@ -777,27 +786,32 @@ def _add_paraphrases(report: ContaminationReport, items: Sequence[TextItem],
     found = find_paraphrases([item.question or item.text for item in todo],
                              [index.item_text(ref) for ref in refs], config, judge_backend)
     suspects = {entry.id: entry for entry in report.suspect}
-    counts = {"threshold": config.threshold, "model": config.model or "all-MiniLM-L6-v2",
+    counts = {"threshold": config.threshold, "confirm": config.confirm,
+              "reworded_cosine": config.reworded_cosine,
+              "reworded_max_similarity": config.reworded_max_similarity,
+              "model": config.model or "all-MiniLM-L6-v2",
               "judge": config.judge.model if config.judge else None, "checked": len(todo),
-              "candidates": len(found), "flagged": 0, "judge_different": 0,
-              "judge_unclear": 0}
+              "candidates": len(found), "flagged": 0, "unconfirmed": 0,
+              "judge_different": 0, "judge_unclear": 0}
     for neighbour in found:
         item, doc = todo[neighbour.item], index.docs[neighbour.doc]
         match = Match(task=doc.task, doc_index=doc.index, view="prompt", kind="paraphrase",
                       ngram="", doc_text=_clip(doc.prompt, EXCERPT_CHARS),
-                      score=round(neighbour.cosine, 4), judge=neighbour.judge)
+                      score=round(neighbour.cosine, 4), judge=neighbour.judge,
+                      evidence=neighbour.evidence.describe())
         earlier = suspects.pop(item.id, None)
         entry = ContaminatedExample(
             id=item.id, excerpt=_clip(item.question or item.text, EXCERPT_CHARS),
             matches=[match] + (earlier.matches if earlier else []), kind="paraphrase",
             score=match.score, coverage_class=earlier.coverage_class if earlier else None)
-        if neighbour.judge == "different":
-            counts["judge_different"] += 1
-            report.suspect.append(entry)
-            continue
+        counts["judge_different"] += neighbour.judge == "different"
         counts["judge_unclear"] += neighbour.judge == "unclear"
-        counts["flagged"] += 1
-        report.contaminated.append(entry)
+        if neighbour.confirmed:
+            counts["flagged"] += 1
+            report.contaminated.append(entry)
+        else:
+            counts["unconfirmed"] += 1
+            report.suspect.append(entry)
     report.suspect = [e for e in report.suspect if e.kind == "paraphrase" or e.id in suspects]
     counts["seconds"] = round(time.perf_counter() - started, 3)
     return counts

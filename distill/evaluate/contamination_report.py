@@ -4,7 +4,7 @@ Used by the run report (report.md, per round) and by `distill decontaminate`
 (contamination.md). One row per flagged training item, with its best match: kind (ngram,
 coverage, paraphrase), score (coverage of the benchmark item or of the example; cosine for
 a paraphrase), task, document, the benchmark text and the evidence (shared words, or the
-judge's verdict).
+judge's verdict and how the paraphrase's numbers and words compare with the item's).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def evidence(entry: ContaminatedExample) -> str:
     match = entry.matches[0]
     if match.kind == "paraphrase":
         verdict = f", judge: {match.judge}" if match.judge else ", no judge"
-        return f"cosine {_score(match.score)}{verdict}"
+        words = f"; {match.evidence}" if match.evidence else ""
+        return f"cosine {_score(match.score)}{verdict}{words}"
     text = f'{match.view}: "{match.ngram}"'
     if entry.coverage_class:
         text += f" ({entry.coverage_class})"
@@ -61,9 +62,10 @@ def settings_line(report: ContaminationReport) -> str:
         text += f"words, at least {report.min_doc_words})"
     if report.paraphrase is not None:
         para = report.paraphrase
-        judge = f", judge {para.get('judge')}" if para.get("judge") else ", no judge"
+        confirm = (f"judge {para.get('judge')}, else {para.get('confirm')}"
+                   if para.get("judge") else str(para.get("confirm")))
         text += (f"; paraphrases: top-1 cosine >= {para.get('threshold')} "
-                 f"({para.get('model')}{judge})")
+                 f"({para.get('model')}), confirmed by {confirm}")
     return text
 
 
@@ -83,9 +85,11 @@ def markdown(report: ContaminationReport, source: str, limit: int | None = 1000)
     if report.paraphrase is not None:
         para = report.paraphrase
         lines += [f"Paraphrase detector: {para.get('candidates', 0)} candidates at or above "
-                  f"the threshold, {para.get('flagged', 0)} flagged, "
-                  f"{para.get('judge_different', 0)} rejected by the judge, "
-                  f"{para.get('judge_unclear', 0)} unclear answers (flagged).", ""]
+                  f"the threshold, {para.get('flagged', 0)} confirmed and flagged, "
+                  f"{para.get('unconfirmed', 0)} not confirmed (suspect; "
+                  f"{para.get('judge_different', 0)} rejected by the judge), "
+                  f"{para.get('judge_unclear', 0)} unclear judge answers (decided by "
+                  "the agreement check).", ""]
     if report.contaminated:
         lines += ["## Flagged", ""] + item_rows(report.contaminated, limit) + [""]
     if report.suspect:

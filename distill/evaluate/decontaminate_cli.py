@@ -68,7 +68,9 @@ def decontaminate(
     paraphrase: Annotated[bool, typer.Option(
         help="Also look for rephrased benchmark questions (sentence embeddings).")] = False,
     paraphrase_threshold: Annotated[float | None, typer.Option(
-        help="Top-1 cosine at or above which a record is a paraphrase (default 0.8).")
+        help="Top-1 cosine at or above which a record is a paraphrase candidate, flagged "
+        "once its numbers and words agree with the item (or the judge confirms it); "
+        "default 0.7.")
     ] = None,
     judge_model: Annotated[str | None, typer.Option(
         help="LLM that confirms paraphrase candidates (implies --paraphrase).")] = None,

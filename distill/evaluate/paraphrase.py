@@ -1,4 +1,4 @@
-"""Rephrased benchmark items: embedding nearest neighbour, optionally confirmed by an LLM.
+"""Rephrased benchmark items: embedding candidates, confirmed by a second signal or an LLM.
 
 N-gram checks miss a benchmark question that was reworded or translated (Yang et al. 2023,
 "Rethinking Benchmarks and Contamination for Language Models with Rephrased Samples": a
@@ -8,13 +8,26 @@ each sample's most similar benchmark item (top-1 cosine) and asks a strong LLM w
 two are the same question. This module does the same for the decontamination gate:
 
     from distill.evaluate.paraphrase import ParaphraseConfig, find_paraphrases
-    found = find_paraphrases(train_texts, benchmark_texts, ParaphraseConfig(threshold=0.8))
+    found = find_paraphrases(train_texts, benchmark_texts, ParaphraseConfig())
 
-Without a judge, a top-1 cosine at or above `threshold` flags the sample; with a judge,
-such a pair is flagged only when the judge says "same" (the judge sees only pairs at or
-above the threshold, so its cost stays small). Embeddings come from
-`distill.metrics.embeddings.embed` (sentence-transformers, the bundled offline MiniLM by
-default): the optional extra `embeddings`.
+Two stages. A training text whose top-1 cosine is at or above `threshold` is a
+candidate. The cosine alone cannot decide: with MiniLM, a look-alike on the same topic
+(the same word problem with other numbers, the same sentence asking for another thing)
+scores 0.8-1.0, as high as a rewording, so a threshold that keeps every look-alike out
+also loses most rewordings (docs/decontamination.md has the measurements). So a
+candidate is flagged only when a second signal confirms it:
+
+- without a judge (`confirm: agreement`, the default), its numbers and words must agree
+  with the item's (distill/evaluate/agreement.py: the same numbers once "twelve" and
+  "12" are one, and every word of the item kept or a real rewording);
+- with a judge, the judge's "same" flags, "different" lists it as suspect, and an answer
+  it cannot parse falls back to the agreement check.
+
+Unconfirmed candidates are listed as suspects, never silently dropped. Embeddings come
+from `distill.metrics.embeddings.embed` (sentence-transformers, the bundled offline
+MiniLM by default, or any local or hub model by name): the optional extra `embeddings`.
+The thresholds were set on MiniLM; another model needs its own, which
+`scripts/bench_paraphrase.py --model NAME` measures.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from distill.evaluate.agreement import Evidence, compare, confirms
 from distill.models import ServedModel
 from distill.settings import Strict
 
@@ -45,32 +59,65 @@ class JudgeConfig(ServedModel):
 
 
 class ParaphraseConfig(Strict):
-    """The recipe's `decontamination.paraphrase` section."""
+    """The recipe's `decontamination.paraphrase` section.
+
+    The thresholds were chosen on the development half of tests/assets/paraphrase_eval.jsonl
+    with the bundled MiniLM (scripts/bench_paraphrase.py): the values in the middle of
+    the range that flags no clean look-alike there.
+    """
 
     threshold: float = Field(
-        0.8, ge=-1, le=1, description="Top-1 cosine similarity at or above which a training "
-        "example is a paraphrase candidate (flagged without a judge, sent to the judge with "
-        "one). MiniLM, measured: rewordings of a question 0.92-0.93; other questions about "
-        "the same story or template 0.4-0.8 (one at 0.79), which is what the judge is for; "
-        "unrelated ones below 0.5.")
+        0.7, ge=-1, le=1, description="Top-1 cosine similarity at or above which a training "
+        "example is a paraphrase candidate; a candidate is flagged only once confirmed "
+        "(`confirm`, or the judge). MiniLM on tests/assets/paraphrase_eval.jsonl: rephrased "
+        "items 0.72-0.99, clean look-alikes on the same topic (other numbers, another "
+        "question) 0.46-1.0.")
+    confirm: Literal["agreement", "none"] = Field(
+        "agreement", description="How a candidate is confirmed without a judge (and when "
+        "the judge's answer cannot be parsed). agreement: its numbers must be the "
+        "item's (\"twelve\" = \"12\", \"1,200\" = \"1200\"), its question must add no "
+        "word of comparison, and it must keep every content word of the item or be a "
+        "real rewording at `reworded_cosine` or above (the rule: "
+        "distill/evaluate/agreement.py). none: every candidate is flagged, on the cosine "
+        "alone (at 0.8 that flagged 72-78% of the clean look-alikes measured).")
+    reworded_cosine: float = Field(
+        0.8, ge=-1, le=1, description="With confirm: agreement, a candidate that lacks some "
+        "of the item's words is flagged only at this cosine or above, and only when "
+        "reworded (see reworded_max_similarity).")
+    reworded_max_similarity: float = Field(
+        0.5, ge=0, le=1, description="...and when its word sequence is at most this similar "
+        "to the item's (difflib ratio after normalisation): the item with a word or two "
+        "swapped (\"Celsius\" -> \"Fahrenheit\") scores 0.8-0.95, a rewording about 0.5 "
+        "or less.")
     fields: list[Literal["instruction", "input", "output"]] = Field(
         default_factory=lambda: ["instruction", "input"], min_length=1,
         description="Fields of a training example that are embedded (the question, as the "
         "benchmark side is each item's prompt).")
     model: str | None = Field(None, description="sentence-transformers model (local path or "
-                              "name); null: the bundled all-MiniLM-L6-v2.")
-    judge: JudgeConfig | None = Field(None, description="LLM judge; null flags every "
-                                      "candidate at or above the threshold.")
+                              "name); null: the bundled all-MiniLM-L6-v2. The thresholds "
+                              "were set with MiniLM: measure another model's with "
+                              "scripts/bench_paraphrase.py --model.")
+    judge: JudgeConfig | None = Field(None, description="LLM judge that confirms candidates "
+                                      "instead of the agreement check; null: no judge.")
 
 
 @dataclass
 class Neighbour:
-    """A training text's most similar benchmark text."""
+    """A training text's most similar benchmark text, and whether it is confirmed."""
 
     item: int  # index into the training texts
     doc: int  # index into the benchmark texts
     cosine: float
+    evidence: Evidence  # how its numbers and words compare with the benchmark text's
+    agrees: bool  # whether that evidence confirms it (always True with confirm: none)
     judge: str | None = None  # "same", "different", "unclear"; None: no judge
+
+    @property
+    def confirmed(self) -> bool:
+        """Flag it: the judge says "same", or no usable verdict and the evidence agrees."""
+        if self.judge in ("same", "different"):
+            return self.judge == "same"
+        return self.agrees
 
 
 def nearest(train_texts: Sequence[str], bench_texts: Sequence[str], model: str | None = None,
@@ -94,15 +141,20 @@ def find_paraphrases(train_texts: Sequence[str], bench_texts: Sequence[str],
                      config: ParaphraseConfig, judge_backend: Any = None) -> list[Neighbour]:
     """Every training text whose top-1 benchmark neighbour is at or above the threshold.
 
-    With `config.judge` (or a ready `judge_backend`), each candidate carries the judge's
-    verdict; the caller decides what "unclear" means.
+    Each candidate carries the agreement evidence and, with `config.judge` (or a ready
+    `judge_backend`), the judge's verdict; `Neighbour.confirmed` says whether to flag it.
     """
     if not train_texts or not bench_texts:
         return []
-    candidates = [Neighbour(item=i, doc=j, cosine=cosine)
-                  for i, (j, cosine) in enumerate(nearest(train_texts, bench_texts,
-                                                          config.model))
-                  if cosine >= config.threshold]
+    candidates = []
+    for i, (j, cosine) in enumerate(nearest(train_texts, bench_texts, config.model)):
+        if cosine < config.threshold:
+            continue
+        evidence = compare(bench_texts[j], train_texts[i])
+        agrees = config.confirm == "none" or confirms(
+            evidence, cosine, config.reworded_cosine, config.reworded_max_similarity)
+        candidates.append(Neighbour(item=i, doc=j, cosine=cosine, evidence=evidence,
+                                    agrees=agrees))
     if candidates and (config.judge is not None or judge_backend is not None):
         verdicts = judge_pairs([(bench_texts[c.doc], train_texts[c.item]) for c in candidates],
                                config.judge, judge_backend)

@@ -131,6 +131,9 @@ UNRELATED = {
     "boston": "How many ships sailed into Boston harbor in 1850?",
     "banana": "What colour is a ripe banana?",
 }
+# Doc 0 with another number: as close by embedding as a rewording, but another answer.
+LOOKALIKE = ("lookalike", "The lighthouse keeper on Gull Island counts exactly twenty ships "
+                          "every foggy morning; how many ships does he count?")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,8 @@ def docs():
 def examples():
     pytest.importorskip("sentence_transformers")
     return ([Example(id=k, instruction=text) for k, (_, text) in REPHRASED.items()]
-            + [Example(id=k, instruction=text, output="Sure.") for k, text in UNRELATED.items()])
+            + [Example(id=k, instruction=text, output="Sure.") for k, text in UNRELATED.items()]
+            + [Example(id=LOOKALIKE[0], instruction=LOOKALIKE[1])])
 
 
 def test_rephrased_items_pass_13_grams_and_are_caught_as_paraphrases(docs, examples):
@@ -156,12 +160,20 @@ def test_rephrased_items_pass_13_grams_and_are_caught_as_paraphrases(docs, examp
                                                         "distill_fixture_qa")
         assert match.doc_index == REPHRASED[entry.id][0]
         assert entry.score == match.score and entry.score >= 0.8 and match.judge is None
-    assert report.paraphrase["candidates"] == report.paraphrase["flagged"] == 3
+    for entry in report.contaminated:
+        assert entry.matches[0].evidence.startswith("same numbers")
+    # The look-alike is a candidate too, but its number is not the item's: listed, kept.
+    [suspect] = report.suspect
+    assert (suspect.id, suspect.kind, suspect.matches[0].doc_index) == ("lookalike",
+                                                                       "paraphrase", 0)
+    assert suspect.score >= 0.9 and suspect.matches[0].evidence.startswith("other numbers")
+    para = report.paraphrase
+    assert (para["candidates"], para["flagged"], para["unconfirmed"]) == (4, 3, 1)
     assert report.tasks["distill_fixture_qa"].contaminated_examples == 3
     assert "paraphrase" in report.summary()
     # Rephrased or not, the drop policy takes them out and names the task.
     clean, dropped = apply_policy(report, examples, "drop")
-    assert {e.id for e in clean} == set(UNRELATED)
+    assert {e.id for e in clean} == set(UNRELATED) | {"lookalike"}
     assert {r.reason for r in dropped} == {"contaminated:distill_fixture_qa"}
 
 
@@ -176,7 +188,7 @@ class ScriptedJudge:
         for request in requests:
             prompt = request.messages[-1]["content"]
             self.prompts.append(prompt)
-            answer = ("True" if "lighthouse" in prompt.split("part2")[1] else
+            answer = ("True" if "misty" in prompt.split("part2")[1] else
                       "False." if "Mira" in prompt.split("part2")[1] else "Hmm, hard to say")
             out.append(Generation(request.id, 0, answer, "stop"))
         return out
@@ -190,18 +202,21 @@ def test_judge_confirms_rejects_or_leaves_unclear(docs, examples):
     config = Config(paraphrase=ParaphraseConfig(judge=JudgeConfig(model="org/scripted")))
     report = find_contamination(examples, config, documents=docs, judge_backend=judge)
     # Only the candidates above the threshold reach the judge, each with its neighbour.
-    assert len(judge.prompts) == 3
+    assert len(judge.prompts) == 4
     assert all("part1: {" in p and "rephrased" in p for p in judge.prompts)
     lighthouse = next(p for p in judge.prompts if "misty" in p)
     assert "The lighthouse keeper on Gull Island" in lighthouse.split("part2")[0]
     assert "Question:" not in lighthouse  # the task's template is cut off
     verdicts = {e.id: e.matches[0].judge for e in report.contaminated + report.suspect}
     assert verdicts == {"re-lighthouse": "same", "re-baker": "different",
-                        "re-clock": "unclear"}
-    # "unclear" flags (the judge only removes what it rejects); "different" is suspect.
+                        "re-clock": "unclear", "lookalike": "unclear"}
+    # "same" flags, "different" is suspect whatever the words say (the baker's agree);
+    # an unclear answer falls back to the agreement check: the clock's rewording
+    # agrees, the look-alike's number does not.
     assert report.contaminated_ids == {"re-lighthouse", "re-clock"}
-    assert [e.id for e in report.suspect] == ["re-baker"]
-    assert (report.paraphrase["judge_different"], report.paraphrase["judge_unclear"]) == (1, 1)
+    assert [e.id for e in report.suspect] == ["re-baker", "lookalike"]
+    para = report.paraphrase
+    assert (para["judge_different"], para["judge_unclear"], para["unconfirmed"]) == (1, 2, 2)
 
 
 def test_judge_runs_on_a_real_backend(docs, examples, tiny_model_dir):
