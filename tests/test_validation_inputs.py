@@ -133,6 +133,12 @@ def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path):
                        "as UTF-8")
 
 
+def test_a_study_that_is_not_utf8_is_one_line(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_bytes(b"name: s\nrecipe: r.yaml\n# r\xe9sum\xe9\n")
+    assert refused("sweep", str(study)) == f"error: {study}:3: not UTF-8 (byte 0xe9)"
+
+
 def test_a_bad_yaml_override_value_is_one_line(tmp_path):
     message = refused("validate", str(write(tmp_path, base(tmp_path))), "teacher.engine={a:")
     assert message.startswith("error: override teacher.engine: '{a:' is not a YAML value")

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from distill.records import atomic_write_text
+from distill.records import atomic_write_text, read_utf8
 from distill.settings import Strict
 
 log = logging.getLogger("distill")
@@ -104,7 +104,11 @@ def load_study(path: str | Path) -> tuple[Study, Path]:
     if not path.is_file():
         raise StudyError(f"{path}: study file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = read_utf8(path)
+    except ValueError as error:  # not UTF-8: the file and line
+        raise StudyError(str(error)) from None
+    try:
+        data = yaml.safe_load(text)
         study = Study.model_validate(data)
     except yaml.YAMLError as error:
         raise StudyError(f"{path}: not valid YAML ({error})") from None
