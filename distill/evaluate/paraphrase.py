@@ -170,7 +170,7 @@ def judge_pairs(pairs: Sequence[tuple[str, str]], config: JudgeConfig | None,
     `backend` is any object with the Backend protocol; without it one is loaded from
     `config` and closed afterwards.
     """
-    from distill.backends.base import GenerationRequest, Sampling, load_backend
+    from distill.backends.base import FAILED, GenerationRequest, Sampling, load_backend
     from distill.models import model_path
     from distill.prompts import render
 
@@ -194,8 +194,13 @@ def judge_pairs(pairs: Sequence[tuple[str, str]], config: JudgeConfig | None,
     finally:
         if owned:
             backend.close()
+    failed = [g for g in generations if g.finish_reason == FAILED]
+    if failed:  # an unasked question must not read as an unclear answer: the gate would pass
+        raise RuntimeError(f"decontamination judge: {len(failed)} of {len(requests)} "
+                           f"questions got no answer ({failed[0].extra.get('error', '')}); "
+                           "run again")
     by_request = {g.request_id: g.text for g in generations if g.index == 0}
-    return [parse_verdict(by_request.get(request.id, "")) for request in requests]
+    return [parse_verdict(by_request[request.id]) for request in requests]
 
 
 _YES = re.compile(r"^\W*(true|yes|same)\b", re.IGNORECASE)

@@ -243,3 +243,20 @@ def test_missing_embeddings_extra_is_a_clear_error(docs, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'distill\[embeddings\]'"):
         find_contamination([ex("a", "some text")], Config(paraphrase=ParaphraseConfig()),
                            documents=docs)
+
+
+def test_a_judge_that_cannot_be_reached_stops_the_gate(monkeypatch):
+    # a question that got no answer must not count as an "unclear" one the gate decides
+    import socket
+
+    from distill.backends.base import load_backend
+    from distill.evaluate.paraphrase import judge_pairs
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = load_backend("openai", model="judge", base_url=f"http://127.0.0.1:{port}/v1",
+                           api_key_env=None, max_retries=0)
+    with pytest.raises(RuntimeError, match=r"decontamination judge: 2 of 2 questions got no "
+                       r"answer \(APIConnectionError from http://127\.0\.0\.1"):
+        judge_pairs([("What is 2 + 2?", "What's two plus two?"), ("a", "b")], None, backend)
