@@ -15,8 +15,13 @@ Writes `metrics.json` (and the raw per-sequence perplexities in `perplexities.js
 - benchmark scores, training-data mix, funnel counts, generated tokens and wall time per
   stage, copied from the round's manifests.
 
-Texts are scored as the model sees them in training: a record's `text` field when it has
-one, otherwise its chat rendered with the scoring model's chat template.
+Texts are scored as the model saw them in training. A student distill trained with the
+loss on the assistant's tokens only (TRL's default here) was never trained to predict
+prompts, so under it a chat's perplexity is that of the response given its prompt, in the
+chat template rendering training used (prompt tokens labelled -100); under any other model
+it is that of the full text: a record's `text` field when it has one, otherwise its chat
+rendered with the scoring model's chat template. Each perplexity summary says which in
+`scored` ("response" or "full text").
 """
 
 from __future__ import annotations
@@ -132,25 +137,15 @@ def measure_round(config: MeasureConfig, out: Path, *, round_index: int, seed: i
     sample = seeded_sample(synthetic, config.sample_size, seed) if synthetic else []
     raw: dict[str, list[float]] = {}
     if config.perplexity:
-        from distill.metrics.perplexity import load_scorer, sequence_perplexities
-
         if held_out:
-            scorer = load_scorer(student)
-            texts = [record_text(e, scorer.tokenizer) for e in held_out]
-            raw["held_out"] = sequence_perplexities(scorer, texts, batch_size=config.batch_size,
-                                                    max_length=config.max_length)
-            metrics["held_out_perplexity"] = summary(raw["held_out"])
-            del scorer
+            raw["held_out"], scored = record_perplexities(student, held_out, config)
+            metrics["held_out_perplexity"] = {**summary(raw["held_out"]), "scored": scored}
         if reference and sample:
-            scorer = load_scorer(reference)
-            texts = [record_text(e, scorer.tokenizer) for e in sample]
-            raw["generated"] = sequence_perplexities(scorer, texts, batch_size=config.batch_size,
-                                                     max_length=config.max_length)
+            raw["generated"], scored = record_perplexities(reference, sample, config)
             low, high = config.histogram_range
             metrics["generated_perplexity"] = {
-                **summary(raw["generated"]),
+                **summary(raw["generated"]), "scored": scored,
                 "histogram": histogram(raw["generated"], config.histogram_bins, low, high)}
-            del scorer
     texts = [record_text(e) for e in sample]
     if texts:
         metrics["diversity"] = lexical_diversity(
@@ -175,6 +170,35 @@ def measure_round(config: MeasureConfig, out: Path, *, round_index: int, seed: i
     log.info("round_%d/measure: %d synthetic records (%d sampled)", round_index,
              len(sample_ids), len(sample))
     return metrics
+
+
+def record_perplexities(model: str, records: list[Example],
+                        config: MeasureConfig) -> tuple[list[float], str]:
+    """Each record's perplexity under `model`, and what was scored ("response", "full text").
+
+    The response given its prompt under a student trained on responses only
+    (`distill.metrics.perplexity.response_loss_mask`), for records that are chats; the
+    full text otherwise (see the module docstring).
+    """
+    from distill.metrics.perplexity import (
+        FULL_TEXT,
+        RESPONSE,
+        load_scorer,
+        response_loss_mask,
+        response_perplexities,
+        sequence_perplexities,
+    )
+
+    loss_mask = response_loss_mask(model)
+    scorer = load_scorer(model)
+    if loss_mask is not None and not any(isinstance(getattr(e, "text", None), str)
+                                         for e in records):
+        return response_perplexities(scorer, [e.messages() for e in records],
+                                     loss_mask=loss_mask, batch_size=config.batch_size,
+                                     max_length=config.max_length), RESPONSE
+    texts = [record_text(e, scorer.tokenizer) for e in records]
+    return sequence_perplexities(scorer, texts, batch_size=config.batch_size,
+                                 max_length=config.max_length), FULL_TEXT
 
 
 def _semantic(texts: list[str]) -> dict[str, Any]:

@@ -39,7 +39,11 @@ def flywheel_section(run_dir: str | Path) -> list[str]:
         columns += [(key, key.removeprefix("benchmark.")) for key in benchmark]
         lines += ["## Flywheel metrics", "",
                   "Measured after each round (`round_<r>/measure/metrics.json`); perplexity "
-                  "of generated data is under the reference model of `measure.reference_model`.",
+                  "of generated data is under the reference model of `measure.reference_model`"
+                  + _scored(rounds, "generated_perplexity") + (
+                      "; perplexity of real held-out data is under each round's student"
+                      + _scored(rounds, "held_out_perplexity")
+                      if any("held_out_perplexity" in m for m in rounds) else "") + ".",
                   "", "| round | training data | " + " | ".join(t for _, t in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
         for metrics, row in zip(rounds, flat, strict=True):
@@ -53,6 +57,25 @@ def flywheel_section(run_dir: str | Path) -> list[str]:
         lines += [f"**Stopped after round {stop['round']}** by the `{stop['rule']['kind']}` "
                   f"rule: {stop['reason']}.", ""]
     return lines
+
+
+# What a perplexity summary's `scored` says was scored (distill.flywheel.measure).
+SCORED = {"response": "the response given its prompt (what the model was trained to "
+                      "predict; prompt tokens not scored)",
+          "full text": "the full text"}
+
+
+def _scored(rounds: list[dict[str, Any]], key: str) -> str:
+    """", scored on ..." for a perplexity metric, per round where rounds differ."""
+    scored = {m["round"]: (m.get(key) or {}).get("scored") for m in rounds if m.get(key)}
+    if not scored:
+        return ""
+    kinds = set(scored.values())
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        return f", scored on {SCORED.get(kind, kind or 'the full text')}"
+    return ", scored on " + ", ".join(f"{SCORED.get(kind, kind or 'the full text')} in "
+                                      f"round {r}" for r, kind in sorted(scored.items()))
 
 
 def _format(value: Any) -> str:

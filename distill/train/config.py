@@ -518,12 +518,16 @@ class TrainConfig(Strict):
         default_factory=dict, description="Passed untouched to trl.SFTConfig (learning_rate, "
         "num_train_epochs, per_device_train_batch_size, max_length, ...); distill fills "
         "learning_rate 2e-4 (LoRA) / 2e-5 (full), cosine schedule, warmup 0.03, 3 epochs, "
-        "assistant-only loss and per-step logging where unset. With dpo and sft_then_dpo "
+        "assistant-only loss and per-step logging where unset. Refused, because examples "
+        "would attend to one another: packing_strategy wrapped; padding_free or packing "
+        "(bfd, padding-free) unless model_init_kwargs.attn_implementation is a flash "
+        "attention kernel or sdpa / eager / flex_attention (the default is sdpa), and "
+        "without flash attention under trust_remote_code. With dpo and sft_then_dpo "
         "they go to trl.DPOConfig (beta, loss_type, max_length, ...); distill fills "
         "learning_rate 5e-6 (LoRA) / 5e-7 (full), 1 epoch, cosine, warmup 0.1 (Zephyr).")
     sft_args: dict[TrainArgName, Any] = Field(
         default_factory=dict, description="sft_then_dpo only: trl.SFTConfig arguments of the "
-        "SFT step (defaults as for method sft).")
+        "SFT step (defaults and refused packing as for method sft).")
     global_batch_size: int | None = Field(
         None, ge=1, description="Examples per optimizer step, whatever the number of GPUs: "
         "the training processes set gradient_accumulation_steps = global_batch_size / "
@@ -746,3 +750,19 @@ class TrainResult(BaseModel):
             data["sft_step"] = {key: value for key, value in data["sft_step"].items()
                                 if key not in _RESULT_PATHS}
         return data
+
+
+def training_record(model_dir: str | Path) -> TrainResult | None:
+    """The record of the distill training that wrote a merged checkpoint, if one did.
+
+    A train stage writes `<output_dir>/merged/` beside `<output_dir>/train_log.json`, whose
+    `merged_dir` names it; any other checkpoint (a hub model, the microworld's, a base
+    student) has none. Perplexity under a student reads its `loss_mask` from here: what
+    the student was trained to predict.
+    """
+    path = Path(model_dir)
+    log = path.parent / "train_log.json"
+    if not path.is_dir() or not log.is_file():
+        return None
+    result = TrainResult.load(log)
+    return result if Path(result.merged_dir).resolve() == path.resolve() else None

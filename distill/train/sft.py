@@ -174,3 +174,36 @@ def build_dataset(conversations: list[list[dict[str, str]]], loss_mask: str):
     else:
         rows = [{"messages": c} for c in conversations]
     return Dataset.from_list(rows)
+
+
+def loss_tokens(tokenizer, conversation: list[dict[str, str]],
+                loss_mask: str) -> tuple[list[int], list[bool]]:
+    """A conversation's token ids as SFT trains on them, and which ones carry the loss.
+
+    The rendering is TRL's (`SFTTrainer`'s tokenization of the dataset `build_dataset`
+    makes): with loss mask `assistant` the chat template (TRL's training version of it
+    when the template has no `{% generation %}` markers) marks the assistant's tokens;
+    with `completion` the completion starts where the prompt rendered with its generation
+    prompt stops matching the whole chat; with `none` every token is trained. Perplexity
+    under a student scores the same tokens (`distill.metrics.perplexity`), and
+    tests/train/test_train_sft.py checks them against TRL's own labels.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    from trl.data_utils import common_prefix_length
+
+    def render(messages, **kwargs) -> dict[str, list[int]]:
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                             **kwargs)
+
+    if loss_mask == "assistant":
+        template = None if has_generation_markers(tokenizer.chat_template) else \
+            get_training_chat_template(tokenizer)
+        rendered = render(conversation, chat_template=template,
+                          return_assistant_tokens_mask=True)
+        return list(rendered["input_ids"]), [bool(m) for m in rendered["assistant_masks"]]
+    ids = list(render(conversation)["input_ids"])
+    if loss_mask == "completion":
+        prompt = render(conversation[:-1], add_generation_prompt=True)["input_ids"]
+        start = common_prefix_length(list(prompt), ids)
+        return ids, [position >= start for position in range(len(ids))]
+    return ids, [True] * len(ids)

@@ -98,9 +98,10 @@ def test_absolute_bounds_and_unscorable_records(reference_model):
     verdicts = config.build(FilterContext())(records([REPETITIVE, *PROSE, noise(3), ""]))
     assert [v.reason for v in verdicts] == ["too_predictable"] + [""] * 6 + [
         "too_surprising", ""]
+    # a base model, not a student trained on responses: its output is scored as raw text
     assert verdicts[0].scores == {"perplexity": pytest.approx(values[0], rel=1e-4),
-                                  "bound": low}
-    assert verdicts[-1].keep and verdicts[-1].scores == {"perplexity": None}
+                                  "bound": low, "scored": "output"}
+    assert verdicts[-1].keep and verdicts[-1].scores == {"perplexity": None, "scored": "output"}
 
 
 def test_output_given_prompt_scores_the_output_only(reference_model):

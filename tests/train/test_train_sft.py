@@ -151,6 +151,26 @@ def test_template_without_generation_markers_falls_back_to_completion_loss(make_
         assert text.startswith(answer + "<|end|>") and question not in text
 
 
+@pytest.mark.parametrize(("fields", "expected_mask"), [
+    ({}, "assistant"),
+    ({"chat_template": PLAIN_TEMPLATE}, "completion"),
+    ({"args": {"assistant_only_loss": False}}, "none"),
+])
+def test_loss_tokens_are_the_tokens_trl_trains(make_spec, fields, expected_mask):
+    """`loss_tokens` (what perplexity under a student scores) equals TRL's own labels."""
+    from distill.train.sft import loss_tokens
+
+    prepared = prepare_sft(make_spec(**fields))
+    assert prepared.loss_mask == expected_mask
+    dataset = prepared.trainer.train_dataset
+    for index, (question, answer) in enumerate(CHATS):
+        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        ids, scored = loss_tokens(prepared.tokenizer, chat, prepared.loss_mask)
+        assert ids == dataset[index]["input_ids"]
+        trained = [label != -100 for label in dataset[index]["labels"]]
+        assert scored[1:] == trained[1:]  # the first token is never a target
+
+
 def test_full_finetune_writes_only_a_merged_checkpoint(make_spec, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
