@@ -25,7 +25,9 @@ from distill.records import read_json, write_json
 # Bump when a stage's outputs change meaning, so old runs are not silently reused.
 # 2: vLLM's dtype auto is the checkpoint's (it ran bfloat16), chat students get their
 # turn-closing EOS, and the train stage's launch shape is fingerprinted.
-# 3: checkpoint shards name the request each row answers (older shards are not trusted).
+# 3: checkpoint shards name the request each row answers (older shards are not trusted);
+# perplexity under an assistant-only student scores the response given its prompt; train
+# records name no work-directory path.
 CACHE_VERSION = "3"
 
 
