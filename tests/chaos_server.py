@@ -7,7 +7,8 @@ injects faults at the given rates: 429 with Retry-After, 500 and 503, a dropped
 connection, a 200 whose JSON is cut off, a 200 without `choices`, and a reply slower
 than the client's timeout. Whether an attempt is faulty is drawn from the request body
 and how often that body was sent before, so a run meets faults at the same attempts on
-every try of the test (the first faults go round every kind, then kinds are drawn). `faults` can be changed while the server runs (`server.faults = {}`).
+every try of the test (the first faults go round every kind, then kinds are drawn).
+`faults` can be changed while the server runs (`server.faults = {}`).
 """
 
 from __future__ import annotations
