@@ -1,0 +1,383 @@
+"""The kill sweep: `distill run` SIGKILLed anywhere resumes to the uninterrupted run's outputs.
+
+    pytest -m slow tests/test_kill_sweep.py -s      (-s prints where each kill landed)
+
+One uninterrupted run of tests/assets/kill_sweep.yaml is the reference: two rounds of
+generate, filter (with a perplexity filter and an LLM judge that checkpoints), decontaminate,
+train, evaluate and measure, on the microworld models. Then two chains of runs start from
+empty directories. Each run of a chain is a plain `python -m distill run` that a seeded plan
+kills (SIGKILL to its process group: the orchestrator, accelerate and the trainer alike)
+inside one stage, and the chain's next run resumes what it left; the last run goes to
+completion. Between them the chains kill inside every stage of the run once, a seeded
+fraction of the stage's time after its work directory appears, and inside two commits (a
+generation's and a training's), after the manifest is written and before the directory is
+renamed. After every kill each stage committed so far must equal the reference's, and after
+the last run every stage and the report: the same fingerprint, the same files, records,
+funnel, contamination report, scores and metrics, tensor-equal weights; nothing set aside in
+`.stale/`, nothing half done (`.<stage>.work`, temporary files).
+
+Chains, not a fresh directory per kill: a kill then costs two process starts (4 to 10 s
+each) and the stage it interrupted instead of a whole run, which keeps 15 kills within a few
+minutes on 2 cores; and a run resuming a resumed run is what a preempted job does.
+
+Measured on 2 cores, the whole file: 3 min 24 s with the machine otherwise idle (every kill
+landed where it aimed); 6 min 51 s with other test runs beside it (load 4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distill.records import read_json, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "tests" / "assets" / "kill_sweep.yaml"
+NAME = "kill_sweep"
+SEED = 14  # the plan's seed: which stage each chain kills, and when
+ROUND_STAGES = ("generate", "filter", "decontaminate", "train", "evaluate", "measure")
+# The order one run commits its stages in (distill.runner.Runner._rounds).
+ORDER = [("base", "evaluate"), *((f"round_{r}", s) for r in range(2) for s in ROUND_STAGES)]
+# A file the stage writes just before it commits: from then on the kill polls without pause.
+COMMIT_SIGNS = {"generate": "candidates.jsonl", "train": "train_log.json"}
+# Values that measure time, not the run (everything else must be equal), and how many
+# requests a generation found in its checkpoints (a resumed stage finds some: the point).
+VOLATILE = {"finished_at", "wall_time_s", "seconds", "date", "total_evaluation_time_seconds",
+            "train_runtime", "train_samples_per_second", "train_steps_per_second",
+            "resumed_requests"}
+RUN_TIMEOUT_S = 400
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """Where one run of a chain is killed."""
+
+    round: str
+    stage: str
+    at: float | None  # fraction of the reference's stage time; None: during its commit
+
+    def __str__(self) -> str:
+        moment = "commit" if self.at is None else f"{self.at:.2f} of its time"
+        return f"{self.round}/{self.stage} at {moment}"
+
+
+def kill_plan(seed: int) -> list[list[KillPoint]]:
+    """Two chains: every stage once in one of them; a generate and a train commit."""
+    rng = random.Random(seed)
+    points = [KillPoint(r, s, round(rng.uniform(0.05, 0.5), 2)) for r, s in ORDER]
+    commits = [KillPoint(rng.choice(("round_0", "round_1")), stage, None)
+               for stage in COMMIT_SIGNS]
+    rng.shuffle(points)
+    rng.shuffle(commits)
+    chains = [[*points[i::2], commits[i]] for i in range(2)]
+    # in run order; in a stage killed twice, the kill inside it comes before its commit's
+    return [sorted(chain, key=lambda p: (ORDER.index((p.round, p.stage)), p.at is None))
+            for chain in chains]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(ROOT)}
+
+
+def command(output_dir: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "distill", "run", str(RECIPE), f"output_dir={output_dir}",
+            "--quiet", *options]
+
+
+def run_to_completion(output_dir: Path, log: Path, *options: str) -> None:
+    with log.open("w") as handle:
+        code = subprocess.run(command(output_dir, *options), cwd=ROOT, env=env(), stdout=handle,
+                              stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S).returncode
+    assert code == 0, f"distill run failed ({code}):\n{log.read_text()[-4000:]}"
+
+
+# -- killing ----------------------------------------------------------------------------------
+
+
+def kill_run(output_dir: Path, point: KillPoint, stage_time: float, log: Path,
+             *options: str) -> tuple[str, str]:
+    """Start a run and kill its process group at `point`; returns where it landed."""
+    run_dir = output_dir / NAME
+    work = run_dir / point.round / f".{point.stage}.work"
+    committed = run_dir / point.round / point.stage / "manifest.json"
+    started = time.time()
+    with log.open("w") as handle:
+        process = subprocess.Popen(command(output_dir, *options), cwd=ROOT, env=env(),
+                                   stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        # the stage has begun when this run writes its work directory's marker (or it is
+        # committed already: an earlier kill, aimed before it, landed after it)
+        _wait(process, log, lambda: _written_since(work / "fingerprint", started)
+              or committed.exists(), 0.002)
+        if committed.exists():
+            pass
+        elif point.at is not None:
+            time.sleep(point.at * stage_time)
+        else:
+            sign = work / COMMIT_SIGNS[point.stage]
+            _wait(process, log, lambda: _written_since(sign, started) or committed.exists(),
+                  0.001)
+            # poll without pause for the manifest's first write (a rename first: missed),
+            # then advance the frozen run in small steps until the manifest is in place
+            _wait(process, log, lambda: _writing_manifest(work) or committed.exists(), 0.0)
+            _step_until(process, lambda: (work / "manifest.json").exists()
+                        or not work.exists())
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it ended, and the wait reaped it
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return landing(run_dir)
+
+
+def _wait(process: subprocess.Popen, log: Path, condition, pause: float) -> None:
+    deadline = time.time() + RUN_TIMEOUT_S
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended ({process.returncode}) before its kill "
+                                 f"point:\n{log.read_text()[-4000:]}")
+        assert time.time() < deadline, f"no kill point within {RUN_TIMEOUT_S} s"
+        if pause:
+            time.sleep(pause)
+
+
+def _step_until(process: subprocess.Popen, condition, step_s: float = 2e-5) -> None:
+    """Freeze the run's process group, then let it run `step_s` at a time until `condition`.
+
+    The commit's last steps (the manifest's rename into place, the directory's rename) are
+    microseconds apart: polling alone never stops a run between them, stepping does.
+    """
+    if condition():
+        return
+    os.killpg(process.pid, signal.SIGSTOP)
+    while not condition():
+        os.killpg(process.pid, signal.SIGCONT)
+        resumed = time.perf_counter()
+        while time.perf_counter() - resumed < step_s:
+            pass
+        os.killpg(process.pid, signal.SIGSTOP)
+
+
+def _writing_manifest(work: Path) -> bool:
+    """The commit is writing manifest.json (atomic_write_text's temporary file) or has."""
+    try:
+        return any(name.startswith((".manifest.json.", "manifest.json"))
+                   for name in os.listdir(work))
+    except FileNotFoundError:
+        return False
+
+
+def _written_since(path: Path, started: float) -> bool:
+    try:
+        return path.stat().st_mtime >= started - 1  # mtimes may be coarser than time()
+    except FileNotFoundError:
+        return False
+
+
+def landing(run_dir: Path) -> tuple[str, str]:
+    """The stage a killed run was in (the first one not committed) and how far it got."""
+    for label, name in ORDER:
+        if (run_dir / label / name / "manifest.json").exists():
+            continue
+        work = run_dir / label / f".{name}.work"
+        marker = "marker kept" if (work / "fingerprint").exists() else "marker removed"
+        if (work / "manifest.json").exists():
+            return f"{label}/{name}", f"commit: manifest written, not renamed ({marker})"
+        if _writing_manifest(work):
+            return f"{label}/{name}", f"commit: writing the manifest ({marker})"
+        if (work / "config.json").exists():
+            return f"{label}/{name}", f"commit: before the manifest ({marker})"
+        return f"{label}/{name}", "working" if work.exists() else "not begun"
+    return "report", "writing"
+
+
+# -- comparing --------------------------------------------------------------------------------
+
+
+def stage_differences(reference: Path, resumed: Path) -> list[str]:
+    """What differs between two committed stage directories (empty: nothing)."""
+    where = f"{reference.parent.name}/{reference.name}"
+    ref_files, new_files = _files(reference), _files(resumed)
+    found = []
+    if ref_files != new_files:
+        found.append(f"{where}: files only in the reference {sorted(ref_files - new_files)}, "
+                     f"only in the resumed run {sorted(new_files - ref_files)}")
+    for name in sorted(ref_files & new_files):
+        if not _same_file(reference / name, resumed / name, _run_dir(reference),
+                          _run_dir(resumed)):
+            found.append(f"{where}/{name} differs")
+    return found
+
+
+def _files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+
+
+def _run_dir(stage_dir: Path) -> Path:
+    return stage_dir.parent.parent
+
+
+def _same_file(a: Path, b: Path, a_root: Path, b_root: Path) -> bool:
+    if a.suffix == ".safetensors":
+        import torch
+        from safetensors.torch import load_file
+
+        left, right = load_file(a), load_file(b)
+        return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+    if a.name == "training_args.bin":  # transformers' pickled arguments: the same as
+        return True  # train_spec.json and the manifest's train.args, compared as JSON
+    if a.name == "adapter_config.json":  # PEFT writes target_modules, a set, in hash order
+        left, right = _normal(a, a_root), _normal(b, b_root)
+        for config in (left, right):
+            config["target_modules"] = sorted(config["target_modules"])
+        return left == right
+    if a.suffix in (".json", ".jsonl"):
+        return _normal(a, a_root) == _normal(b, b_root)
+    return a.read_bytes().replace(os.fsencode(a_root), b"<run>") == \
+        b.read_bytes().replace(os.fsencode(b_root), b"<run>")
+
+
+def _normal(path: Path, root: Path) -> Any:
+    data = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
+    return _scrub(data, str(root))
+
+
+def _scrub(value: Any, root: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v, root) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_scrub(v, root) for v in value]
+    if isinstance(value, str):
+        return value.replace(root, "<run>")
+    return value
+
+
+def committed_differences(reference: Path, resumed: Path) -> list[str]:
+    """Differences of every stage the resumed run has committed so far."""
+    found = []
+    for label, name in ORDER:
+        if (resumed / label / name / "manifest.json").exists():
+            found += stage_differences(reference / label / name, resumed / label / name)
+    return found
+
+
+def report_numbers(run_dir: Path) -> str:
+    """report.md without what measures time: the cost tables and training's seconds."""
+    text = (run_dir / "report.md").read_text().replace(str(run_dir), "<run>")
+    text = re.sub(r"### Cost per stage\n\n(\|.*\n)+", "", text)
+    return re.sub(r"parameters, [0-9.]+ s\.", "parameters, <time> s.", text)
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    """Work directories, set-aside stages and temporary files under a finished run.
+
+    The run lock's file stays by design (distill/runlock.py), emptied when released.
+    """
+    lock = run_dir / ".lock"
+    found = [p for p in run_dir.rglob(".*") if p != lock or lock.read_text().strip()]
+    return sorted(str(p.relative_to(run_dir)) for p in found)
+
+
+def stage_time(name: str, run_dirs: list[Path]) -> float:
+    """The shortest time a stage of this name took in these runs (wall time is noisy on a
+    shared machine: a kill timed by the longest would miss the stage more often)."""
+    return min(read_json(path)["wall_time_s"] for run_dir in run_dirs
+               for path in run_dir.glob(f"*/{name}/manifest.json"))
+
+
+# -- the sweep --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run (the microworld models are built before it, if need be)."""
+    from distill.microworld.build import build_models
+
+    build_models(quiet=True)
+    out = tmp_path_factory.mktemp("reference")
+    run_to_completion(out, out / "run.log")
+    return out / NAME
+
+
+def test_the_plan_kills_inside_every_stage_and_two_commits():
+    chains = kill_plan(SEED)
+    inside = sorted((p.round, p.stage) for chain in chains for p in chain if p.at is not None)
+    assert inside == sorted(ORDER)
+    assert [sum(p.at is None for p in chain) for chain in chains] == [1, 1]
+    assert kill_plan(SEED) == chains and kill_plan(SEED + 1) != chains  # seeded
+
+
+def test_killed_runs_resume_to_the_uninterrupted_run(reference, tmp_path):
+    kills = []
+    for chain, points in enumerate(kill_plan(SEED)):
+        out = tmp_path / f"chain{chain}"
+        out.mkdir()
+        resumed = out / NAME
+        for index, point in enumerate(points):
+            stage, phase = kill_run(out, point, stage_time(point.stage, [reference, resumed]),
+                                    out / f"run{index}.log")
+            kills.append((chain, point, stage, phase))
+            print(f"chain {chain}: killed {point}: landed in {stage}, {phase}")
+            differences = committed_differences(reference, resumed)
+            assert not differences, f"after the kill at {point} ({stage}, {phase}): {differences}"
+        run_to_completion(out, out / "final.log")
+
+        assert all((resumed / label / name / "manifest.json").exists() for label, name in ORDER)
+        assert committed_differences(reference, resumed) == [], kills
+        assert report_numbers(resumed) == report_numbers(reference)
+        assert leftovers(resumed) == [], kills
+    # Each stage was aimed at in each round; a kill timed by an earlier run of the stage
+    # misses when this run is much faster (a busy machine), but not in every round.
+    inside = {stage.split("/")[1] for _, point, stage, phase in kills
+              if point.at is not None and phase == "working"}
+    assert inside == set(ROUND_STAGES), f"no kill landed inside {set(ROUND_STAGES) - inside}: " \
+        f"{kills}"
+
+
+class CheckpointsLost(AssertionError):
+    """A finished stage's generation checkpoints were thrown away."""
+
+
+@pytest.mark.xfail(strict=True, raises=CheckpointsLost, reason=(
+    "distill/store.py: Stage.commit unlinks the work directory's fingerprint marker before "
+    "it writes manifest.json and renames the directory; Stage.begin then deletes a work "
+    "directory without a marker as another config's (shutil.rmtree): a kill in that window "
+    "throws away a finished generation, and the resumed run asks the teacher everything again"))
+def test_a_kill_during_the_commit_keeps_the_generation(reference, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / NAME
+    shutil.copytree(reference / "base", run_dir / "base")  # done: the run starts at generate
+    point = KillPoint("round_0", "generate", None)
+    stage, phase = kill_run(tmp_path, point, 0.0, tmp_path / "killed.log",
+                            "--stop-after", "generate")
+    if not phase.startswith("commit"):
+        pytest.skip(f"the kill missed the commit: {stage}, {phase}")
+    shards = run_dir / "round_0" / ".generate.work" / "checkpoints"
+    before = {p.relative_to(shards): p.stat().st_mtime_ns for p in shards.rglob("*.jsonl")}
+    assert before, f"killed in the commit ({phase}) with no checkpoint on disk"
+
+    run_to_completion(tmp_path, tmp_path / "resumed.log", "--stop-after", "generate")
+    generated = run_dir / "round_0" / "generate"
+    assert stage_differences(reference / "round_0" / "generate", generated) == []
+    after = {p.relative_to(generated / "checkpoints"): p.stat().st_mtime_ns
+             for p in (generated / "checkpoints").rglob("*.jsonl")}
+    if after != before:
+        raise CheckpointsLost(f"killed in the commit ({phase}); the resumed run wrote "
+                              f"{sum(after.get(k) != v for k, v in before.items())} of "
+                              f"{len(before)} checkpoint shards again")
