@@ -18,6 +18,11 @@ and metrics, tensor-equal weights; nothing set aside in `.stale/`, nothing half 
 (`.<stage>.work`, temporary files), and no checkpoint shard a killed run had written was
 written again.
 
+Two kills leave a run that equals the reference but lost something, each pinned by a strict
+xfail naming its cause in distill/store.py: one in a commit throws away the finished stage
+(a generation's every checkpoint), and one during an atomic write leaves its temporary file,
+which the resumed stage commits (the sweep reports such files rather than fail on them).
+
 Chains, not a fresh directory per kill: a kill then costs two process starts (4 to 10 s
 each) and the stage it interrupted instead of a whole run, which keeps 15 kills within a few
 minutes on 2 cores; and a run resuming a resumed run is what a preempted job does.
@@ -65,6 +70,8 @@ VOLATILE = {"finished_at", "wall_time_s", "seconds", "date", "total_evaluation_t
             "train_runtime", "train_samples_per_second", "train_steps_per_second",
             "resumed_requests"}
 RUN_TIMEOUT_S = 400
+# distill.records.atomic_write_text's temporary file (tempfile.mkstemp): `.<name>.<8>.tmp`
+PARTIAL_WRITE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -127,15 +134,14 @@ def kill_run(output_dir: Path, point: KillPoint, reference: Path, log: Path,
     run_dir = output_dir / NAME
     work = run_dir / point.round / f".{point.stage}.work"
     committed = run_dir / point.round / point.stage / "manifest.json"
-    started = time.time()
-    with log.open("w") as handle:
-        process = subprocess.Popen(command(output_dir, *options), cwd=ROOT, env=env(),
-                                   stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+    marker, sign = work / "fingerprint", work / COMMIT_SIGNS.get(point.stage, "-")
+    # what an earlier run of the chain left there is not this run's
+    earlier = {path: _mtime(path) for path in (marker, sign)}
+    process = start_run(output_dir, log, *options)
     try:
         # the stage has begun when this run writes its work directory's marker (or it is
         # committed already: an earlier kill, aimed before it, landed after it)
-        _wait(process, log, lambda: _written_since(work / "fingerprint", started)
+        _wait(process, log, lambda: _mtime(marker) not in (None, earlier[marker])
               or committed.exists(), 0.002)
         if committed.exists():
             pass
@@ -147,19 +153,31 @@ def kill_run(output_dir: Path, point: KillPoint, reference: Path, log: Path,
         elif point.at is not None:
             time.sleep(point.at * stage_time(point.stage, [reference, run_dir]))
         else:
-            sign = work / COMMIT_SIGNS[point.stage]
-            _wait(process, log, lambda: _written_since(sign, started) or committed.exists(),
-                  0.001)
+            _wait(process, log, lambda: _mtime(sign) not in (None, earlier[sign])
+                  or committed.exists(), 0.001)
             # poll without pause for the manifest's first write (a rename first: missed),
             # then advance the frozen run in small steps until the manifest is in place
             _wait(process, log, lambda: _writing_manifest(work) or committed.exists(), 0.0)
             _step_until(process, lambda: (work / "manifest.json").exists()
                         or not work.exists())
     finally:
-        with contextlib.suppress(ProcessLookupError):  # it ended, and the wait reaped it
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        kill(process)
     return landing(run_dir)
+
+
+def start_run(output_dir: Path, log: Path, *options: str) -> subprocess.Popen:
+    """`distill run` in a process group of its own (its trainer and accelerate join it)."""
+    with log.open("w") as handle:
+        return subprocess.Popen(command(output_dir, *options), cwd=ROOT, env=env(),
+                                stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL the run's whole process group."""
+    with contextlib.suppress(ProcessLookupError):  # it ended, and a wait reaped it
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def stage_progress(name: str, stage_dir: Path) -> int:
@@ -214,11 +232,11 @@ def _writing_manifest(work: Path) -> bool:
         return False
 
 
-def _written_since(path: Path, started: float) -> bool:
+def _mtime(path: Path) -> int | None:
     try:
-        return path.stat().st_mtime >= started - 1  # mtimes may be coarser than time()
+        return path.stat().st_mtime_ns
     except FileNotFoundError:
-        return False
+        return None
 
 
 def landing(run_dir: Path) -> tuple[str, str]:
@@ -258,7 +276,10 @@ def stage_differences(reference: Path, resumed: Path) -> list[str]:
 
 
 def _files(directory: Path) -> set[str]:
-    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+    # a killed write's temporary file is not compared here: partial_writes() reports it, and
+    # test_a_kill_during_a_write_leaves_no_temporary_file pins it (a known bug)
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")
+            if p.is_file() and not PARTIAL_WRITE.match(p.name)}
 
 
 def _run_dir(stage_dir: Path) -> Path:
@@ -340,13 +361,21 @@ def checkpoint_shards(stage_dir: Path) -> dict[str, int]:
 
 
 def leftovers(run_dir: Path) -> list[str]:
-    """Work directories, set-aside stages and temporary files under a finished run.
+    """Work directories, set-aside stages and other hidden files under a finished run.
 
-    The run lock's file stays by design (distill/runlock.py), emptied when released.
+    The run lock's file stays by design (distill/runlock.py), emptied when released; a
+    killed write's temporary file is reported by `partial_writes` instead.
     """
     lock = run_dir / ".lock"
-    found = [p for p in run_dir.rglob(".*") if p != lock or lock.read_text().strip()]
+    found = [p for p in run_dir.rglob(".*") if not PARTIAL_WRITE.match(p.name)
+             and (p != lock or lock.read_text().strip())]
     return sorted(str(p.relative_to(run_dir)) for p in found)
+
+
+def partial_writes(directory: Path) -> list[str]:
+    """Temporary files of atomic writes that a kill interrupted, under `directory`."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob(".*")
+                  if PARTIAL_WRITE.match(p.name))
 
 
 def stage_time(name: str, run_dirs: list[Path]) -> float:
@@ -405,6 +434,9 @@ def test_killed_runs_resume_to_the_uninterrupted_run(reference, tmp_path):
         assert committed_differences(reference, resumed) == [], kills
         assert report_numbers(resumed) == report_numbers(reference)
         assert leftovers(resumed) == [], kills
+        if partial_writes(resumed):
+            print(f"chain {chain}: a killed write's temporary file was committed: "
+                  f"{partial_writes(resumed)}")
         # nothing lost: the requests a killed stage had answered were not asked again (but
         # a kill in a stage's commit costs it all: test_a_kill_during_the_commit_...)
         commits = {(point.round, point.stage) for point in points if point.at is None}
@@ -450,3 +482,36 @@ def test_a_kill_during_the_commit_keeps_the_generation(reference, tmp_path):
         raise CheckpointsLost(f"killed in the commit ({phase}); the resumed run wrote "
                               f"{sum(after.get(k) != v for k, v in before.items())} of "
                               f"{len(before)} checkpoint shards again")
+
+
+class PartialWriteKept(AssertionError):
+    """A killed write's temporary file ended up in a committed stage."""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=PartialWriteKept, reason=(
+    "distill/store.py: Stage.begin keeps a killed run's work directory of the same "
+    "fingerprint as it is, with the temporary file of the atomic write the kill interrupted "
+    "(distill/records.py atomic_write_text: .<name>.<random>.tmp, never renamed), and "
+    "Stage.commit renames it into the committed stage"))
+def test_a_kill_during_a_write_leaves_no_temporary_file(reference, tmp_path):
+    run_dir = tmp_path / NAME
+    shutil.copytree(reference / "base", run_dir / "base")  # done: the run starts at generate
+    work = run_dir / "round_0" / ".generate.work"
+    committed = run_dir / "round_0" / "generate" / "manifest.json"
+    process = start_run(tmp_path, tmp_path / "killed.log", "--stop-after", "generate")
+    try:  # a checkpoint shard is written (and fsynced) every few requests: kill in one
+        _wait(process, tmp_path / "killed.log",
+              lambda: work.exists() and partial_writes(work) or committed.exists(), 0.0)
+    finally:
+        kill(process)
+    if not work.exists() or not partial_writes(work):
+        pytest.skip("the run was not writing when it was killed")
+    caught = partial_writes(work)
+
+    run_to_completion(tmp_path, tmp_path / "resumed.log", "--stop-after", "generate")
+    generated = run_dir / "round_0" / "generate"
+    assert stage_differences(reference / "round_0" / "generate", generated) == []
+    if partial_writes(run_dir):
+        raise PartialWriteKept(f"killed while writing {caught}; committed: "
+                               f"{partial_writes(run_dir)}")
