@@ -14,9 +14,8 @@ any other stage's time), and inside two commits (a generation's and a training's
 manifest is written and before the directory is renamed. After every kill each stage
 committed so far must equal the reference's, and after the last run every stage and the
 report: the same fingerprint, the same files, records, funnel, contamination report, scores
-and metrics, tensor-equal weights; nothing set aside in `.stale/`, nothing half done
-(`.<stage>.work`, temporary files), and no checkpoint shard a killed run had written was
-written again.
+and metrics, tensor-equal weights; nothing set aside in `.stale/`, no `.<stage>.work` left,
+and no checkpoint shard a killed run had written was written again.
 
 Two kills leave a run that equals the reference but lost something, each pinned by a strict
 xfail naming its cause in distill/store.py: one in a commit throws away the finished stage
