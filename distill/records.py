@@ -201,11 +201,15 @@ def numbered_json_objects(lines: Iterable[str | bytes], path: str | Path
         yield number, row
 
 
+# atomic_write_text's temporary files are `.<name>.<random><PARTIAL_SUFFIX>`
+PARTIAL_SUFFIX = ".tmp"
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -215,6 +219,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(directory: str | Path) -> None:
+    """Delete the temporary files of `atomic_write_text` calls a kill interrupted."""
+    for leftover in Path(directory).rglob(f".*{PARTIAL_SUFFIX}"):
+        leftover.unlink()
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any] | BaseModel]) -> int:

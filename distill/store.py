@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill.records import read_json, write_json
+from distill.records import read_json, remove_partial_writes, write_json
 
 # Bump when a stage's outputs change meaning, so old runs are not silently reused.
 # 2: vLLM's dtype auto is the checkpoint's (it ran bfloat16), chat students get their
@@ -106,14 +106,24 @@ class Stage:
                 (self.work / "manifest.json").unlink()
             else:
                 self._move_aside(self.path)
-        marker = self.work / "fingerprint"
-        if self.work.exists() and (not marker.exists()
-                                   or marker.read_text().strip() != self.fingerprint):
-            shutil.rmtree(self.work)  # checkpoints of another config: useless, and small
+        if self.work.exists():
+            if self._work_is_ours():
+                remove_partial_writes(self.work)  # a killed run's half-written files
+            else:
+                shutil.rmtree(self.work)  # checkpoints of another config: useless, and small
         self.work.mkdir(parents=True, exist_ok=True)
-        marker.write_text(self.fingerprint)
+        (self.work / "fingerprint").write_text(self.fingerprint)
         self.started = time.time()
         return self.work
+
+    def _work_is_ours(self) -> bool:
+        """Whether the work directory holds this fingerprint's work (a killed run's)."""
+        marker = self.work / "fingerprint"
+        if marker.exists():
+            return marker.read_text().strip() == self.fingerprint
+        # killed inside `commit`, between the manifest and the rename: finished work
+        manifest = self.work / "manifest.json"
+        return manifest.exists() and read_json(manifest).get("fingerprint") == self.fingerprint
 
     def commit(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write config and manifest (last), then rename the work directory into place."""

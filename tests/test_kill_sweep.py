@@ -17,10 +17,11 @@ report: the same fingerprint, the same files, records, funnel, contamination rep
 and metrics, tensor-equal weights; nothing set aside in `.stale/`, no `.<stage>.work` left,
 and no checkpoint shard a killed run had written was written again.
 
-Two kills leave a run that equals the reference but lost something, each pinned by a strict
-xfail naming its cause in distill/store.py: one in a commit throws away the finished stage
-(a generation's every checkpoint), and one during an atomic write leaves its temporary file,
-which the resumed stage commits (the sweep reports such files rather than fail on them).
+Two kills once left a run that equalled the reference but lost something, and each has a
+test of its own: one in a commit threw away the finished stage (a generation's every
+checkpoint; distill/store.py took the work directory, whose marker the commit had removed,
+for another config's), and one during an atomic write left its temporary file, which the
+resumed stage committed.
 
 Chains, not a fresh directory per kill: a kill then costs two process starts (4 to 10 s
 each) and the stage it interrupted instead of a whole run, which keeps 15 kills within a few
@@ -281,10 +282,7 @@ def stage_differences(reference: Path, resumed: Path) -> list[str]:
 
 
 def _files(directory: Path) -> set[str]:
-    # a killed write's temporary file is not compared here: partial_writes() reports it, and
-    # test_a_kill_during_a_write_leaves_no_temporary_file pins it (a known bug)
-    return {str(p.relative_to(directory)) for p in directory.rglob("*")
-            if p.is_file() and not PARTIAL_WRITE.match(p.name)}
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
 
 
 def _run_dir(stage_dir: Path) -> Path:
@@ -368,12 +366,10 @@ def checkpoint_shards(stage_dir: Path) -> dict[str, int]:
 def leftovers(run_dir: Path) -> list[str]:
     """Work directories, set-aside stages and other hidden files under a finished run.
 
-    The run lock's file stays by design (distill/runlock.py), emptied when released; a
-    killed write's temporary file is reported by `partial_writes` instead.
+    The run lock's file stays by design (distill/runlock.py), emptied when released.
     """
     lock = run_dir / ".lock"
-    found = [p for p in run_dir.rglob(".*") if not PARTIAL_WRITE.match(p.name)
-             and (p != lock or lock.read_text().strip())]
+    found = [p for p in run_dir.rglob(".*") if p != lock or lock.read_text().strip()]
     return sorted(str(p.relative_to(run_dir)) for p in found)
 
 
@@ -438,18 +434,12 @@ def test_killed_runs_resume_to_the_uninterrupted_run(reference, tmp_path):
         assert all((resumed / label / name / "manifest.json").exists() for label, name in ORDER)
         assert committed_differences(reference, resumed) == [], kills
         assert report_numbers(resumed) == report_numbers(reference)
-        assert leftovers(resumed) == [], kills
-        if partial_writes(resumed):
-            print(f"chain {chain}: a killed write's temporary file was committed: "
-                  f"{partial_writes(resumed)}")
-        # nothing lost: the requests a killed stage had answered were not asked again (but
-        # a kill in a stage's commit costs it all: test_a_kill_during_the_commit_...)
-        commits = {(point.round, point.stage) for point in points if point.at is None}
+        assert leftovers(resumed) == [], kills  # partial writes included
+        # nothing lost: the requests a killed stage had answered were not asked again
         for (label, name), before in shards.items():
             after = checkpoint_shards(resumed / label / name)
             rewritten = sorted(path for path, mtime in before.items() if after.get(path) != mtime)
-            assert (label, name) in commits or not rewritten, \
-                f"{label}/{name}: the resumed run wrote {rewritten} again"
+            assert not rewritten, f"{label}/{name}: the resumed run wrote {rewritten} again"
     # Each stage was aimed at in each round; a kill timed by an earlier run of the stage
     # misses when this run is much faster (a busy machine), but not in every round.
     inside = {stage.split("/")[1] for _, point, stage, phase in kills
@@ -463,11 +453,6 @@ class CheckpointsLost(AssertionError):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=CheckpointsLost, reason=(
-    "distill/store.py: Stage.commit unlinks the work directory's fingerprint marker before "
-    "it writes manifest.json and renames the directory; Stage.begin then deletes a work "
-    "directory without a marker as another config's (shutil.rmtree): a kill in that window "
-    "throws away a finished generation, and the resumed run asks the teacher everything again"))
 def test_a_kill_during_the_commit_keeps_the_generation(reference, tmp_path):
     run_dir = tmp_path / NAME
     shutil.copytree(reference / "base", run_dir / "base")  # done: the run starts at generate
@@ -494,11 +479,6 @@ class PartialWriteKept(AssertionError):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=PartialWriteKept, reason=(
-    "distill/store.py: Stage.begin keeps a killed run's work directory of the same "
-    "fingerprint as it is, with the temporary file of the atomic write the kill interrupted "
-    "(distill/records.py atomic_write_text: .<name>.<random>.tmp, never renamed), and "
-    "Stage.commit renames it into the committed stage"))
 def test_a_kill_during_a_write_leaves_no_temporary_file(reference, tmp_path):
     run_dir = tmp_path / NAME
     shutil.copytree(reference / "base", run_dir / "base")  # done: the run starts at generate

@@ -1,5 +1,6 @@
 import json
 
+from distill.records import write_json
 from distill.store import RunStore, fingerprint
 
 
@@ -111,3 +112,30 @@ def test_a_commit_with_failed_requests_is_redone_from_its_own_checkpoints(tmp_pa
     assert store.stage("round_0", "generate", {"k": 1}, {}).is_done()
     # a complete commit is never reopened
     assert store.stage("round_0", "generate", {"k": 1}, {}).failed_requests() == 0
+
+
+def test_a_kill_inside_commit_keeps_the_finished_work(tmp_path):
+    # killed after the manifest was written, before the rename: the work is finished work
+    store = RunStore(tmp_path / "run")
+    stage = store.stage("round_0", "generate", {"k": 1}, {})
+    work = stage.begin()
+    (work / "checkpoints").mkdir()
+    (work / "checkpoints" / "chunk-00000.jsonl").write_text("answers\n")
+    (work / "fingerprint").unlink()  # what commit does first
+    write_json(work / "manifest.json", {"fingerprint": stage.fingerprint})
+    again = store.stage("round_0", "generate", {"k": 1}, {})
+    assert (again.begin() / "checkpoints" / "chunk-00000.jsonl").read_text() == "answers\n"
+    # a manifest of another config is no claim on the directory
+    other = store.stage("round_0", "generate", {"k": 2}, {})
+    (other.work / "fingerprint").unlink()
+    assert not (other.begin() / "checkpoints").exists()
+
+
+def test_a_resumed_stage_drops_the_half_writes_of_a_killed_run(tmp_path):
+    store = RunStore(tmp_path / "run")
+    work = store.stage("round_0", "generate", {"k": 1}, {}).begin()
+    (work / "checkpoints").mkdir()
+    (work / "checkpoints" / "chunk-00000.jsonl").write_text("answers\n")
+    (work / "checkpoints" / ".chunk-00001.jsonl.a1b2c3d4.tmp").write_text("half an ans")
+    again = store.stage("round_0", "generate", {"k": 1}, {}).begin()
+    assert sorted(p.name for p in (again / "checkpoints").iterdir()) == ["chunk-00000.jsonl"]
