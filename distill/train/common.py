@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from distill.train import lifeline
 from distill.train.config import LossPoint, TrainResult, TrainSpec
 
 log = logging.getLogger("distill.train")
@@ -446,8 +447,10 @@ def run_as_main(module: str) -> NoReturn:
 
     `python -m` runs the file as `__main__`, a second copy of the module, whose functions
     would register in `distill.registry.TRAINERS` a second time beside the importable
-    module's; so the `__main__` copy stops before it defines anything.
+    module's; so the `__main__` copy stops before it defines anything. A trainer dies with
+    the launcher that started it (`distill.train.lifeline`).
     """
+    lifeline.die_with_parent(os.getppid())
     sys.exit(importlib.import_module(module).main())
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from distill.registry import TRAINERS
+from distill.train import lifeline
 from distill.train.config import (
     LocalLauncher,
     RayLauncher,
@@ -219,8 +220,9 @@ def _launch_subprocess(spec: TrainSpec, module: str, config: Path, log_path: Pat
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   env=_child_env(config), stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(lifeline.wrapped(command), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, env=_child_env(config),
+                                   stdin=subprocess.DEVNULL)
         writer = _LogWriter(log, echo)
         copier = threading.Thread(target=_copy_output, args=(process.stdout, writer),
                                   daemon=True)
