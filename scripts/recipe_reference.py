@@ -59,7 +59,8 @@ exits. A second `distill run` of the same run stops at once, exit code 2, naming
 holder: `runs/x is in use by pid 123 on host h since 2026-12-06T05:40:00 (distill run
 recipes/x.yaml); wait for it or stop it`. The lock is `flock`, which the kernel releases
 when its holder dies, however it dies: the next run takes it over and logs a warning that
-names the dead holder.
+names the dead holder. The training a run launches dies with it (on Linux), so a run
+killed alone leaves no trainer behind to train beside the next one.
 """
 
 
