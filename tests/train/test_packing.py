@@ -14,20 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from train_data import CHATS
+from train_data import CHATS, MINIMAL
 
 from distill.recipe import RecipeError, load_recipe
 from distill.train.config import check_examples_apart
 
 ROOT = Path(__file__).resolve().parents[2]
-MINIMAL = {
-    "name": "t",
-    "teacher": {"model": "org/teacher"},
-    "student": {"model": "org/student"},
-    "generate": {"kind": "self_instruct", "num_instructions": 10},
-    "eval": {"tasks": ["microworld"]},
-}
-
 
 def recipe_file(tmp_path: Path, train: dict) -> Path:
     path = tmp_path / "recipe.yaml"

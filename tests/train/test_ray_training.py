@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import yaml
-from train_data import FAST_ARGS
+from train_data import FAST_ARGS, MINIMAL
 
 from distill.recipe import RecipeError, load_recipe
 from distill.train.config import LoraSettings, RayLauncher, TrainSpec
@@ -24,14 +24,6 @@ from distill.train.ray_launch import NodeJob, node_command, run_node
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "recipes" / "accelerate"
-MINIMAL = {
-    "name": "t",
-    "teacher": {"model": "org/teacher"},
-    "student": {"model": "org/student"},
-    "generate": {"kind": "self_instruct", "num_instructions": 10},
-    "eval": {"tasks": ["microworld"]},
-}
-
 
 def recipe_with(tmp_path: Path, train: dict):
     path = tmp_path / "recipe.yaml"

@@ -17,3 +17,12 @@ FAST_ARGS = {
     "per_device_train_batch_size": 8,
     "max_length": 64,
 }
+
+# The least a recipe needs (hub names, never loaded): for tests that only validate one.
+MINIMAL = {
+    "name": "t",
+    "teacher": {"model": "org/teacher"},
+    "student": {"model": "org/student"},
+    "generate": {"kind": "self_instruct", "num_instructions": 10},
+    "eval": {"tasks": ["microworld"]},
+}
