@@ -110,6 +110,39 @@ def resolve_sft_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
     return _device_defaults(resolved, args)
 
 
+def distillation_defaults(*, full_finetune: bool) -> dict[str, Any]:
+    """Defaults for `DistillationConfig` (method on_policy) for keys a recipe leaves unset.
+
+    TRL's own defaults (learning rate 1e-6, gradient checkpointing, bf16) are made for a
+    full fine-tune of a large student on a GPU; with a LoRA adapter the learning rate is
+    SFT's 2e-4 (Thinking Machines' on-policy distillation with LoRA used 10x the full
+    fine-tuning rate), one epoch over the prompts. `beta` stays TRL's 1.0 (reverse KL, the
+    on-policy distillation objective of Agarwal et al. and Qwen3). Logging and checkpoints
+    as for SFT.
+    """
+    return {
+        "learning_rate": 2e-5 if full_finetune else 2e-4,
+        "num_train_epochs": 1,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.03,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "ddp_find_unused_parameters": False,
+    }
+
+
+def resolve_distillation_args(args: dict[str, Any], *, full_finetune: bool, seed: int,
+                              quiet: bool = False, global_batch_size: int | None = None
+                              ) -> dict[str, Any]:
+    """`train.args` for `DistillationConfig`, with distill's defaults where the user set nothing."""
+    resolved = {**distillation_defaults(full_finetune=full_finetune), "seed": seed,
+                "disable_tqdm": quiet, **args}
+    resolved = with_global_batch(resolved, global_batch_size, training_processes(),
+                                 "distillation")
+    return _device_defaults(resolved, args)
+
+
 def dpo_defaults(*, full_finetune: bool) -> dict[str, Any]:
     """Defaults for `DPOConfig` that distill uses only for keys a recipe leaves unset.
 
@@ -191,7 +224,7 @@ def check_global_batch(spec: TrainSpec, processes: int) -> None:
     Raises:
         ValueError: as `accumulation_steps`, for the spec's args (and sft_args).
     """
-    steps = [(spec.args, "sft" if spec.method == "sft" else "dpo")]
+    steps = [(spec.args, ARGS_TRAINER[spec.method])]
     if spec.method == "sft_then_dpo":
         steps.append((spec.sft_args, "sft"))
     for args, trainer in steps:
@@ -337,17 +370,13 @@ def check_examples_apart(args: dict[str, Any]) -> None:
                 "padding_free" if args.get("padding_free") else "packing"))
 
 
-def check_dpo_values(args: dict[str, Any]) -> None:
-    """Construct `trl.DPOConfig` from `args` (plus defaults); its complaint becomes ours."""
-    _check_values(args, "dpo")
-
-
 def _check_values(args: dict[str, Any], trainer: str) -> None:
     if _in_multiprocess_run():
         return
     import trl
 
-    resolve = resolve_sft_args if trainer == "sft" else resolve_dpo_args
+    resolve = {"sft": resolve_sft_args, "dpo": resolve_dpo_args,
+               "distillation": resolve_distillation_args}[trainer]
     config_class = getattr(trl, TRL_CONFIGS[trainer])
     checked = resolve(args, full_finetune=False, seed=0)
     # Validation may run where the recipe will not train (a laptop checking a GPU recipe):
@@ -363,7 +392,11 @@ def _check_values(args: dict[str, Any], trainer: str) -> None:
 
 
 # trainer -> the TRL config class its `train.args` go to
-TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig"}
+TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "distillation": "DistillationConfig"}
+# train.method -> the trainer whose config its `train.args` go to (kd trains with SFT's
+# arguments; sft_then_dpo's `sft_args` go to SFTConfig)
+ARGS_TRAINER = {"sft": "sft", "kd": "sft", "dpo": "dpo", "sft_then_dpo": "dpo",
+                "on_policy": "distillation"}
 
 
 def coerce_numbers(args: dict[str, Any], trainer: str) -> dict[str, Any]:
@@ -412,7 +445,7 @@ def check_arg_name(key: str, trainer: str = "sft") -> str:
 def _check_train_arg_name(key: str, info: ValidationInfo) -> str:
     # `args` go to DPOConfig when the method ends with DPO; `sft_args` always to SFTConfig
     method = info.data.get("method", "sft")
-    return check_arg_name(key, "dpo" if info.field_name == "args" and method != "sft" else "sft")
+    return check_arg_name(key, ARGS_TRAINER[method] if info.field_name == "args" else "sft")
 
 
 @functools.cache
@@ -466,6 +499,28 @@ TrainArgName = Annotated[str, AfterValidator(_check_train_arg_name)]
 TrainMethod = TRAINERS.name_type()
 
 
+class KDSettings(Strict):
+    """Logit distillation from the teacher's top-k log-probabilities (`train.kd`).
+
+    The teacher's top-k are kept while it answers (the generation pass), so training needs
+    no teacher in memory. The divergence is over the k tokens plus one bucket for the mass
+    left outside them (`tail: bucket`), or over the k tokens renormalised (`renormalize`).
+    """
+
+    top_k: int = Field(20, ge=1, le=100, description="Log-probabilities kept per generated "
+                       "token (vLLM serves at most its max_logprobs, 20 by default).")
+    beta: float = Field(0.0, ge=0.0, le=1.0, description="Generalised Jensen-Shannon "
+                        "divergence, as TRL's beta: 0 forward KL(teacher || student), 1 "
+                        "reverse KL, 0.5 the symmetric JSD.")
+    ce_weight: float = Field(0.0, ge=0.0, le=1.0, description="Share of cross-entropy on "
+                             "the teacher's sampled tokens in the loss: (1 - w) * divergence "
+                             "+ w * cross-entropy.")
+    tail: Literal["bucket", "renormalize"] = Field(
+        "bucket", description="The teacher's mass outside its top k: one extra class "
+        "against the student's mass outside the same k (bucket), or dropped, both "
+        "distributions renormalised over the k tokens (renormalize).")
+
+
 class LocalLauncher(Strict):
     """Training on this node: `accelerate launch` as a subprocess of the runner."""
 
@@ -506,7 +561,11 @@ class TrainConfig(Strict):
         "SFTTrainer; a preference pair trains on its chosen answer); dpo: TRL DPOTrainer on "
         "preference pairs (generate.kind: preference), reference = the student with its "
         "adapter disabled; sft_then_dpo: SFT on the chosen answers, then DPO from the SFT "
-        "model (Zephyr's two steps).")
+        "model (Zephyr's two steps); kd: logit distillation from the teacher's top-k "
+        "log-probabilities kept while it wrote the data (train.kd); on_policy: the student "
+        "samples answers to the kept prompts and the teacher scores them token by token "
+        "(TRL DistillationTrainer; the teacher must load here and share the student's "
+        "tokenizer).")
     accelerate_config: str | None = Field(
         None, description="accelerate config YAML (see recipes/accelerate/) that `distill run` "
         "launches training with; null trains inside the runner's process.")
@@ -525,6 +584,11 @@ class TrainConfig(Strict):
         "without flash attention under trust_remote_code. With dpo and sft_then_dpo "
         "they go to trl.DPOConfig (beta, loss_type, max_length, ...); distill fills "
         "learning_rate 5e-6 (LoRA) / 5e-7 (full), 1 epoch, cosine, warmup 0.1 (Zephyr).")
+    kd: KDSettings = Field(default_factory=KDSettings,
+                           description="method kd: the divergence and the teacher's top k.")
+    with_reasoning: bool = Field(
+        True, description="Records with a reasoning trace (generate.kind: reasoning) train "
+        "on trace and answer; false trains on the answer alone.")
     sft_args: dict[TrainArgName, Any] = Field(
         default_factory=dict, description="sft_then_dpo only: trl.SFTConfig arguments of the "
         "SFT step (defaults and refused packing as for method sft).")
@@ -540,12 +604,12 @@ class TrainConfig(Strict):
     @classmethod
     def _args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         # the keys were checked one by one
-        if info.data.get("method", "sft") == "sft":
-            value = coerce_numbers(value, "sft")
+        trainer = ARGS_TRAINER[info.data.get("method", "sft")]
+        value = coerce_numbers(value, trainer)
+        if trainer == "sft":
             check_sft_values(value)
         else:
-            value = coerce_numbers(value, "dpo")
-            check_dpo_values(value)
+            _check_values(value, trainer)
         return value
 
     @field_validator("launcher")
@@ -573,7 +637,7 @@ class TrainConfig(Strict):
         if value is None:
             return value
         method = info.data.get("method", "sft")
-        steps = {"args": "sft" if method == "sft" else "dpo"}
+        steps = {"args": ARGS_TRAINER[method]}
         if method == "sft_then_dpo":
             steps["sft_args"] = "sft"
         for name, trainer in steps.items():
@@ -599,6 +663,13 @@ class TrainSpec(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict, description="train.args, untouched.")
     sft_args: dict[str, Any] = Field(default_factory=dict,
                                      description="train.sft_args (sft_then_dpo), untouched.")
+    kd: KDSettings | None = Field(None, description="train.kd (method kd).")
+    teacher_tokens_path: str | None = Field(
+        None, description="method kd: the teacher's tokens and top-k log-probabilities of "
+        "each record (distill.teacher_tokens), by record id.")
+    teacher_model: str | None = Field(
+        None, description="method on_policy: the teacher that scores the student's samples "
+        "(a local checkpoint or a hub id).")
     global_batch_size: int | None = Field(
         None, ge=1, description="train.global_batch_size: the training processes set "
         "gradient_accumulation_steps from it and their number.")
@@ -628,7 +699,7 @@ class TrainSpec(BaseModel):
 
 # TrainSpec fields that name the job's own files (model and tokenizer may be hub ids, and
 # are kept as given).
-_JOB_PATHS = ("data_path", "output_dir", "progress_path")
+_JOB_PATHS = ("data_path", "output_dir", "progress_path", "teacher_tokens_path")
 # TrainResult fields (and those of its `sft_step`) that name its output directories.
 _RESULT_PATHS = ("output_dir", "merged_dir", "adapter_dir")
 # The first key of a saved spec or result, so that a reader of the file knows what the
