@@ -230,9 +230,10 @@ def run(
 
 def _exit_code(error: Exception) -> int:
     from distill.evaluate.contamination import ContaminationError
-    from distill.identity import ModelUnavailable
+    from distill.identity import ModelsIncompatible, ModelUnavailable
 
-    if isinstance(error, ModelUnavailable):  # raised before any work (Runner._resolve_models)
+    # raised before any work (Runner._resolve_models)
+    if isinstance(error, ModelUnavailable | ModelsIncompatible):
         return EXIT_BAD_INPUT
     return 3 if isinstance(error, ContaminationError) else 1
 

@@ -63,6 +63,10 @@ class ModelUnavailable(RuntimeError):  # noqa: N818 - reads as what happened, li
     """A hub model that is neither in the local cache nor downloadable (one-line message)."""
 
 
+class ModelsIncompatible(ValueError):  # noqa: N818 - reads as what happened
+    """Models that cannot work together (teacher and student vocabularies, ...): one line."""
+
+
 @dataclass(frozen=True)
 class HubSnapshot:
     """A hub model's files at one commit, in the local Hugging Face cache."""

@@ -232,10 +232,32 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
-    def _dpo_needs_pairs(self) -> Recipe:
-        if self.train.method != "sft" and self.generate.OUTPUT != "pairs":
-            raise ValueError(f"train.method {self.train.method} trains on preference pairs: "
+    def _method_fits_data(self) -> Recipe:
+        method, kind = self.train.method, self.generate.kind
+        if method in ("dpo", "sft_then_dpo") and self.generate.OUTPUT != "pairs":
+            raise ValueError(f"train.method {method} trains on preference pairs: "
                              "use a generation method that writes them (kind preference)")
+        if method == "kd":
+            if not self.generate.keeps_teacher_tokens():
+                raise ValueError(f"train.method kd trains on the teacher's log-probabilities "
+                                 f"of each record's answer, and generate.kind {kind} with "
+                                 "these settings writes records that are not one teacher "
+                                 "answer each; use a kind that does (self_instruct or "
+                                 "evol_instruct answering their instructions, continuation "
+                                 "in chat mode, reasoning)")
+            if self.rounds.real_first or self.rounds.data_policy.NEEDS_REAL:
+                raise ValueError("train.method kd trains on the teacher's log-probabilities, "
+                                 "which real data (rounds.real_first, a data policy that "
+                                 "mixes in data.real) does not have; use method sft")
+            if not self.train.with_reasoning:
+                raise ValueError("train.with_reasoning false drops the trace the teacher's "
+                                 "log-probabilities were kept for; with method kd the "
+                                 "student learns the teacher's whole answer")
+        if method == "on_policy" and not self.teacher.loads_weights():
+            raise ValueError(f"train.method on_policy scores the student's samples with the "
+                             f"teacher's full distribution, loaded here, and teacher.backend "
+                             f"{self.teacher.backend} only serves it; use backend hf or vllm "
+                             "with the teacher's weights")
         return self
 
     @field_validator("eval")

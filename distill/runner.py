@@ -117,7 +117,7 @@ class Runner:
             generated = self.generate(label, round_index, teacher, real)
             filtered = self.filter(label, generated)
             clean_data.append(self.decontaminate(label, filtered))
-            trained = self.train(label, student, clean_data, real_draws)
+            trained = self.train(label, student, clean_data, real_draws, teacher)
             merged = ModelRef(path=str(trained.path / "merged"),
                               identity={"train_stage": trained.fingerprint},
                               chat_template=recipe.student.chat_template)
@@ -163,6 +163,25 @@ class Runner:
                       if spec != "teacher"]
         for spec in specs:
             self._model_ref(spec)
+        if recipe.train.method in ("kd", "on_policy"):
+            self._check_vocabularies()
+
+    def _check_vocabularies(self) -> None:
+        """Refuse teacher and student vocabularies that differ (kd and on_policy).
+
+        Both methods compare the two models' distributions token id by token id.
+        """
+        from distill.identity import ModelsIncompatible
+        from distill.train.vocab import check_shared_vocabulary
+
+        recipe = self.recipe
+        teacher, student = self._model_ref(recipe.teacher), self._model_ref(recipe.student)
+        try:
+            check_shared_vocabulary(teacher.path, student.path)
+        except ValueError as error:
+            raise ModelsIncompatible(
+                f"train.method {recipe.train.method} compares the teacher's and the student's "
+                f"next-token distributions, which needs one vocabulary: {error}") from None
 
     def _model_ref(self, spec: ModelSpec) -> ModelRef:
         # a model a server serves is only named, one loaded here is hashed: two entries
@@ -230,9 +249,12 @@ class Runner:
             return self._stage(label, "generate", config, {"real": real.identity},
                                lambda out: self._real_as_candidates(out, real))
         backend = recipe.teacher.backend
+        top_logprobs = recipe.train.kd.top_k if recipe.train.method == "kd" else 0
         config = {"method": self._component(method, real), "seed": recipe.seed,
                   "round": round_index, "backend": backend,
                   "engine": semantic_engine_options(backend, recipe.teacher.engine)}
+        if top_logprobs:
+            config["top_logprobs"] = top_logprobs
         inputs = {"teacher": teacher.identity}
 
         def work(out: Path) -> dict[str, Any]:
@@ -259,7 +281,7 @@ class Runner:
                 chunk_size=recipe.teacher.checkpoint_every, executor=executor,
                 progress=self._progress(f"{label} generate"),
                 failures=FailedRequests(max_fraction=recipe.teacher.max_failed_fraction),
-                **loaders)
+                top_logprobs=top_logprobs, **loaders)
             try:
                 result = method.run(context)
                 ran = executor.summary()  # while its engines are up to say how they ran
@@ -269,6 +291,9 @@ class Runner:
             rejected = [*result.rejected, *context.failures.rejected]
             write_jsonl(out / "candidates.jsonl", result.examples)
             write_jsonl(out / "rejected.jsonl", rejected)
+            if top_logprobs:
+                save_candidate_tokens(out / TEACHER_TOKENS_FILE, result.examples,
+                                      context.teacher_tokens)
             return {"counts": {"candidates": len(result.examples), "rejected": len(rejected)},
                     "failed_requests": failed,
                     "tokens": checkpoint_tokens(out / "checkpoints"),
@@ -356,8 +381,13 @@ class Runner:
         return self._stage(label, "decontaminate", config, inputs, work)
 
     def train(self, label: str, student: ModelRef, clean_data: list[Stage],
-              real_draws: list[RealDraw] | None = None) -> Stage:
-        """LoRA (or full) fine-tuning of the base student on this round's data policy."""
+              real_draws: list[RealDraw] | None = None,
+              teacher: ModelRef | None = None) -> Stage:
+        """LoRA (or full) fine-tuning of the base student on this round's data policy.
+
+        Method kd also reads the teacher's tokens that each data round's generate stage
+        kept; on_policy loads `teacher` (the round's teacher) to score the student's samples.
+        """
         recipe = self.recipe
         policy = recipe.rounds.data_policy
         round_index = len(clean_data) - 1
@@ -373,6 +403,11 @@ class Runner:
                   "policy": policy.model_dump(mode="json"), "seed": recipe.seed}
         inputs = {"student": student.identity, "data": [s.fingerprint for s in data],
                   "real": [draw.identity for draw in real]}
+        on_policy = recipe.train.method == "on_policy"
+        if on_policy:
+            if teacher is None:
+                raise ValueError("train.method on_policy needs the round's teacher")
+            inputs["teacher"] = teacher.identity
         if recipe.review.apply:  # importing decisions retrains (distill.review)
             from distill.review import decisions_hash
 
@@ -398,8 +433,21 @@ class Runner:
             if not selection.records:
                 raise RuntimeError(f"{label}: no training data survived the filters; see "
                                    f"the funnel in {data[-1].round_dir}")
-            write_jsonl(data_path, selection.records)
+            records = selection.records
+            if not recipe.train.with_reasoning:  # the answer alone (distill.records)
+                records = [record.model_copy(update={"reasoning": ""})
+                           if getattr(record, "reasoning", "") else record
+                           for record in records]
+            write_jsonl(data_path, records)
+            kd = recipe.train.method == "kd"
+            if kd:  # the teacher's tokens of exactly the records trained on, in one file
+                gather_teacher_tokens(out / TEACHER_TOKENS_FILE, records,
+                                      [s.round_dir / "generate" / TEACHER_TOKENS_FILE
+                                       for s in data])
             spec = TrainSpec(method=recipe.train.method, sft_args=recipe.train.sft_args,
+                             kd=recipe.train.kd if kd else None,
+                             teacher_tokens_path=str(out / TEACHER_TOKENS_FILE) if kd else None,
+                             teacher_model=teacher.path if on_policy and teacher else None,
                              model=student.path, chat_template=student.chat_template,
                              lora=recipe.student.lora, args=recipe.train.args,
                              global_batch_size=recipe.train.global_batch_size,
@@ -502,6 +550,46 @@ def _failed_requests(where: str, failures: FailedRequests) -> int:
         log.warning("%s: the server refused %d request(s) (rejected as request_refused)",
                     where, refused)
     return failures.to_retry
+
+
+# The teacher's tokens and top-k log-probabilities of a stage's records (train.method kd):
+# the generate stage keeps those of its candidates, the train stage those it trains on.
+TEACHER_TOKENS_FILE = "teacher_tokens.safetensors"
+
+
+def save_candidate_tokens(path: Path, examples: list[Any], kept: dict[str, Any]) -> None:
+    """Save the teacher's tokens of every candidate; a candidate without them is an error.
+
+    A method that declares `keeps_teacher_tokens()` answers every record in one teacher
+    generation; a record without tokens would train on nothing, so the stage fails.
+    """
+    from distill.teacher_tokens import save_teacher_tokens
+
+    missing = [example.id for example in examples if example.id not in kept]
+    if missing:
+        raise RuntimeError(f"{len(missing)} candidate(s) have no teacher tokens to train "
+                           f"on with method kd (first: {missing[0]!r}): the generation "
+                           "method did not keep them")
+    save_teacher_tokens(path, {example.id: kept[example.id] for example in examples})
+
+
+def gather_teacher_tokens(path: Path, records: list[Any], sources: list[Path]) -> None:
+    """The teacher's tokens of `records` from their rounds' generate stages, in one file."""
+    from distill.teacher_tokens import load_teacher_tokens, save_teacher_tokens
+
+    wanted = {record.id for record in records}
+    found: dict[str, Any] = {}
+    for source in sources:
+        if not source.is_file():
+            raise RuntimeError(f"{source} is missing: its round was generated without the "
+                               "teacher's log-probabilities that method kd trains on")
+        found.update((record_id, tokens) for record_id, tokens
+                     in load_teacher_tokens(source).items() if record_id in wanted)
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise RuntimeError(f"{len(missing)} training record(s) have no teacher tokens "
+                           f"(first: {missing[0]!r}); method kd trains only on teacher answers")
+    save_teacher_tokens(path, {record.id: found[record.id] for record in records})
 
 
 def checkpoint_tokens(checkpoint_dir: Path) -> dict[str, int]:

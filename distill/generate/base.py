@@ -27,6 +27,14 @@ class GeneratorSettings(Component):
     # What the method writes: instruction examples, or preference pairs (for DPO).
     OUTPUT: ClassVar[Literal["examples", "pairs"]] = "examples"
 
+    def keeps_teacher_tokens(self) -> bool:
+        """Whether each record's output is one teacher answer, as generated.
+
+        Then the context can keep that answer's tokens and top-k log-probabilities
+        (`ctx.top_logprobs`), which train.method kd learns from.
+        """
+        return False
+
     @abstractmethod
     def run(self, ctx: GenerationContext) -> GenerationResult:
         """Generate this round's candidates with the context's teacher."""

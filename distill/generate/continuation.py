@@ -69,6 +69,10 @@ class Config(GeneratorSettings):
         """The round's real records; the teacher's own tokenizer cuts them."""
         return Dependencies(inputs=("real",))
 
+    def keeps_teacher_tokens(self) -> bool:
+        """Chat mode ends with the teacher's answer; text mode keeps a continuation."""
+        return self.mode == "chat"
+
     def run(self, ctx: GenerationContext) -> GenerationResult:
         """Continue the round's real records (`ctx.real_records()`) with the teacher."""
         real = ctx.real_records()

@@ -214,6 +214,10 @@ class Config(GeneratorSettings):
                                 templates=tuple(templates))
         return Dependencies(templates=tuple(templates), inputs=("seed_tasks",))
 
+    def keeps_teacher_tokens(self) -> bool:
+        """Every record's output is a teacher answer unless the seeds' own are kept."""
+        return self.initial_responses == "regenerate"
+
     def run(self, ctx: GenerationContext) -> GenerationResult:
         """Evolve the initial instructions for `evolution_rounds` rounds and answer them.
 

@@ -171,6 +171,10 @@ class Config(GeneratorSettings):
             templates.append(self.response_template)
         return Dependencies(templates=tuple(templates), inputs=("seed_tasks",))
 
+    def keeps_teacher_tokens(self) -> bool:
+        """The teacher answers every kept instruction (responses: regenerate)."""
+        return self.responses == "regenerate"
+
     def run(self, ctx: GenerationContext) -> GenerationResult:
         """Grow the run's seed tasks into `num_instructions` answered instructions.
 
