@@ -396,8 +396,7 @@ class Runner:
         real = [real_draws[r] for r in sources.real] if real_draws else []  # no data.real
         from distill.train.launch import training_shape
 
-        config = {"train": recipe.train.model_dump(mode="json",
-                                                   exclude=set(recipe.train.OPERATIONAL)),
+        config = {"train": recipe.train.fingerprint_settings(),
                   "launch": training_shape(recipe.train),
                   "lora": recipe.student.lora and recipe.student.lora.model_dump(mode="json"),
                   "policy": policy.model_dump(mode="json"), "seed": recipe.seed}

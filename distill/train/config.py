@@ -600,6 +600,14 @@ class TrainConfig(Strict):
         "steps. null: the accumulation in args (TRL's default 1), so the effective batch "
         "grows with the GPU count.")
 
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """The settings that change what training produces (the train stage's fingerprint).
+
+        `kd` configures method kd only, so another method's runs keep their fingerprints.
+        """
+        exclude = set(self.OPERATIONAL) | ({"kd"} if self.method != "kd" else set())
+        return self.model_dump(mode="json", exclude=exclude)
+
     @field_validator("args")
     @classmethod
     def _args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
