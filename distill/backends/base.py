@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from distill.registry import BACKENDS
+from distill.teacher_tokens import TeacherTokens
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,21 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    # k: keep the k most likely tokens and their raw log-probabilities at every generated
+    # position (`Generation.tokens`), for logit distillation; 0: none
+    top_logprobs: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain-dict form, for lineage and fingerprints."""
+        """Plain-dict form, for lineage and fingerprints.
+
+        `top_logprobs` appears only when it is set: a k changes the request (its digest,
+        hence its checkpoint) and the lineage, while requests without one keep the form
+        they had before the field existed, so their checkpoints stay valid.
+        """
         data = asdict(self)
         data["stop"] = list(self.stop)
+        if not self.top_logprobs:
+            del data["top_logprobs"]
         return data
 
 
@@ -76,6 +87,9 @@ class Generation:
     completion_tokens: int = 0
     logprobs: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # the completion's tokens with the top-k log-probabilities at each, when the request
+    # asked for `sampling.top_logprobs`; kept beside the shard, never in its JSONL
+    tokens: TeacherTokens | None = None
 
 
 def request_seed(request: GenerationRequest, default_seed: int = 0) -> int:
