@@ -9,6 +9,12 @@ than the client's timeout. Whether an attempt is faulty is drawn from the reques
 and how often that body was sent before, so a run meets faults at the same attempts on
 every try of the test (the first faults go round every kind, then kinds are drawn).
 `faults` can be changed while the server runs (`server.faults = {}`).
+
+Log-probabilities are served in vLLM's form: `logprobs` / `top_logprobs` (chat) or an
+integer `logprobs` (completions), tokens as "token_id:<id>" when the body asks
+`return_tokens_as_token_ids` (unless `token_ids=False`: a server that names tokens by
+their text), and each position's alternatives built as vLLM builds them, from a dict that
+starts with the sampled token (chat keeps its first n entries, completions n + 1).
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ REALISTIC = {"429": 0.06, "500": 0.02, "503": 0.03, "drop": 0.02, "truncated": 0
 class ChaosServer:
     """The server; `url` is its base URL, `served` counts answered requests by kind."""
 
-    def __init__(self, model_dir: str, faults: dict[str, float], slow_s: float = 3.0) -> None:
+    def __init__(self, model_dir: str, faults: dict[str, float], slow_s: float = 3.0,
+                 token_ids: bool = True) -> None:
         self.backend = HFBackend(model=model_dir, batch_size=1)
+        self.token_ids = token_ids  # whether return_tokens_as_token_ids is honoured
         self.faults = dict(faults)
         self.slow_s = slow_s
         self.sent: Counter[str] = Counter()  # attempts per request body
@@ -82,14 +90,20 @@ class ChaosServer:
             max_tokens=int(payload.get("max_tokens") or payload.get("max_completion_tokens")
                            or 16),
             n=int(payload.get("n", 1)), stop=tuple(payload.get("stop") or ()),
-            seed=payload.get("seed"))
+            # the sampled tokens' log-probabilities, and the top-n (at least the ids)
+            seed=payload.get("seed"), logprobs=payload.get("logprobs") not in (None, False),
+            top_logprobs=max(1, self._alternatives(chat, payload))
+            if payload.get("logprobs") not in (None, False) else 0)
         request = GenerationRequest(
             id="r", sampling=sampling, messages=payload["messages"] if chat else None,
             prompt=None if chat else payload["prompt"])
         with self._model_lock:
             generations = self.backend.generate([request])
-        choices = [({"index": g.index, "message": {"role": "assistant", "content": g.text}}
-                    if chat else {"index": g.index, "text": g.text, "logprobs": None})
+        as_ids = self.token_ids and bool(payload.get("return_tokens_as_token_ids"))
+        choices = [({"index": g.index, "message": {"role": "assistant", "content": g.text},
+                     "logprobs": self._logprobs(g, chat, payload, as_ids)}
+                    if chat else {"index": g.index, "text": g.text,
+                                  "logprobs": self._logprobs(g, chat, payload, as_ids)})
                    | {"finish_reason": g.finish_reason} for g in generations]
         completion = sum(g.completion_tokens for g in generations)
         return {"id": "chaos", "object": "chat.completion" if chat else "text_completion",
@@ -97,6 +111,45 @@ class ChaosServer:
                 "usage": {"prompt_tokens": generations[0].prompt_tokens,
                           "completion_tokens": completion,
                           "total_tokens": generations[0].prompt_tokens + completion}}
+
+    @staticmethod
+    def _alternatives(chat: bool, payload: dict[str, Any]) -> int:
+        """How many top tokens per position the reply shows (vLLM's `num_logprobs`)."""
+        if chat:
+            return int(payload.get("top_logprobs") or 0) if payload.get("logprobs") else 0
+        return int(payload.get("logprobs") or 0)
+
+    def _logprobs(self, generation: Any, chat: bool, payload: dict[str, Any],
+                  as_ids: bool) -> dict[str, Any] | None:
+        """A choice's `logprobs` as vLLM's server writes them (None when not asked)."""
+        if payload.get("logprobs") in (None, False):
+            return None
+        shown = self._alternatives(chat, payload)
+        tokens = generation.tokens
+        assert tokens is not None  # asked for whenever logprobs are
+
+        def name(token_id: int) -> str:
+            return (f"token_id:{token_id}" if as_ids
+                    else self.backend.tokenizer.decode([token_id]))
+
+        steps = []
+        for position, sampled in enumerate(tokens.token_ids.tolist()):
+            # vLLM's dict for one position: the sampled token first, then the top n
+            step = {sampled: generation.logprobs[position]}
+            step.update(zip(tokens.top_ids[position].tolist(),
+                            tokens.top_logprobs[position].tolist(), strict=True))
+            steps.append((sampled, step))
+        if chat:
+            return {"content": [
+                {"token": name(sampled), "logprob": step[sampled], "bytes": None,
+                 "top_logprobs": [{"token": name(t), "logprob": lp, "bytes": None}
+                                  for t, lp in list(step.items())[:shown]]}
+                for sampled, step in steps]}
+        return {"tokens": [name(sampled) for sampled, _ in steps],
+                "token_logprobs": [step[sampled] for sampled, step in steps],
+                "top_logprobs": [{name(t): lp for t, lp in list(step.items())[:shown + 1]}
+                                 for _, step in steps],
+                "text_offset": [0] * len(steps)}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

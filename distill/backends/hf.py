@@ -13,7 +13,10 @@ the model's KV cache, so that every sampling parameter keeps the OpenAI / vLLM m
   tokens already generated, before temperature, as vLLM does), `stop` (the text is cut
   before the earliest stop string, which is not included; generation of that sample ends
   as soon as one appears), `logprobs` (log-probability of each chosen token under the raw
-  model distribution, vLLM's default `raw_logprobs`; one per completion token);
+  model distribution, vLLM's default `raw_logprobs`; one per completion token),
+  `top_logprobs` (k: the k most likely tokens of that same raw distribution and their
+  log-probabilities at every generated position, most likely first, as
+  `Generation.tokens` with the generated token ids; ties in torch.topk's order);
 * `finish_reason` is "stop" after an EOS token or a stop string, "length" when
   `max_tokens` (or the model's context) ran out; `completion_tokens` counts generated
   tokens including a final EOS, as vLLM does.
@@ -55,6 +58,7 @@ from distill.backends.base import (
 )
 from distill.identity import model_identity, resolve_chat_template
 from distill.registry import BACKENDS
+from distill.teacher_tokens import TeacherTokens
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +115,9 @@ class _Row:
     rng: random.Random
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_k: int = 0  # top-k log-probabilities to keep per position (0: none)
+    top_ids: list[Any] = field(default_factory=list)  # per position: int32 [k]
+    top_logprobs: list[Any] = field(default_factory=list)  # per position: float32 [k]
     finish_reason: str | None = None
 
 
@@ -259,7 +266,8 @@ class HFBackend:
             remaining.append(n)
             for index in range(n):
                 rows.append(_Row(position, index, prompt_ids, max(0, max_new),
-                                 random.Random(sample_seed(seed, index))))
+                                 random.Random(sample_seed(seed, index)),
+                                 top_k=int(request.sampling.top_logprobs)))
         # Deterministic batches: longest prompts (then longest budgets) first, stable.
         order = sorted(range(len(rows)),
                        key=lambda i: (-len(rows[i].prompt_ids), -rows[i].max_new, i))
@@ -296,6 +304,7 @@ class HFBackend:
             prompt_tokens=prompt_tokens,
             completion_tokens=len(tokens),
             logprobs=list(row.logprobs) if request.sampling.logprobs else None,
+            tokens=_teacher_tokens(row) if row.top_k else None,
         )
 
     def _stop_hit(self, row: _Row, stop: tuple[str, ...]) -> bool:
@@ -339,6 +348,7 @@ class HFBackend:
                 row.finish_reason = "length"
         if not any(active):
             return
+        top_k = max(row.top_k for row in batch)
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, attention_mask=attention,
                              position_ids=positions, use_cache=True, **self._forward_options)
@@ -347,6 +357,13 @@ class HFBackend:
                 logits = out.logits[:, -1, :].float()
                 vocab = logits.shape[-1]
                 raw_logprobs = torch.log_softmax(logits, dim=-1)
+                if top_k:  # the raw distribution's top k, before penalties and temperature
+                    if top_k > vocab:
+                        raise ValueError(f"top_logprobs {top_k} exceeds the model's "
+                                         f"vocabulary of {vocab} tokens")
+                    top = raw_logprobs.topk(top_k, dim=-1)
+                    top_values = top.values.cpu().numpy()
+                    top_indices = top.indices.cpu().numpy().astype("int32")
                 if use_penalties:
                     if counts is None:
                         counts = torch.zeros_like(logits)
@@ -378,6 +395,9 @@ class HFBackend:
                     token = chosen_list[i]
                     row.tokens.append(token)
                     row.logprobs.append(logprob_list[i])
+                    if row.top_k:
+                        row.top_ids.append(top_indices[i, :row.top_k])
+                        row.top_logprobs.append(top_values[i, :row.top_k])
                     stop = sampling[i].stop
                     if token in self.eos_ids or (stop and self._stop_hit(row, stop)):
                         row.finish_reason = "stop"
@@ -413,3 +433,16 @@ class HFBackend:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _teacher_tokens(row: _Row) -> TeacherTokens:
+    """A decoded row's tokens with the top-k log-probabilities kept at each position."""
+    import numpy
+
+    if not row.tokens:
+        empty = (0, row.top_k)
+        return TeacherTokens(numpy.zeros(0, numpy.int32), numpy.zeros(empty, numpy.int32),
+                             numpy.zeros(empty, numpy.float32))
+    return TeacherTokens(numpy.array(row.tokens, dtype=numpy.int32),
+                         numpy.stack(row.top_ids).astype(numpy.int32),
+                         numpy.stack(row.top_logprobs).astype(numpy.float32))

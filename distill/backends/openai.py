@@ -11,6 +11,16 @@ the chat limit under OpenAI's newer name (its reasoning models refuse `max_token
 Further options (`**extra`: `extra_body`, `extra_headers`, `user`, ...) are passed to
 every create call unchanged.
 
+`top_logprobs` (k, for logit distillation) needs token ids, which only a vLLM server
+gives (`return_tokens_as_token_ids`, sent in `extra_body`: tokens come back as
+"token_id:123"); a reply with plain token strings (OpenAI's own API, other servers)
+raises `TokenIdsMissing`, since text tokens cannot be mapped back to ids faithfully. The
+server is asked for k + 1 alternatives and the k most likely are kept: vLLM builds each
+position's list from a dict that starts with the sampled token, so when that token is not
+among the top k, its first k entries miss the k-th most likely token. A vLLM server's
+`--max-logprobs` (default 20) must therefore be at least k + 1. Alternatives come back
+as the server computed them (vLLM: raw log-probabilities, -inf clamped to -9999).
+
 Calls run on the official SDK's `AsyncOpenAI`, at most `max_concurrency` at a time. The
 SDK's own retries are off; this module retries HTTP 408 / 409 / 429 / 5xx, timeouts and
 connection errors up to `max_retries` times with exponential backoff and jitter
@@ -49,6 +59,7 @@ from distill.backends.base import (
     request_seed,
 )
 from distill.registry import BACKENDS
+from distill.teacher_tokens import TeacherTokens
 
 logger = logging.getLogger(__name__)
 
@@ -264,39 +275,48 @@ class OpenAIBackend:
     async def _call(self, request: GenerationRequest, client: Any) -> list[Generation]:
         s = request.sampling
         options = self._common_options(request)
+        extra = dict(self.extra)
         chat = request.messages is not None
+        top_k = int(s.top_logprobs)
         if chat:
             options[self.max_tokens_param] = options.pop("max_tokens")
-            if s.logprobs:
+            if s.logprobs or top_k:
                 options["logprobs"] = True
-        elif s.logprobs:
-            options["logprobs"] = 0
+            if top_k:  # one more than kept: see the module docstring
+                options["top_logprobs"] = top_k + 1
+        elif s.logprobs or top_k:
+            options["logprobs"] = top_k + 1 if top_k else 0
+        if top_k:
+            extra["extra_body"] = {**(extra.get("extra_body") or {}),
+                                   "return_tokens_as_token_ids": True}
         try:
             if chat:
                 response = await client.chat.completions.create(
-                    messages=request.messages, **options, **self.extra)
+                    messages=request.messages, **options, **extra)
             else:
                 response = await client.completions.create(
-                    prompt=request.prompt, **options, **self.extra)
+                    prompt=request.prompt, **options, **extra)
         except (json.JSONDecodeError, AttributeError) as error:
             # a 200 whose body is cut off, or JSON that is not an object: the SDK's parser
             raise MalformedReply(f"{type(error).__name__}: {error}") from None
-        choices = _choices(response, chat, s.logprobs, options["n"])
+        choices = _choices(response, chat, s.logprobs, options["n"], top_k, self.base_url)
         usage = response.usage
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         total = int(getattr(usage, "completion_tokens", 0) or 0)
         choices.sort(key=lambda c: c[0])
         generations = []
-        for position, (index, text, finish, logprobs) in enumerate(choices):
-            extra: dict[str, Any] = {}
-            if logprobs is not None:
+        for position, (index, text, finish, logprobs, tokens) in enumerate(choices):
+            extra_fields: dict[str, Any] = {}
+            if tokens is not None:
+                completion_tokens = len(tokens)
+            elif logprobs is not None:
                 completion_tokens = len(logprobs)
             elif len(choices) == 1:
                 completion_tokens = total
             else:
                 share, rest = divmod(total, len(choices))
                 completion_tokens = share + (1 if position < rest else 0)
-                extra["completion_tokens_estimated"] = True
+                extra_fields["completion_tokens_estimated"] = True
             generations.append(Generation(
                 request_id=request.id,
                 index=int(index),
@@ -305,7 +325,8 @@ class OpenAIBackend:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 logprobs=[float(x) for x in logprobs] if logprobs is not None else None,
-                extra=extra,
+                extra=extra_fields,
+                tokens=tokens,
             ))
         return generations
 
@@ -317,13 +338,23 @@ class MalformedReply(Exception):
     """A 200 reply that is not a completion (cut-off JSON, no choices): retried."""
 
 
-def _choices(response: Any, chat: bool, logprobs: bool, n: int
-             ) -> list[tuple[int, str, str | None, list[float] | None]]:
-    """(index, text, finish reason, logprobs) per choice of a parsed reply.
+class TokenIdsMissing(ValueError):
+    """Top-k log-probabilities were asked for and the server named tokens by their text.
+
+    Not retried: the server does not honour `return_tokens_as_token_ids`, so no request
+    to it can succeed.
+    """
+
+
+def _choices(response: Any, chat: bool, logprobs: bool, n: int, top_k: int = 0,
+             server: str = "the server"
+             ) -> list[tuple[int, str, str | None, list[float] | None, TeacherTokens | None]]:
+    """(index, text, finish reason, logprobs, teacher tokens) per choice of a parsed reply.
 
     Raises:
-        MalformedReply: the reply lacks `choices`, has other than `n`, or a choice lacks
-            its message.
+        MalformedReply: the reply lacks `choices`, has other than `n`, a choice lacks
+            its message, or lacks the top-k log-probabilities asked for.
+        TokenIdsMissing: top-k log-probabilities came with token strings, not ids.
     """
     choices = getattr(response, "choices", None)
     if not isinstance(choices, list) or len(choices) != n:
@@ -331,20 +362,71 @@ def _choices(response: Any, chat: bool, logprobs: bool, n: int
         raise MalformedReply(f"{found}, expected {n}")
     parsed = []
     for c in choices:
+        tokens = None
         if chat:
             if c.message is None:
                 raise MalformedReply(f"choice {c.index} has no message")
             text = c.message.content
-            chosen = ([t.logprob for t in c.logprobs.content]
-                      if logprobs and c.logprobs is not None and c.logprobs.content is not None
-                      else None)
+            content = c.logprobs.content if c.logprobs is not None else None
+            chosen = [t.logprob for t in content] if logprobs and content is not None else None
+            if top_k:
+                if content is None:
+                    raise MalformedReply(f"choice {c.index} has no logprobs")
+                tokens = _teacher_tokens(
+                    [t.token for t in content],
+                    [[(a.token, a.logprob) for a in t.top_logprobs or ()] for t in content],
+                    top_k, server)
         else:
             text = c.text
-            chosen = (list(c.logprobs.token_logprobs)
-                      if logprobs and c.logprobs is not None
-                      and c.logprobs.token_logprobs is not None else None)
-        parsed.append((c.index, text or "", c.finish_reason, chosen))
+            given = c.logprobs
+            chosen = (list(given.token_logprobs)
+                      if logprobs and given is not None
+                      and given.token_logprobs is not None else None)
+            if top_k:
+                if given is None or given.tokens is None or given.top_logprobs is None:
+                    raise MalformedReply(f"choice {c.index} has no logprobs")
+                tokens = _teacher_tokens(
+                    list(given.tokens),
+                    [list((step or {}).items()) for step in given.top_logprobs], top_k, server)
+        parsed.append((c.index, text or "", c.finish_reason, chosen, tokens))
     return parsed
+
+
+def _teacher_tokens(sampled: list[str], alternatives: list[list[tuple[str, float]]],
+                    top_k: int, server: str) -> TeacherTokens:
+    """A completion's tokens and the k most likely alternatives at each, from a reply.
+
+    Raises:
+        MalformedReply: a position has fewer than k alternatives.
+        TokenIdsMissing: a token is named by its text rather than "token_id:<id>".
+    """
+    import numpy
+
+    top_ids = numpy.zeros((len(sampled), top_k), dtype=numpy.int32)
+    top_logprobs = numpy.zeros((len(sampled), top_k), dtype=numpy.float32)
+    for position, step in enumerate(alternatives):
+        if len(step) < top_k:
+            raise MalformedReply(f"{len(step)} top logprobs at token {position}, "
+                                 f"expected at least {top_k}")
+        # most likely first; the extra entry (see the module docstring) falls off the end
+        ranked = sorted(step, key=lambda alternative: -alternative[1])[:top_k]
+        top_ids[position] = [_token_id(token, server) for token, _ in ranked]
+        top_logprobs[position] = [logprob for _, logprob in ranked]
+    token_ids = numpy.array([_token_id(token, server) for token in sampled], dtype=numpy.int32)
+    return TeacherTokens(token_ids, top_ids, top_logprobs)
+
+
+_TOKEN_ID_PREFIX = "token_id:"
+
+
+def _token_id(token: str, server: str) -> int:
+    """The id in vLLM's "token_id:<id>" form of a token."""
+    if not token.startswith(_TOKEN_ID_PREFIX):
+        raise TokenIdsMissing(
+            f"top_logprobs needs token ids, and {server} named a token by its text "
+            f"({token!r}): logit distillation through the openai backend needs a vLLM server, "
+            "which honours return_tokens_as_token_ids")
+    return int(token[len(_TOKEN_ID_PREFIX):])
 
 
 def _failed(request: GenerationRequest, error: str, retry: bool) -> Generation:

@@ -11,6 +11,15 @@ log-probability, vLLM's raw model distribution) and the per-request `seed` (from
 `Sampling.seed`, else derived from the backend seed and the request id; vLLM gives sample
 i the seed `seed + i`), so a request's samples do not depend on the batch it ran in.
 
+`top_logprobs` (k) is `SamplingParams(logprobs=k)`: each position's entries of ranks 1..k
+become `Generation.tokens` (vLLM adds the sampled token, with its own rank, when it is
+not among them). They are raw log-probabilities only under vLLM's default
+`logprobs_mode: raw_logprobs`, so another mode is refused. vLLM caps k at the engine's
+`max_logprobs` (default 20); a larger k is refused before anything runs, naming the
+engine option to raise, rather than raised here behind the recipe's back (the engine is
+built before the requests, and their k, are known). `max_logprobs` only bounds what may
+be asked, so it is operational.
+
 A PEFT adapter directory is served as a LoRA on its base model (`enable_lora`).
 
 `dtype: auto` (the default) means the checkpoint's own dtype (config.json `dtype` /
@@ -66,6 +75,7 @@ from distill.backends.hf import encode_request
 from distill.engine_options import PassedOn
 from distill.identity import model_identity, resolve_chat_template
 from distill.registry import BACKENDS
+from distill.teacher_tokens import TeacherTokens
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +134,7 @@ class VLLMBackend:
     OPERATIONAL: ClassVar[frozenset[str]] = frozenset({
         "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size",
         "data_parallel_size", "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens",
-        "enable_chunked_prefill", "enforce_eager", "swap_space"})
+        "enable_chunked_prefill", "enforce_eager", "swap_space", "max_logprobs"})
 
     def __init__(self, model: str, chat_template: str | None = None,
                  dtype: Literal["auto", "float32", "bfloat16", "float16", "half",
@@ -166,6 +176,10 @@ class VLLMBackend:
                    for f in ("tokenizer.json", "tokenizer_config.json")):
                 engine.setdefault("tokenizer", self.model_name)
             self.lora_request = LoRARequest("adapter", 1, self.model_name)
+        if engine.get("logprobs_mode", "raw_logprobs") != "raw_logprobs":
+            raise ValueError(f"logprobs_mode {engine['logprobs_mode']!r} is refused: the "
+                             "backend's logprobs and top_logprobs are the raw model "
+                             "distribution (vLLM's default raw_logprobs)")
         if current_platform.is_cpu():
             engine = cpu_engine_options(engine, max_model_len)
         dtype = resolve_dtype(engine_model, dtype, revision=self.revision,
@@ -213,7 +227,8 @@ class VLLMBackend:
             frequency_penalty=float(s.frequency_penalty),
             stop=list(s.stop) or None,
             seed=request_seed(request, self.seed),
-            logprobs=0 if s.logprobs else None,
+            # k alternatives (the sampled token's own log-probability comes with them)
+            logprobs=int(s.top_logprobs) if s.top_logprobs else (0 if s.logprobs else None),
         )
 
     def generate(self, requests: list[GenerationRequest],
@@ -225,6 +240,7 @@ class VLLMBackend:
             raise RuntimeError("VLLMBackend is closed")
         from vllm.inputs import TokensPrompt
 
+        self._check_top_logprobs(requests)
         prompts = [TokensPrompt(prompt_token_ids=self.encode(r)) for r in requests]
         params = [self.sampling_params(r) for r in requests]
         use_tqdm = _progress_bar_factory(progress) if progress is not None else False
@@ -252,8 +268,18 @@ class VLLMBackend:
                     logprobs=logprobs,
                     extra={"stop_reason": completion.stop_reason}
                     if completion.stop_reason is not None else {},
+                    tokens=teacher_tokens(request, completion)
+                    if request.sampling.top_logprobs else None,
                 ))
         return generations
+
+    def _check_top_logprobs(self, requests: list[GenerationRequest]) -> None:
+        """Refuse a k above the engine's `max_logprobs` before any request runs."""
+        top_k = max((int(r.sampling.top_logprobs) for r in requests), default=0)
+        cap = self.llm.llm_engine.model_config.max_logprobs
+        if top_k and cap != -1 and top_k > cap:
+            raise ValueError(f"top_logprobs {top_k} is above vLLM's max_logprobs ({cap}); "
+                             f"set the vllm engine option max_logprobs: {top_k} (or more)")
 
     def close(self) -> None:
         """Shut the engine down and give its memory back."""
@@ -280,6 +306,39 @@ class VLLMBackend:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def teacher_tokens(request: GenerationRequest, completion: Any) -> TeacherTokens:
+    """A vLLM completion's tokens and their top-k log-probabilities (ranks 1..k).
+
+    `completion.logprobs` holds, per position, a dict token id -> `Logprob` (or vLLM's
+    `FlatLogprobs`, which reads the same): the sampled token first, then ranks 1..k. A
+    sampled token outside the top k keeps its own rank and is left out; one that ties
+    the k-th takes its rank, and the top-k entry after it wins.
+
+    Raises:
+        RuntimeError: vLLM returned no logprobs, or a position lacks one of ranks 1..k.
+    """
+    import numpy
+
+    top_k = int(request.sampling.top_logprobs)
+    steps = completion.logprobs
+    token_ids = list(completion.token_ids)
+    if steps is None or len(steps) != len(token_ids):
+        raise RuntimeError(f"request {request.id}: vLLM returned logprobs for "
+                           f"{0 if steps is None else len(steps)} of {len(token_ids)} tokens")
+    top_ids = numpy.zeros((len(token_ids), top_k), dtype=numpy.int32)
+    top_logprobs = numpy.zeros((len(token_ids), top_k), dtype=numpy.float32)
+    for position, step in enumerate(steps):
+        by_rank = {entry.rank: (token, entry.logprob) for token, entry in step.items()
+                   if entry.rank is not None and 1 <= entry.rank <= top_k}
+        if len(by_rank) != top_k:
+            raise RuntimeError(f"request {request.id}: vLLM gave ranks {sorted(by_rank)} at "
+                               f"token {position}, expected 1..{top_k}")
+        for rank, (token, logprob) in by_rank.items():
+            top_ids[position, rank - 1] = token
+            top_logprobs[position, rank - 1] = logprob
+    return TeacherTokens(numpy.array(token_ids, dtype=numpy.int32), top_ids, top_logprobs)
 
 
 def cpu_engine_options(engine: dict[str, Any], max_model_len: int | None = None
