@@ -5,6 +5,11 @@ output) that also carries chat `messages`, so the same file trains with TRL's
 `SFTTrainer` and reads like Alpaca's data. Every record keeps its lineage (where it came
 from) and the scores filters gave it. A `PreferencePair` (a prompt, a chosen and a
 rejected answer) is one row of DPO data, in the form TRL's `DPOTrainer` reads.
+
+A record of a reasoning teacher keeps its trace apart from its answer (`Example.reasoning`
+and `Example.output`), so the same record trains a student with or without the trace. The
+trace format is declared once, here: `join_trace` writes the assistant turn a reasoning
+teacher writes, `<think>trace</think>answer`, and `split_trace` reads one back.
 """
 
 from __future__ import annotations
@@ -17,6 +22,40 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# The reasoning trace's delimiters, as DeepSeek-R1, QwQ and Qwen3 write them.
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+def join_trace(reasoning: str, answer: str) -> str:
+    """The assistant turn of a teacher that thinks: `<think>reasoning</think>answer`.
+
+    Nothing is added or stripped, so `join_trace(*split_trace(text)) == text` for every
+    text that opens with `<think>` and closes it (and for text without a trace). No
+    reasoning gives the answer alone.
+    """
+    return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{answer}" if reasoning else answer
+
+
+def split_trace(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a completion; ("", text) when it closes no trace.
+
+    The trace is the text up to the first `</think>`, after an opening `<think>` when there
+    is one: templates of reasoning models (DeepSeek-R1's) put `<think>` in the prompt, so
+    their completions hold only the closing tag. Both parts are kept verbatim, whitespace
+    included; `has_open_trace` tells a trace cut off before `</think>` from no trace.
+    """
+    head, closed, answer = text.partition(THINK_CLOSE)
+    if not closed:
+        return "", text
+    _, opened, inside = head.partition(THINK_OPEN)
+    return (inside if opened else head), answer
+
+
+def has_open_trace(text: str) -> bool:
+    """Whether `text` opens a trace it never closes (a completion cut off while thinking)."""
+    return THINK_OPEN in text and THINK_CLOSE not in text
 
 
 class Lineage(BaseModel):
@@ -40,6 +79,8 @@ class Example(BaseModel):
     instruction: str
     input: str = ""
     output: str = ""
+    # A reasoning teacher's trace (without its tags); `output` is then the final answer.
+    reasoning: str = ""
     lineage: Lineage = Field(default_factory=Lineage)
     scores: dict[str, Any] = Field(default_factory=dict)
 
@@ -49,15 +90,21 @@ class Example(BaseModel):
         return f"{self.instruction}\n\n{self.input}" if self.input.strip() else self.instruction
 
     def messages(self) -> list[dict[str, str]]:
-        """The record as a user / assistant chat."""
+        """The record as a user / assistant chat; the assistant turn holds the trace if any."""
         return [
             {"role": "user", "content": self.prompt_text},
-            {"role": "assistant", "content": self.output},
+            {"role": "assistant", "content": join_trace(self.reasoning, self.output)},
         ]
 
     def to_json(self) -> dict[str, Any]:
-        """The on-disk form: model fields plus `messages`, which TRL trains on directly."""
+        """The on-disk form: model fields plus `messages`, which TRL trains on directly.
+
+        `reasoning` is written only when there is a trace, so records without one keep
+        the form (and the bytes) they had before traces existed.
+        """
         data = self.model_dump(mode="json")
+        if not self.reasoning:
+            del data["reasoning"]
         data["messages"] = self.messages()
         return data
 
