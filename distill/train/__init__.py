@@ -6,6 +6,10 @@
   callback, the `python -m` entry point;
 - `sft.py`: supervised fine-tuning (`python -m distill.train.sft spec.json`);
 - `dpo.py`: DPO, and SFT then DPO (`python -m distill.train.dpo spec.json`);
+- `kd.py`: logit distillation from the teacher's top-k log-probabilities kept while it
+  wrote the data (`python -m distill.train.kd spec.json`); `kd_loss.py`: its loss, the
+  generalised JSD over the top k and the left-over mass; `vocab.py`: whether teacher and
+  student share a vocabulary, as kd and on_policy need;
 - `merge.py`: adapter + base -> one plain checkpoint;
 - `launch.py`: `launch_training`, in this process or through `accelerate launch`.
 
