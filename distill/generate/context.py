@@ -14,10 +14,19 @@ request twice, or answers other requests (the prompts of a later step changed be
 earlier one was filled in) is regenerated with a warning, never trusted. Requests the
 backend could not get answered are kept in their shard as failed, left out of what the
 method sees, filed as rejected, and asked again on the next run (distill.generate.failures).
+
+Requests that ask for the teacher's top-k log-probabilities (`Sampling.top_logprobs`)
+get them back as `Generation.tokens`. Those stay out of the JSONL shard: a chunk that has
+them keeps them in a sidecar, `chunk<size>-<index>.tokens.safetensors`
+(`distill.teacher_tokens`, one entry per sample, keyed `<request id>#<sample index>`),
+written before the shard, so a shard on disk implies its complete sidecar. A missing or
+damaged sidecar, or one whose entries are not exactly the shard's answers to such
+requests, is a damaged checkpoint: its chunk is generated again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +41,7 @@ from distill.executors.base import Executor
 from distill.executors.local import LocalExecutor
 from distill.generate.failures import FailedRequests, retried_later
 from distill.records import Rejected, atomic_write_text
+from distill.teacher_tokens import TeacherTokens, load_teacher_tokens, save_teacher_tokens
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +84,22 @@ class GenerationContext:
     stats: GenerationStats = field(default_factory=GenerationStats)
     # The stage's failed requests; contexts copied for judges share it.
     failures: FailedRequests = field(default_factory=FailedRequests)
+    # k of the teacher's top-k log-probabilities that answers keep (train.method kd);
+    # 0: none. Methods that ask for them put it in their requests' sampling.
+    top_logprobs: int = 0
+    # The teacher's tokens and top-k log-probabilities of each answered record, by
+    # record id, filled by the methods that asked for them (generate_responses).
+    teacher_tokens: dict[str, TeacherTokens] = field(default_factory=dict)
 
     def _shard_path(self, key: str, chunk: int) -> Path:
         # The chunk size is in the name: a resume with another size regenerates instead of
         # misreading chunks cut at other boundaries.
         return self.checkpoint_dir / key / f"chunk{self.chunk_size}-{chunk:05d}.jsonl"
+
+    def _tokens_path(self, key: str, chunk: int) -> Path:
+        """The sidecar of a shard: its answers' teacher tokens."""
+        shard = self._shard_path(key, chunk)
+        return shard.with_name(shard.stem + TOKENS_SUFFIX)
 
     def generate(self, key: str, requests: list[GenerationRequest]) -> list[Generation]:
         """Generate (or reload) all requests under a checkpoint `key`; results in order.
@@ -138,7 +159,15 @@ class GenerationContext:
 
     def _save_chunk(self, key: str, index: int, chunk: list[GenerationRequest],
                     by_request: dict[str, list[Generation]]) -> None:
-        rows = [json.dumps({**asdict(g), "request": request_digest(request)},
+        generations = [g for request in chunk for g in by_request[request.id]]
+        tokens = {_sample_key(g): g.tokens for g in generations if g.tokens is not None}
+        sidecar = self._tokens_path(key, index)
+        # the sidecar first: a shard on disk promises a complete one
+        if tokens:
+            save_teacher_tokens(sidecar, tokens)
+        else:
+            sidecar.unlink(missing_ok=True)
+        rows = [json.dumps({**_row(g), "request": request_digest(request)},
                            ensure_ascii=False)
                 for request in chunk for g in by_request[request.id]]
         atomic_write_text(self._shard_path(key, index), "".join(r + "\n" for r in rows))
@@ -156,11 +185,34 @@ class GenerationContext:
             generations = [Generation(**row) for row in rows]
             if digests - {request_digest(r) for r in chunk}:
                 raise ValueError("it answers other requests")
+            self._attach_tokens(key, index, chunk, generations)
             return _check_answers(key, index, chunk, generations)
         except (ValueError, TypeError) as error:  # a cut line, a lost line, other requests
             log.warning("generation %s: checkpoint %s is not complete (%s); generating its "
                         "chunk again", key, path, error)
             return None
+
+    def _attach_tokens(self, key: str, index: int, chunk: list[GenerationRequest],
+                       generations: list[Generation]) -> None:
+        """Give a loaded shard's answers their teacher tokens from its sidecar.
+
+        Raises:
+            ValueError: the sidecar is missing or damaged, or its entries are not exactly
+                the answers (not failed) to the chunk's requests that asked for tokens.
+        """
+        asked = {r.id for r in chunk if r.sampling.top_logprobs}
+        expected = [_sample_key(g) for g in generations
+                    if g.request_id in asked and g.finish_reason != FAILED]
+        if not expected:
+            return
+        sidecar = self._tokens_path(key, index)
+        if not sidecar.exists():
+            raise ValueError(f"its teacher tokens {sidecar.name} are missing")
+        tokens = load_teacher_tokens(sidecar)  # ValueError when damaged
+        if set(tokens) != set(expected):
+            raise ValueError(f"its teacher tokens {sidecar.name} hold other answers")
+        for generation in generations:
+            generation.tokens = tokens.get(_sample_key(generation))
 
     def request_seed(self, *parts: Any) -> int:
         """A stable per-request seed from the stage seed and the request's identity."""
@@ -179,6 +231,22 @@ def _failed(generations: list[Generation]) -> bool:
     return any(g.finish_reason == FAILED for g in generations)
 
 
+# the sidecar of `chunk<size>-<index>.jsonl`
+TOKENS_SUFFIX = ".tokens.safetensors"
+
+
+def _sample_key(generation: Generation) -> str:
+    """A sample's entry in its shard's sidecar: request id and sample index."""
+    return f"{generation.request_id}#{generation.index}"
+
+
+def _row(generation: Generation) -> dict[str, Any]:
+    """A generation's JSONL row: every field but its tokens (those go to the sidecar)."""
+    row = asdict(dataclasses.replace(generation, tokens=None))
+    del row["tokens"]
+    return row
+
+
 def _check_answers(key: str, index: int, chunk: list[GenerationRequest],
                    generations: list[Generation]) -> dict[str, list[Generation]]:
     """Each request's generations, indices 0..n-1 each exactly once; ValueError otherwise.
@@ -195,12 +263,33 @@ def _check_answers(key: str, index: int, chunk: list[GenerationRequest],
     for request in chunk:
         found = sorted(g.index for g in by_request[request.id])
         # a failed request has one generation standing for all n
-        expected = [0] if _failed(by_request[request.id]) else list(range(request.sampling.n))
+        failed = _failed(by_request[request.id])
+        expected = [0] if failed else list(range(request.sampling.n))
         if found != expected:
             raise ValueError(f"generation {key}: chunk {index} has samples {found} of request "
                              f"{request.id!r}, expected {expected}")
         by_request[request.id].sort(key=lambda g: g.index)
+        if request.sampling.top_logprobs and not failed:
+            for generation in by_request[request.id]:
+                _check_tokens(key, index, request, generation)
     return by_request
+
+
+def _check_tokens(key: str, index: int, request: GenerationRequest,
+                  generation: Generation) -> None:
+    """A sample of a request that asked for top-k log-probabilities has them, all of them.
+
+    A backend that drops them would otherwise leave a KD training without its targets.
+    """
+    tokens, k = generation.tokens, request.sampling.top_logprobs
+    where = f"generation {key}: chunk {index}, request {request.id!r} sample {generation.index}"
+    if tokens is None:
+        raise ValueError(f"{where} asked for the top {k} log-probabilities and has none")
+    if tokens.k != k:
+        raise ValueError(f"{where} keeps the top {tokens.k} log-probabilities, not {k}")
+    if len(tokens) != generation.completion_tokens:
+        raise ValueError(f"{where} has {len(tokens)} teacher tokens for "
+                         f"{generation.completion_tokens} completion tokens")
 
 
 @dataclass

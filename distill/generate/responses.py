@@ -6,6 +6,9 @@ teacher as a chat message, and the answer replaces `output`. What the example he
 before (Self-Instruct's generator proposes an output with every task) is kept in
 `lineage.proposed_output`. Empty answers are refused as "empty_response"; truncated
 ones are kept with `lineage.finish_reason == "length"` for the heuristics filter to judge.
+When the context asks for the teacher's top-k log-probabilities (`ctx.top_logprobs`, for
+logit distillation), each answered record's tokens land in `ctx.teacher_tokens` under its
+id.
 
 Also home to `SamplingConfig`, the recipe-side sampling settings every method uses.
 """
@@ -69,7 +72,9 @@ def generate_responses(
             `lineage.proposed_output`.
         sampling: settings (a `SamplingConfig` or a backend `Sampling`); each request
             gets its own seed `ctx.request_seed("response", key, id)` and n = 1.
-        ctx: the generation context (checkpoints under `key`, the executor).
+        ctx: the generation context (checkpoints under `key`, the executor); with
+            `ctx.top_logprobs` set, requests ask for that many top log-probabilities and
+            answered records' tokens are stored in `ctx.teacher_tokens`.
         key: checkpoint key; use a different one per call within a stage.
         system_prompt: optional system message before the user turn.
         template: optional prompt template (distill/prompts/<name>.jinja, variables
@@ -120,6 +125,8 @@ def generate_responses(
                                     record=record.to_json() | {"raw": text}))
         else:
             answered.append(record)
+            if generation.tokens is not None:
+                ctx.teacher_tokens[example.id] = generation.tokens
     return answered, refused
 
 
@@ -136,5 +143,6 @@ def _request_sampling(sampling: SamplingConfig | Sampling, ctx: GenerationContex
                       example_id: str) -> Sampling:
     seed = ctx.request_seed("response", key, example_id)
     if isinstance(sampling, Sampling):
-        return dataclasses.replace(sampling, seed=seed, n=1)
-    return sampling.to_sampling(seed=seed)
+        return dataclasses.replace(sampling, seed=seed, n=1,
+                                   top_logprobs=ctx.top_logprobs or sampling.top_logprobs)
+    return dataclasses.replace(sampling.to_sampling(seed=seed), top_logprobs=ctx.top_logprobs)
