@@ -39,6 +39,12 @@ class Sampling:
     # position (`Generation.tokens`), for logit distillation; 0: none
     top_logprobs: int = 0
 
+    def __post_init__(self) -> None:
+        # vLLM reads a negative k as "the whole vocabulary"; here it is a mistake
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be 0 (none) or a k >= 1, not "
+                             f"{self.top_logprobs}")
+
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict form, for lineage and fingerprints.
 

@@ -219,3 +219,14 @@ def test_openai_top_k_from_a_real_vllm_server(vllm_server, tiny_model_dir, monke
         assert outside >= 1  # where vLLM's first k entries would have missed the k-th
     finally:
         hf.close()
+
+
+def test_k_changes_the_request_and_a_negative_k_is_refused():
+    from distill.generate.context import request_digest
+
+    digests = {request_digest(chat("r", "hi", top_logprobs=k)) for k in (0, 3, 5)}
+    assert len(digests) == 3  # a checkpoint answered with another k is not reused
+    # requests without k keep the form (and digests) of checkpoints written before k existed
+    assert "top_logprobs" not in Sampling().as_dict()
+    with pytest.raises(ValueError, match="top_logprobs must be 0"):
+        Sampling(top_logprobs=-1)
