@@ -1,9 +1,10 @@
 r"""Answers: their kinds, canonical text, and how a free-text reply is read and checked.
 
-A reply is read the way a math checker reads one. The sentence after the last "answer
-is" / "answer:" / "result is" (or the content of the last `\boxed{...}`) is the answer
-region when there is one, else the whole reply; then each kind takes what it needs from
-that region:
+A reply is read the way a math checker reads one, after its reasoning trace if it has
+one (`<think>...</think>`; a trace never closed states no answer). The sentence after the
+last "answer is" / "answer:" / "result is" (or the content of the last `\boxed{...}`) is
+the answer region when there is one, else the whole reply; then each kind takes what it
+needs from that region:
 
 - `number`: the last number ("The sum is 42." -> 42; "1,250" is one number);
 - `numbers`: the last run of numbers separated by commas, spaces or "and" ("3, 5, 9"),
@@ -20,6 +21,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
+
+from distill.records import has_open_trace, split_trace
 
 Kind = Literal["number", "numbers", "word", "weekday", "quantity"]
 
@@ -167,6 +170,11 @@ _QUANTITY = re.compile(NUMBER_RE + r"(?:\s*([A-Za-z]+))?")
 
 def answer_region(reply: str) -> str:
     """The part of a reply that states the answer (see the module docstring)."""
+    # A reasoning trace is not the answer: read what follows it; a trace never closed
+    # (cut off while thinking) states no answer, whatever numbers it holds.
+    if has_open_trace(reply):
+        return ""
+    reply = split_trace(reply)[1]
     boxed = _BOXED.findall(reply)
     if boxed:
         return boxed[-1]

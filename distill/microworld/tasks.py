@@ -4,6 +4,7 @@
     tasks = generate_tasks(100, seed=0)           # Zipf-distributed families
     example = tasks[0].to_example()               # an `Example` with `family`, `difficulty`
     check(example).status                         # "correct" | "wrong_answer" | "unverifiable"
+    worked_solution(task.instruction, task.input) # its steps ("3 + 4 = 7; ..."), or None
 
 Family frequencies follow a Zipf law over the families' rank (`FAMILY_WEIGHTS`): a few
 head families (addition, subtraction, comparison) make up most tasks and a long tail
@@ -23,6 +24,7 @@ from typing import Literal
 
 from distill.microworld.answers import Answer
 from distill.microworld.families import FAMILIES, Malformed
+from distill.microworld.families.steps import Step, Worked
 from distill.records import Example
 
 ZIPF_EXPONENT = 1.0
@@ -123,6 +125,36 @@ def generate_tasks(n: int, seed: int, *, family: str | None = None,
     return tasks
 
 
+# The families whose tasks take several steps to work out (`worked_solution`): what a
+# teacher that thinks is asked (the reasoning problems, the teacher's reasoning chats).
+REASONING_FAMILIES = ("multistep", "word_problem", "list_ops", "units", "dates")
+
+
+def reasoning_task(rng: random.Random, exclude: set[tuple[str, str]] | None = None) -> Task:
+    """A task of a `REASONING_FAMILIES` family (uniform) with a worked solution."""
+    while True:
+        task = generate_task(rng, rng.choice(REASONING_FAMILIES))
+        if (not exclude or task.key not in exclude) and worked_solution(task.instruction,
+                                                                        task.input):
+            return task
+
+
+def reasoning_tasks(n: int, seed: int, exclude: set[tuple[str, str]] | None = None
+                    ) -> list[Task]:
+    """`n` distinct tasks with worked solutions from a seeded generator."""
+    rng = random.Random(seed)
+    tasks: list[Task] = []
+    seen: set[tuple[str, str]] = set()
+    for _ in range(100 * n + 1000):
+        if len(tasks) == n:
+            return tasks
+        task = reasoning_task(rng, exclude)
+        if task.key not in seen:
+            seen.add(task.key)
+            tasks.append(task)
+    raise RuntimeError(f"cannot find {n} distinct reasoning tasks; the space is too small")
+
+
 class Unverifiable(ValueError):
     """A task whose text no family can solve; `reason` says why."""
 
@@ -143,6 +175,21 @@ def solve(instruction: str, input: str = "") -> tuple[str, Answer]:
     name = claimed[0]
     try:
         return name, FAMILIES[name].solve(instruction, input)
+    except Malformed as error:
+        raise Unverifiable("malformed", str(error)) from None
+
+
+def worked_solution(instruction: str, input: str = "") -> list[Step] | None:
+    """The steps that solve a task, from its text; None when its family has none to show.
+
+    Raises `Unverifiable` as `solve` does (see `distill.microworld.families.steps`).
+    """
+    name, _ = solve(instruction, input)
+    family = FAMILIES[name]
+    if not isinstance(family, Worked):
+        return None
+    try:
+        return family.worked(instruction, input)
     except Malformed as error:
         raise Unverifiable("malformed", str(error)) from None
 

@@ -19,6 +19,7 @@ from distill.microworld.families.common import (
     pick,
 )
 from distill.microworld.families.expressions import evaluate
+from distill.microworld.families.steps import Step, chain, expression_steps
 
 _INT = r"-?\d+"
 
@@ -52,18 +53,26 @@ class Binary:
 
     def solve(self, instruction: str, input: str) -> Answer:
         """The true answer, from the task text alone; raises `Malformed`."""
-        # "a + b" as generated, or more terms ("1 + 2 + 3"), worked left to right.
-        symbols = re.escape(self.symbol) + ("x×" if self.symbol == "*" else "")
-        text = input.strip().rstrip("=").strip()
-        if not re.fullmatch(rf"{_INT}(?:\s*[{symbols}]\s*{_INT})+", text):
-            raise Malformed(f"expected 'a {self.symbol} b', got {input!r}")
-        first, *rest = (int(n) for n in re.findall(rf"(?:^|[{symbols}])\s*({_INT})", text))
+        first, *rest = self._operands(input)
         value = first
         for operand in rest:
             value = self.apply(value, operand)
         if abs(value) > 10**12:
             raise Malformed("number too large")
         return Answer("number", Fraction(value))
+
+    def worked(self, instruction: str, input: str) -> list[Step]:
+        """One step per operation: "17 + 25 = 42"."""
+        first, *rest = self._operands(input)
+        return chain(first, self.symbol, rest)
+
+    def _operands(self, input: str) -> list[int]:
+        # "a + b" as generated, or more terms ("1 + 2 + 3"), worked left to right.
+        symbols = re.escape(self.symbol) + ("x×" if self.symbol == "*" else "")
+        text = input.strip().rstrip("=").strip()
+        if not re.fullmatch(rf"{_INT}(?:\s*[{symbols}]\s*{_INT})+", text):
+            raise Malformed(f"expected 'a {self.symbol} b', got {input!r}")
+        return [int(n) for n in re.findall(rf"(?:^|[{symbols}])\s*({_INT})", text)]
 
 
 def _add_operands(rng: random.Random, difficulty: int) -> tuple[int, int]:
@@ -145,6 +154,11 @@ class MultiStep:
     def solve(self, instruction: str, input: str) -> Answer:
         """The true answer, from the task text alone; raises `Malformed`."""
         return Answer("number", Fraction(evaluate(input)))
+
+    def worked(self, instruction: str, input: str) -> list[Step]:
+        """The operations in evaluation order: "3 + 4 = 7; 7 * 2 = 14"."""
+        evaluate(input)  # the same checks as the answer (size, allowed syntax)
+        return expression_steps(input)
 
 
 class Compare:
@@ -282,6 +296,20 @@ class ListOps:
         if operation is None:
             raise Malformed(f"unknown list operation: {instruction!r}")
         return Answer("number", self._apply(operation, parse_number_list(input)))
+
+    def worked(self, instruction: str, input: str) -> list[Step] | None:
+        """A sum as additions, the largest or smallest as pairwise max / min.
+
+        The first or last number needs no work (None).
+        """
+        operation = self._operation(instruction)
+        if operation is None:
+            raise Malformed(f"unknown list operation: {instruction!r}")
+        values = parse_number_list(input)
+        op = {"sum": "+", "max": "max", "min": "min"}.get(operation)
+        if op is None or len(values) < 2:
+            return None
+        return chain(values[0], op, values[1:])
 
     @staticmethod
     def _apply(operation: str, values: list[Fraction]) -> Fraction:

@@ -17,6 +17,7 @@ from distill.microworld.answers import (
     unit_text,
 )
 from distill.microworld.families.common import Draft, Malformed, normalize, pick
+from distill.microworld.families.steps import Step, chain, step
 
 # (larger unit, smaller unit) pairs a person converts between.
 CONVERSIONS = (
@@ -88,6 +89,19 @@ class Units:
         if not is_finite_decimal(result):
             raise Malformed(f"no exact decimal answer: {instruction!r}")
         return Answer("quantity", (result, target))
+
+    def worked(self, instruction: str, input: str) -> list[Step] | None:
+        """One step: times the factor to a smaller unit, divided by it to a larger one."""
+        _, target = self.solve(instruction, input).value
+        value, source, _ = self._parse(instruction) or (Fraction(0), None, None)
+        if source is None:  # solve() already refused a task without both units
+            raise Malformed(f"not a conversion question: {instruction!r}")
+        factor = UNITS[source][1] / UNITS[target][1]
+        if factor.denominator == 1:
+            return [step(value, "*", factor)]
+        if factor.numerator == 1:
+            return [step(value, "/", 1 / factor)]
+        return None
 
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
@@ -161,6 +175,25 @@ class Dates:
         if second < first:
             raise Malformed("the second date comes before the first")
         return Answer("number", Fraction(second - first))
+
+    def worked(self, instruction: str, input: str) -> list[Step] | None:
+        """A day count month by month ("31 - 5 = 26; 26 + 10 = 36").
+
+        The rest of the first month, each whole month between, then the days into the
+        last. Weekday questions have nothing to add up (None).
+        """
+        self.solve(instruction, input)  # the same checks as the answer
+        match = self._between.fullmatch(normalize(instruction))
+        if not match:
+            return None
+        names = [m.lower() for m in MONTHS]
+        first, second = names.index(match[1]), names.index(match[3])
+        day, last_day = int(match[2]), int(match[4])
+        if first == second:
+            return [step(last_day, "-", day)]
+        whole = [MONTH_DAYS[m] for m in range(first + 1, second)]
+        return [step(MONTH_DAYS[first], "-", day),
+                *chain(MONTH_DAYS[first] - day, "+", [*whole, last_day])]
 
     @staticmethod
     def _date(month_name: str, day: str) -> int:
@@ -238,31 +271,45 @@ class WordProblem:
 
     def solve(self, instruction: str, input: str) -> Answer:
         """The true answer, from the task text alone; raises `Malformed`."""
+        start, steps = self._story(instruction, input)
+        return Answer("number", steps[-1].result if steps else Fraction(start))
+
+    def worked(self, instruction: str, input: str) -> list[Step] | None:
+        """The bags multiplied out, then each gain or loss: "4 * 6 = 24; 24 - 5 = 19"."""
+        return self._story(instruction, input)[1] or None
+
+    def _story(self, instruction: str, input: str) -> tuple[int, list[Step]]:
+        """(the count the story opens with, the steps that change it); raises `Malformed`."""
         if input.strip():
             raise Malformed("word problems take no input")
         sentences = re.findall(r"[^.?]+[.?]", normalize(instruction))
         sentences = [s.strip() for s in sentences]
         if len(sentences) < 2:
             raise Malformed("too short for a word problem")
-        opening, *steps, question = sentences
+        opening, *story, question = sentences
+        steps: list[Step] = []
         match = self._bags.fullmatch(opening)
         if match:
-            name, value, items = match[1], int(match[2]) * int(match[3]), match[4]
+            name, items = match[1], match[4]
+            steps.append(step(int(match[2]), "*", int(match[3])))
+            start = int(steps[-1].result)
         else:
             match = self._start.fullmatch(opening)
             if not match:
                 raise Malformed(f"cannot read the opening: {opening!r}")
-            name, value, items = match[1], int(match[2]), match[3]
+            name, start, items = match[1], int(match[2]), match[3]
+        value = Fraction(start)
         pronoun = NAMES.get(name.capitalize())
-        for step in steps:
-            gain, loss = self._gain.fullmatch(step), self._loss.fullmatch(step)
+        for sentence in story:
+            gain, loss = self._gain.fullmatch(sentence), self._loss.fullmatch(sentence)
             found = gain or loss
             if not found or found[4] != items or (pronoun and found[1] != pronoun):
-                raise Malformed(f"cannot read the step: {step!r}")
-            value += int(found[3]) if gain else -int(found[3])
+                raise Malformed(f"cannot read the step: {sentence!r}")
+            steps.append(step(value, "+" if gain else "-", int(found[3])))
+            value = steps[-1].result
             if value < 0:
                 raise Malformed("the story takes away more than there is")
         match = self._question.fullmatch(question)
         if not match or match[1] != items or match[2] != name:
             raise Malformed(f"cannot read the question: {question!r}")
-        return Answer("number", Fraction(value))
+        return start, steps

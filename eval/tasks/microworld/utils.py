@@ -4,7 +4,9 @@ lm-eval resolves `dataset_kwargs.data_files` against the current directory, so t
 tasks load their JSONL through `custom_dataset` instead: the files are found next to
 this module wherever lm-eval runs. A reply is scored by the microworld's own verifier,
 which re-derives the answer from the task text and reads the reply like a math checker
-("The answer is 42." and "42" both count).
+("The answer is 42." and "42" both count). A reply that thinks first, as a student trained
+on reasoning traces does (`<think>3 + 4 = 7</think>7`), is scored on what follows its
+trace; a trace never closed scores 0 (`distill.microworld.answers.answer_region`).
 """
 
 from __future__ import annotations
