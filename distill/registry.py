@@ -163,5 +163,8 @@ MODEL_SCHEMES: Registry[Callable[[str], str]] = Registry("model scheme", "distil
 # `data.real.kind` -> settings class of a source of real data
 REAL_SOURCES: Registry[type] = Registry("real-data source", "distill.flywheel.real")
 CHECKERS: Registry[Callable[..., Any]] = Registry("answer checker", "distill.filters.checkers")
+# `generate.problems.generator` -> (count, seed) -> list of reasoning problems (a plugin's)
+PROBLEM_SOURCES: Registry[Callable[..., Any]] = Registry("problem generator",
+                                                          "distill.generate.reasoning")
 # `executor.kind` -> settings class of where the teacher's generation engines run
 EXECUTORS: Registry[type] = Registry("executor", "distill.executors")

@@ -4,12 +4,14 @@ Loaded through the `distill.plugins` entry point (pyproject.toml), like any plug
 
 - model scheme `microworld:` (teacher, student): built from scratch on first use, cached;
 - real-data source `kind: microworld`: ground-truth tasks from the world's generators;
-- answer checker `microworld` (the verify filter, the preference verifier judge).
+- answer checker `microworld` (the verify filter, the preference verifier judge);
+- problem generator `microworld` (`generate.kind: reasoning`): tasks of the families with
+  multi-step worked solutions, the teacher having learned to think them through.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -18,7 +20,10 @@ from distill.flywheel.real import RealDraw, RealSource, draw_seed
 from distill.microworld.build import MODEL_NAMES
 from distill.models import ModelScheme
 from distill.records import Example
-from distill.registry import CHECKERS, MODEL_SCHEMES, REAL_SOURCES
+from distill.registry import CHECKERS, MODEL_SCHEMES, PROBLEM_SOURCES, REAL_SOURCES
+
+if TYPE_CHECKING:
+    from distill.generate.reasoning import Problem
 
 
 def _build_and_locate(name: str) -> str:
@@ -79,3 +84,20 @@ def check_microworld(records: list[Example], config: Any) -> list[Check]:
             scores["unverifiable_reason"] = result.reason  # "unknown_task" or "malformed"
         checks.append((result.status, result.status, scores))
     return checks
+
+
+@PROBLEM_SOURCES.register("microworld")
+def microworld_problems(count: int, seed: int) -> list[Problem]:
+    """`count` distinct tasks of the families the teacher works step by step.
+
+    None is a benchmark item; each carries its family and difficulty
+    (`distill.microworld.tasks.reasoning_tasks`).
+    """
+    from distill.generate.reasoning import Problem
+    from distill.microworld.benchmark import benchmark_keys
+    from distill.microworld.tasks import reasoning_tasks
+
+    return [Problem(id=task.to_example().id, problem=task.instruction, input=task.input,
+                    answer=task.output, checker="microworld",
+                    fields={"family": task.family, "difficulty": task.difficulty})
+            for task in reasoning_tasks(count, seed, exclude=benchmark_keys())]

@@ -1,7 +1,8 @@
 """A scripted teacher for the generation tests: canned completions, no model.
 
 `ScriptedTeacher(script)` implements the Backend protocol; `script(request)` returns
-(text, finish_reason). Its default script writes well-formed task lists whose content
+(text, finish_reason), the answer of each of the request's n samples, or a list of n
+such pairs, one per sample. Its default script writes well-formed task lists whose content
 depends only on the request's seed and id, so it is deterministic the way a seeded model
 is, and answers chat requests with a line naming the instruction.
 """
@@ -13,7 +14,7 @@ from collections.abc import Callable
 
 from distill.backends.base import Generation, GenerationRequest
 
-Script = Callable[[GenerationRequest], tuple[str, str]]
+Script = Callable[[GenerationRequest], tuple[str, str] | list[tuple[str, str]]]
 
 
 def first_number(prompt: str) -> int:
@@ -69,10 +70,14 @@ class ScriptedTeacher:
         out = []
         for request in requests:
             self.requests.append(request)
-            text, finish = self.script(request)
-            out.append(Generation(request_id=request.id, index=0, text=text,
-                                  finish_reason=finish, prompt_tokens=10,
-                                  completion_tokens=len(text.split())))
+            answer = self.script(request)
+            # one (text, finish) for all n samples, or a list of n, one per sample
+            samples = answer if isinstance(answer, list) else [answer] * request.sampling.n
+            assert len(samples) == request.sampling.n, (request.id, len(samples))
+            out += [Generation(request_id=request.id, index=index, text=text,
+                               finish_reason=finish, prompt_tokens=10,
+                               completion_tokens=len(text.split()))
+                    for index, (text, finish) in enumerate(samples)]
         return out
 
     def close(self) -> None:
