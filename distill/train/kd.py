@@ -97,17 +97,19 @@ def prepare_kd(spec: TrainSpec, callbacks: list | None = None) -> PreparedTraini
                 dataset_kwargs={**(args.get("dataset_kwargs") or {}),
                                 "skip_prepare_dataset": True})
 
+    config = SFTConfig(output_dir=trainer_dir(spec), **args)
+
     # Dataset: each record's prompt, then the teacher's tokens exactly
     rows = read_rows(spec.data_path)
     teacher = load_teacher_tokens(spec.teacher_tokens_path, dict.fromkeys(i for i, _ in rows))
     teacher = {record_id: checked_tokens(tokenizer, record_id, messages, teacher[record_id],
                                          settings.top_k)
                for record_id, messages in rows}
-    dataset = build_examples(tokenizer, rows, teacher, args.get("max_length"))
+    dataset = build_examples(tokenizer, rows, teacher, config.max_length)
 
     trainer = _trainer_class()(
         model=spec.model,
-        args=SFTConfig(output_dir=trainer_dir(spec), **args),
+        args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
         data_collator=KDCollator(teacher, pad_token_id=_pad_id(tokenizer)),

@@ -42,8 +42,9 @@ def kd_spec(microworld, kd_data, out, **fields) -> TrainSpec:
     fields["args"] = {**FAST_ARGS, "max_length": 128, **fields.get("args", {})}
     fields = {"data_path": str(records), "teacher_tokens_path": str(tokens_path),
               "kd": KDSettings(top_k=TOP_K), **fields}
+    fields.setdefault("lora", LoraSettings())
     return TrainSpec(method="kd", model=str(microworld["student"]), output_dir=str(out),
-                     lora=LoraSettings(), seed=0, quiet=True, **fields)
+                     seed=0, quiet=True, **fields)
 
 
 def test_kd_lowers_the_kl_to_the_teacher_on_held_out_prompts(microworld, kd_data, tmp_path):
@@ -112,6 +113,37 @@ def test_the_first_step_trains_on_the_teacher_distribution_of_each_answer_token(
     assert step["kd_cross_entropy"] == pytest.approx(cross_entropy / count, rel=1e-4)
     assert step["loss"] == pytest.approx((0.7 * divergence + 0.3 * cross_entropy) / count,
                                          rel=1e-4)
+
+
+def test_examples_cut_at_max_length_keep_their_start_and_aligned_top_k(microworld, kd_data):
+    import torch
+    from transformers import AutoTokenizer
+
+    from distill.train.kd import KDCollator, build_examples, read_rows
+
+    records, _, tokens = kd_data
+    tokenizer = AutoTokenizer.from_pretrained(microworld["student"])
+    rows = read_rows(records)
+    prompts = {record_id: len(tokenizer.apply_chat_template(
+        messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+        for record_id, messages in rows}
+    max_length = sorted(prompts.values())[len(prompts) // 2] + 2
+    dataset = build_examples(tokenizer, rows, tokens, max_length)
+    kept = [record_id for record_id, length in prompts.items() if length < max_length]
+    assert 0 < len(kept) < len(rows) and dataset["id"] == kept  # the others have no answer
+    batch = KDCollator(tokens, pad_token_id=0)(list(dataset))
+    for b, record_id in enumerate(dataset["id"]):
+        start, teacher = prompts[record_id], tokens[record_id]
+        answer = min(len(teacher), max_length - start)  # tokens left after the prompt
+        assert batch["attention_mask"][b].sum() == start + answer
+        assert (batch["labels"][b, :start] == -100).all()
+        assert batch["labels"][b, start:start + answer].tolist() == \
+            teacher.token_ids[:answer].tolist()
+        assert torch.equal(batch["top_ids"][b, start:start + answer],
+                           torch.from_numpy(teacher.top_ids[:answer]).long())
+        assert torch.equal(batch["top_logprobs"][b, start:start + answer],
+                           torch.from_numpy(teacher.top_logprobs[:answer]))
+        assert (batch["labels"][b, start + answer:] == -100).all()
 
 
 def rewritten(records, out, change) -> str:
@@ -197,3 +229,48 @@ def test_sft_arguments_kd_cannot_honour_are_refused(microworld, kd_data, tmp_pat
     spec = kd_spec(microworld, kd_data, tmp_path / "out", args={key: value})
     with pytest.raises(ValueError, match=f"train.args.{key}: not with method kd"):
         prepare_kd(spec)
+
+
+@pytest.mark.slow  # two CPU ranks over gloo: about a minute on two cores
+def test_two_ranks_take_the_step_one_process_takes(microworld, kd_data, tmp_path):
+    """DDP (2 x 8 examples) and one process (16) train the same first step.
+
+    The loss is a sum over each rank's tokens divided by the global batch's token count
+    and scaled by the ranks (DDP averages gradients): with plain SGD, whose step scales
+    with the gradient, both give the same adapter and log the same loss.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    from test_train_launch import ROOT, cpu_ranks_env, free_port
+
+    results = {}
+    for processes, batch in ((1, 16), (2, 8)):
+        out = tmp_path / f"p{processes}"
+        spec = kd_spec(microworld, kd_data, out, kd=KDSettings(top_k=TOP_K, ce_weight=0.5),
+                       progress_path=str(out / "progress.jsonl"),
+                       lora=LoraSettings(dropout=0.0),  # no random masks that differ by rank
+                       args={"max_steps": 1, "per_device_train_batch_size": batch,
+                             "optim": "sgd", "learning_rate": 0.5})
+        spec_path = tmp_path / f"spec{processes}.json"
+        spec_path.write_text(spec.model_dump_json())
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
+                   str(processes), "--main_process_port", str(free_port()),
+                   *(["--multi_gpu"] if processes > 1 else []),
+                   "-m", "distill.train.kd", str(spec_path)]
+        proc = subprocess.run(command, env={**cpu_ranks_env(), "OMP_NUM_THREADS": "1"},
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        step = next(json.loads(line) for line in (out / "progress.jsonl").read_text()
+                    .splitlines() if "kd_divergence" in line)
+        adapter = load_file(os.path.join(out, "adapter", "adapter_model.safetensors"))
+        results[processes] = step, adapter
+    (one, one_adapter), (two, two_adapter) = results[1], results[2]
+    for key in ("loss", "kd_divergence", "kd_cross_entropy"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4), key
+    changed = [name for name in one_adapter if "lora_B" in name]
+    assert changed and all(one_adapter[name].abs().max() > 0 for name in changed)
+    for name, tensor in one_adapter.items():
+        assert two_adapter[name].allclose(tensor, rtol=1e-3, atol=1e-6), name
