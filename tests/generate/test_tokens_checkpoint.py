@@ -4,8 +4,9 @@ On the microworld teacher (hf backend): a chunk whose requests ask for top-k
 log-probabilities keeps them in `chunk<size>-<index>.tokens.safetensors` (the JSONL rows
 stay as they were), and a resumed context reads them back without asking the teacher. A
 missing or damaged sidecar, or one holding other answers, regenerates its chunk with a
-warning; a sidecar that cannot be written leaves no shard; a backend that drops the tokens
-stops the stage. `generate_responses` files each answered record's tokens under its id.
+warning; a request that failed and is answered next run completes its chunk's sidecar; a
+sidecar that cannot be written leaves no shard; a backend that drops the tokens stops the
+stage. `generate_responses` files each answered record's tokens under its id.
 Slow: a generation SIGKILLed after its first shard resumes to every shard, sidecar and
 token file of an uninterrupted run, byte for byte.
 """
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distill.backends.base import GenerationRequest, Sampling
@@ -112,6 +114,37 @@ def test_a_sidecar_that_does_not_match_regenerates_its_chunk(tmp_path, teacher, 
     assert "is not complete" in caplog.text
     assert resumed == first
     assert sidecar.read_bytes() == original
+
+
+def test_a_failed_request_asked_again_completes_its_chunks_sidecar(tmp_path, teacher):
+    from distill.backends.base import FAILED, Generation
+
+    class FailsOnce(Recording):
+        def generate(self, requests, progress=None):
+            answered = super().generate([r for r in requests if r.id != "r1"])
+            failed = [Generation("r1", 0, "", FAILED, extra={"error": "HTTP 503", "retry": True})
+                      for r in requests if r.id == "r1"]
+            return sorted(answered + failed, key=lambda g: g.request_id)
+
+    clean = context(tmp_path / "clean", teacher).generate("answers", requests())
+    first = context(tmp_path, FailsOnce(teacher)).generate("answers", requests())
+    assert [g.request_id for g in first] == ["r0", "r2", "r3", "r4"]
+    again = Recording(teacher)
+    resumed = context(tmp_path, again).generate("answers", requests())
+    assert again.asked == ["r1"]
+    # r0 and r1 ran in other batches than in the clean run: the same tokens, floats that
+    # may differ in their last bits (distill.backends.hf)
+    for got, want in zip(resumed, clean, strict=True):
+        assert (got.request_id, got.text) == (want.request_id, want.text)
+        if want.tokens is not None:
+            assert np.array_equal(got.tokens.token_ids, want.tokens.token_ids)
+            assert np.array_equal(got.tokens.top_ids, want.tokens.top_ids)
+            np.testing.assert_allclose(got.tokens.top_logprobs, want.tokens.top_logprobs,
+                                       atol=1e-5)
+    # the rewritten sidecar holds r0's tokens of the first run and r1's of the second
+    reread = Recording(teacher)
+    assert context(tmp_path, reread).generate("answers", requests()) == resumed
+    assert reread.asked == [] and resumed[0] == first[0]
 
 
 def test_a_sidecar_that_cannot_be_written_leaves_no_shard(tmp_path, teacher, monkeypatch):
