@@ -172,12 +172,14 @@ class Runner:
         Both methods compare the two models' distributions token id by token id.
         """
         from distill.identity import ModelsIncompatible
-        from distill.train.vocab import check_shared_vocabulary
+        from distill.train.vocab import check_output_sizes, check_shared_vocabulary
 
         recipe = self.recipe
         teacher, student = self._model_ref(recipe.teacher), self._model_ref(recipe.student)
         try:
             check_shared_vocabulary(teacher.path, student.path)
+            if recipe.train.method == "on_policy":
+                check_output_sizes(teacher.path, student.path)
         except ValueError as error:
             raise ModelsIncompatible(
                 f"train.method {recipe.train.method} compares the teacher's and the student's "

@@ -67,3 +67,24 @@ def _name(tokenizer: str | Path | Any) -> str:
     if isinstance(tokenizer, str | Path):
         return str(tokenizer)
     return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+
+
+def check_output_sizes(teacher: str | Path, student: str | Path) -> None:
+    """Raise unless teacher and student have output layers of one size (method on_policy).
+
+    TRL's DistillationTrainer compares the two models' full next-token distributions, so it
+    refuses models whose configs' vocab_size differ even when their tokenizers agree
+    (Qwen2.5-7B pads its output to 152,064 rows, Qwen2.5-1.5B to 151,936); checked here so
+    that the run stops before generating rather than at training.
+    """
+    from transformers import AutoConfig
+
+    sizes = {name: AutoConfig.from_pretrained(str(path)).get_text_config().vocab_size
+             for name, path in (("teacher", teacher), ("student", student))}
+    if sizes["teacher"] != sizes["student"]:
+        raise ValueError(
+            f"the teacher ({teacher}) has {sizes['teacher']} output rows and the student "
+            f"({student}) {sizes['student']}: on-policy distillation compares their whole "
+            "next-token distributions, which TRL's DistillationTrainer needs of one size; "
+            "choose a teacher and student whose config.vocab_size match, or train with "
+            "method kd, which compares only the teacher's top-k token ids")
