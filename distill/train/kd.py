@@ -214,7 +214,8 @@ def checked_tokens(tokenizer: Any, record_id: str, messages: list[dict[str, str]
     if text != answer:
         raise ValueError(f"{where}: the teacher's tokens decode to {_clip(text)!r}, not to the "
                          f"record's answer {_clip(answer)!r}; kd trains only on the tokens "
-                         "of the very answer kept (was the answer edited after generation?)")
+                         "of the very answer kept (was the answer edited after generation, "
+                         "or cut at a stop string, whose tokens the teacher still generated?)")
     return TeacherTokens(tokens.token_ids, numpy.ascontiguousarray(top_ids),
                          numpy.ascontiguousarray(top_logprobs))
 
