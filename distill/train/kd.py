@@ -146,7 +146,7 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
     """
     for key, why in REFUSED_ARGS.items():
         if key in args and args[key] not in _HARMLESS[key]:
-            raise ValueError(f"train.args.{key}: not with method kd: {why}")
+            raise ValueError(f"{key}: not with method kd: {why}")
 
 
 # -- the records and the teacher's tokens ----------------------------------------------------
