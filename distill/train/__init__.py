@@ -10,6 +10,8 @@
   wrote the data (`python -m distill.train.kd spec.json`); `kd_loss.py`: its loss, the
   generalised JSD over the top k and the left-over mass; `vocab.py`: whether teacher and
   student share a vocabulary, as kd and on_policy need;
+- `on_policy.py`: on-policy distillation, the student's samples scored by the teacher
+  (TRL's DistillationTrainer; `python -m distill.train.on_policy spec.json`);
 - `merge.py`: adapter + base -> one plain checkpoint;
 - `launch.py`: `launch_training`, in this process or through `accelerate launch`.
 
