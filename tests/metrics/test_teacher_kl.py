@@ -77,6 +77,10 @@ def test_agrees_with_a_direct_computation(microworld, held_out):
         assert expected > 0
         assert mean_token_kl(teacher, student, [conversation]) == pytest.approx(expected,
                                                                                 rel=1e-4)
+        reverse = direct_kl(student, teacher, conversation)  # KL(student || teacher)
+        assert abs(reverse - expected) > 0.01
+        assert mean_token_kl(teacher, student, [conversation], direction="reverse") == \
+            pytest.approx(reverse, rel=1e-4)
 
 
 def test_pooled_over_tokens_and_independent_of_batching(microworld, held_out):
@@ -103,8 +107,22 @@ def test_only_the_final_answer_up_to_its_turn_end_is_scored(microworld):
         "7<|end|>"
 
 
+def test_output_layers_of_different_sizes_are_refused(microworld, tmp_path):
+    """One tokenizer, a vocabulary padded to another size (as Qwen2.5-7B's against 0.5B's)."""
+    from transformers import AutoModelForCausalLM
+
+    student = microworld["student"]
+    padded = AutoModelForCausalLM.from_pretrained(student.model.name_or_path)
+    padded.resize_token_embeddings(len(student.tokenizer) + 64)
+    padded.save_pretrained(tmp_path / "padded")
+    student.tokenizer.save_pretrained(tmp_path / "padded")
+    chat = [{"role": "user", "content": "6 + 4"}, {"role": "assistant", "content": "10"}]
+    with pytest.raises(ValueError, match="1024 rows and the student's 1088"):
+        mean_token_kl(microworld["teacher"], tmp_path / "padded", [chat])
+
+
 def test_models_with_different_tokenizers_are_refused(microworld, tiny_model_dir):
     other = load_scorer(tiny_model_dir, device="cpu")
     chat = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi."}]
-    with pytest.raises(ValueError, match="different tokenizers"):
+    with pytest.raises(ValueError, match="do not map the same strings to the same ids"):
         mean_token_kl(microworld["teacher"], other, [chat])
