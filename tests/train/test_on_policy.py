@@ -155,9 +155,11 @@ def test_a_spec_without_teacher_is_refused(world, tmp_path):
         prepare_on_policy(spec_for(world, tmp_path / "t", teacher_model=None))
 
 
-@pytest.mark.slow  # two CPU ranks start, load both models and train: about a minute
 def test_two_cpu_processes_under_accelerate(world, tmp_path):
-    """`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m ...`."""
+    """`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m ...`.
+
+    About 20 s: two ranks load both models and train 4 steps.
+    """
     import socket
 
     with socket.socket() as probe:
