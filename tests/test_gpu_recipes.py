@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.recipe import RecipeError, load_recipe
-from distill.train.config import accumulation_steps, per_device_batch
+from distill.train.config import ARGS_TRAINER, accumulation_steps, per_device_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -60,11 +60,17 @@ def prepared(tmp_path_factory) -> dict[str, list[str]]:
         "domain_qa.yaml": [f"generate.documents=[{corpus}]"],
         "collapse/base/opt125m_wikitext.yaml": [f"data.real.path={blocks}",
                                                 f"data.real.held_out_path={blocks}"],
+        # hub datasets are named, not read, when a recipe is validated
+        "kd_logits.yaml": [], "on_policy.yaml": [], "reasoning_s1.yaml": [],
     }
 
 
 GPU_RECIPES = ["alpaca.yaml", "evol_instruct.yaml", "ultrafeedback_dpo.yaml",
-               "phi_textbooks.yaml", "domain_qa.yaml", "collapse/base/opt125m_wikitext.yaml"]
+               "phi_textbooks.yaml", "domain_qa.yaml", "collapse/base/opt125m_wikitext.yaml",
+               "kd_logits.yaml", "on_policy.yaml", "reasoning_s1.yaml"]
+# s1 trains 1,000 traces for 5 epochs at batch 16 (315 steps); on-policy distillation
+# needs few steps, each sampling long answers: fewer steps than instruction tuning
+FEW_STEPS = {"reasoning_s1.yaml": 300, "on_policy.yaml": 100}
 
 
 def header(name: str) -> str:
@@ -107,6 +113,9 @@ def generated(recipe) -> int:
                             g.questions_per_chunk)
     if g.kind == "continuation":
         return recipe.data.real.count or WIKITEXT_BLOCKS
+    if g.kind == "reasoning":  # problems with a kept trace, k traces each at most
+        problems = min(g.problems.count, g.max_problems or g.problems.count)
+        return problems * g.keep
     raise AssertionError(f"no size rule for generate.kind {g.kind}")
 
 
@@ -144,6 +153,8 @@ def test_full_size_validates_and_sizes_follow_the_paper(name, prepared):
         assert g.max_chunks is None and generated(recipe) >= CORPUS_WORDS // 50
     if g.kind == "continuation":  # Shumailov: all of wikitext-2, 10 generations
         assert recipe.data.real.count is None and recipe.rounds.count == 10
+    if g.preset == "s1" if g.kind == "reasoning" else False:  # s1K: 1,000 problems, 1 each
+        assert generated(recipe) == 1000
 
 
 @pytest.mark.parametrize("name", GPU_RECIPES)
@@ -152,12 +163,12 @@ def test_global_batch_fixes_the_steps_on_any_gpu_count(name, prepared):
     train = recipe.train
     assert train.global_batch_size is not None
     assert "gradient_accumulation_steps" not in train.args
-    per_device = per_device_batch(train.args, "sft" if train.method == "sft" else "dpo")
+    per_device = per_device_batch(train.args, ARGS_TRAINER[train.method])
     gpus = (1, 2, 4) if recipe.generate.kind == "continuation" else (1, 2, 4, 8)
     for count in gpus:  # the global batch is whole on each of these GPU counts
         accumulation_steps(train.global_batch_size, per_device, count)
     steps = optimizer_steps(recipe)
-    assert 500 <= steps <= 10_000, f"{name}: {steps} optimizer steps at full size"
+    assert FEW_STEPS.get(name, 500) <= steps <= 10_000, f"{name}: {steps} optimizer steps"
 
 
 @pytest.mark.parametrize("name", GPU_RECIPES)
