@@ -153,7 +153,7 @@ def test_full_size_validates_and_sizes_follow_the_paper(name, prepared):
         assert g.max_chunks is None and generated(recipe) >= CORPUS_WORDS // 50
     if g.kind == "continuation":  # Shumailov: all of wikitext-2, 10 generations
         assert recipe.data.real.count is None and recipe.rounds.count == 10
-    if g.preset == "s1" if g.kind == "reasoning" else False:  # s1K: 1,000 problems, 1 each
+    if g.kind == "reasoning" and g.preset == "s1":  # s1K: 1,000 problems, 1 trace each
         assert generated(recipe) == 1000
 
 
