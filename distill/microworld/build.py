@@ -9,8 +9,12 @@ Both models share one tokenizer (byte-level BPE with single-digit numbers, train
 microworld text) and the project's chat template. The teacher (a 2-layer Llama, head
 size 64 so vLLM's CPU build serves it) learns the world from chats and Self-Instruct
 task lists, with loss on the whole chat: it learns to write tasks as well as to answer
-them. The student (smaller) learns the same facts as plain sentences only, so it cannot
-follow instructions until it is fine-tuned. Neither ever sees a benchmark item.
+them. A second, short phase teaches it to think: under the reasoning method's system
+prompt it answers the multi-step families with their worked solution first
+(`<think>3 + 4 = 7; 7 * 2 = 14</think>14`), so `generate.kind: reasoning` has a teacher
+that thinks; without that prompt it answers as before. The student (smaller) learns the
+same facts as plain sentences only, so it cannot follow instructions until it is
+fine-tuned. Neither ever sees a benchmark item.
 
 The result lives in `$DISTILL_CACHE/microworld/<hash>` (default `~/.cache/distill`),
 where the hash covers the build config and `BUILD_VERSION`; it is built in a temporary
@@ -29,13 +33,26 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.microworld.train import ModelSpec
 
+if TYPE_CHECKING:
+    from distill.microworld.corpus import Document
+
 MODEL_NAMES = ("teacher", "student")
+
+
+
+
+def _reasoning_system_prompt() -> str:
+    from distill.generate.reasoning import SYSTEM_PROMPT
+
+    return SYSTEM_PROMPT
+
+
 # Bump when a change to the generators, corpus or training changes what a build produces.
-BUILD_VERSION = 4
+BUILD_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,24 @@ class BuildConfig:
         hidden_size=128, layers=2, heads=2, intermediate_size=256, steps=3000,
         batch_tokens=1024, lr=1e-3))
     student_documents: int = 20000
+    # The teacher's second phase, from the weights above: reasoning chats (the worked
+    # solutions of the multi-step families as <think> traces, under the reasoning
+    # method's system prompt, loss on the answer only) mixed with fresh chats and task
+    # lists, so that it keeps answering and writing tasks. The first phase stays build
+    # 4's teacher. Trace skill against direct answers, in one-off runs of this phase from
+    # build 4's teacher (greedy; 150 reasoning tasks, then the 420 benchmark items, where
+    # build 4 scores 0.257): with a third of the tokens in reasoning chats it kept 0.250
+    # but got 6 % of its steps right; with about 70 % (and `<think>` as new tokens) 25 %
+    # of steps and 13 % of answers right, at 0.200; this mix, about half, 19 % and 11 %, at
+    # 0.226. lr 2e-4: 11 % of steps, 0.231. New `<think>` tokens at lr 1e-4 were never
+    # written (the tags are pieces the tokenizer has instead).
+    teacher_reasoning: ModelSpec = field(default_factory=lambda: ModelSpec(
+        hidden_size=128, layers=2, heads=2, intermediate_size=512, steps=600,
+        batch_tokens=1024, lr=3e-4))
+    teacher_reasoning_chats: int = 5000
+    teacher_replay_chats: int = 12000
+    teacher_replay_task_lists: int = 1000
+    reasoning_system_prompt: str = field(default_factory=_reasoning_system_prompt)
     # Family weights of the training chats and sentences: Zipf weights ** this exponent.
     # Below 1 the models know the tail better than they see it in Self-Instruct lists.
     family_exponent: float = 0.3
@@ -87,7 +122,9 @@ class BuildConfig:
         small = ModelSpec(hidden_size=128, layers=1, heads=2, intermediate_size=256, steps=3,
                           batch_tokens=1024)
         return cls(seed=seed, vocab_size=400, tokenizer_tasks=200, teacher=small,
-                   teacher_chats=60, teacher_task_lists=6, student=small, student_documents=20)
+                   teacher_chats=60, teacher_task_lists=6, student=small, student_documents=20,
+                   teacher_reasoning=small, teacher_reasoning_chats=20, teacher_replay_chats=20,
+                   teacher_replay_task_lists=2)
 
 
 def cache_root() -> Path:
@@ -194,11 +231,40 @@ def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
             stats[name] = train_model(docs, tokenizer, spec, out / name, seed=config.seed,
                                       mask_prompts=masked, progress=report)
             timings[name] = stats[name]["seconds"]
+
+        # The teacher's second phase, from its first phase's weights: it learns to think.
+        bar = progress.add_task("teacher reasoning", total=config.teacher_reasoning.steps,
+                                loss="")
+
+        def report_reasoning(done: int, total: int, loss: float) -> None:
+            progress.update(bar, completed=done, loss=f"loss {loss:.3f}")
+
+        first_phase = out / "teacher-first-phase"
+        os.replace(out / "teacher", first_phase)
+        stats["teacher_reasoning"] = train_model(
+            reasoning_documents(config, held_out, tokenizer), tokenizer,
+            config.teacher_reasoning, out / "teacher", seed=config.seed,
+            mask_prompts=teacher_masked | {"reasoning"}, progress=report_reasoning,
+            init_dir=first_phase)
+        shutil.rmtree(first_phase)
+        timings["teacher_reasoning"] = stats["teacher_reasoning"]["seconds"]
     timings["total"] = time.perf_counter() - started
     return {"fingerprint": config.fingerprint(), "build_version": BUILD_VERSION,
             "config": config.as_dict(), "stats": stats,
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "cpus": _cpus(), "held_out_items": len(held_out)}
+
+
+def reasoning_documents(config: BuildConfig, held_out: set[tuple[str, str]], tokenizer
+                        ) -> list[Document]:
+    """The teacher's second phase: reasoning chats, with fresh chats and task lists."""
+    from distill.microworld.corpus import teacher_documents
+
+    return teacher_documents(config.teacher_replay_chats, config.teacher_replay_task_lists,
+                             random.Random(config.seed + 3), held_out, tokenizer,
+                             family_exponent=config.family_exponent,
+                             n_reasoning=config.teacher_reasoning_chats,
+                             system_prompt=config.reasoning_system_prompt)
 
 
 def _cpus() -> int:

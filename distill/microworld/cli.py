@@ -24,8 +24,9 @@ def build(
     cache_dir: Annotated[Path | None, typer.Option(
         help="Where builds live (default $DISTILL_CACHE/microworld).")] = None,
     evaluate: Annotated[bool, typer.Option(
-        help="Then score both models on the held-out benchmark (greedy, in-process) and "
-        "count the tasks the teacher writes when prompted Self-Instruct style.")] = False,
+        help="Then score both models on the held-out benchmark (greedy, in-process), "
+        "count the tasks the teacher writes when prompted Self-Instruct style, and check "
+        "the traces it writes under the reasoning prompt.")] = False,
 ) -> None:
     """Build (or find cached) the teacher and student; print their directories."""
     from distill.microworld.build import build_models
@@ -35,7 +36,8 @@ def build(
         typer.echo(f"{name}: {path}")
     if evaluate:
         from distill.microworld.benchmark import benchmark_tasks
-        from distill.microworld.evaluate import accuracy, load, task_writing
+        from distill.microworld.evaluate import accuracy, load, reasoning, task_writing
+        from distill.microworld.tasks import REASONING_FAMILIES
 
         tasks = [t for family in benchmark_tasks().values() for t in family]
         for name, path in paths.items():
@@ -48,6 +50,11 @@ def build(
                 summary = {k: written[k] for k in ("expected_tasks", "parsed_tasks", "status",
                                                    "families")}
                 typer.echo(f"teacher task writing: {json.dumps(summary)}")
+                thinking = reasoning(model, tokenizer, [t for t in tasks
+                                                        if t.family in REASONING_FAMILIES])
+                thinking.pop("samples")
+                typer.echo(f"teacher reasoning (benchmark items of the multi-step "
+                           f"families, reasoning prompt): {json.dumps(thinking)}")
 
 
 @app.command()

@@ -52,10 +52,56 @@ def complete(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     return texts
 
 
-def chat_prompt(tokenizer, task: Task) -> str:
-    """The user turn rendered as the backends render it."""
-    return tokenizer.apply_chat_template(task.to_example().messages()[:1],
-                                         add_generation_prompt=True, tokenize=False)
+def chat_prompt(tokenizer, task: Task, system_prompt: str | None = None) -> str:
+    """The user turn (after a system prompt, if given) rendered as the backends render it."""
+    messages = task.to_example().messages()[:1]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def reasoning(model, tokenizer, tasks: list[Task], *, system_prompt: str | None = None,
+              batch_size: int = 64, temperature: float = 0.0, seed: int = 0
+              ) -> dict[str, Any]:
+    """How the model thinks under the reasoning prompt (default: the reasoning method's).
+
+    Shares of replies that hold a closed trace, whose steps all compute right
+    (`families.steps.check_trace`), whose trace is the task's worked solution exactly,
+    whose answer is right, and whose answer is right after steps that all check; and
+    the share of all steps written that compute right.
+    """
+    from distill.microworld.families.steps import check_trace, trace_text
+    from distill.microworld.tasks import worked_solution
+    from distill.records import split_trace
+
+    if system_prompt is None:
+        from distill.generate.reasoning import SYSTEM_PROMPT
+
+        system_prompt = SYSTEM_PROMPT
+    replies = complete(model, tokenizer, [chat_prompt(tokenizer, t, system_prompt)
+                                          for t in tasks],
+                       max_new_tokens=160, batch_size=batch_size, temperature=temperature,
+                       seed=seed)
+    counts: Counter[str] = Counter()
+    steps = correct_steps = 0
+    samples: list[dict[str, str]] = []
+    for task, reply in zip(tasks, replies, strict=True):
+        trace, _ = split_trace(reply)
+        check = check_trace(trace)
+        right = task.answer.matches(reply)
+        reference = worked_solution(task.instruction, task.input) or []
+        steps += check.steps
+        correct_steps += check.correct_steps
+        counts.update(traced=bool(trace.strip()), steps_check=check.all_correct,
+                      worked_exactly=trace == trace_text(reference), right=right,
+                      right_with_checked_steps=right and check.all_correct)
+        if len(samples) < 5:
+            samples.append({"task": f"{task.instruction} | {task.input}", "reply": reply})
+    shares = {key: round(counts[key] / max(1, len(tasks)), 4)
+              for key in ("traced", "steps_check", "worked_exactly", "right",
+                          "right_with_checked_steps")}
+    return {"n": len(tasks), **shares,
+            "step_accuracy": round(correct_steps / max(1, steps), 4), "samples": samples}
 
 
 def accuracy(model, tokenizer, tasks: list[Task], *, batch_size: int = 64
