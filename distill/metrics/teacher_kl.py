@@ -115,17 +115,13 @@ def check_same_vocabulary(teacher: Scorer, student: Scorer) -> None:
     Raises:
         ValueError: the tokenizers map strings to different ids
             (`distill.train.vocab.check_shared_vocabulary`), or the output layers have
-            different sizes (Qwen2.5-7B pads its vocabulary to 152,064 rows, the 0.5B to
-            151,936: the two distributions have different supports).
+            different sizes (`distill.train.vocab.check_output_sizes`: the two
+            distributions have different supports).
     """
-    from distill.train.vocab import check_shared_vocabulary
+    from distill.train.vocab import check_output_sizes, check_shared_vocabulary
 
     check_shared_vocabulary(teacher.tokenizer, student.tokenizer)
-    sizes = [scorer.model.get_output_embeddings().weight.shape[0] for scorer in
-             (teacher, student)]
-    if sizes[0] != sizes[1]:
-        raise ValueError(f"the teacher's output layer has {sizes[0]} rows and the student's "
-                         f"{sizes[1]}: their next-token distributions are not comparable")
+    check_output_sizes(teacher.model, student.model)
 
 
 def teacher_answers(teacher: str | Path, prompts: Sequence[str | Conversation], *,

@@ -46,9 +46,9 @@ def check_shared_vocabulary(teacher: str | Path | Any, student: str | Path | Any
         f"the teacher's tokenizer ({_name(teacher)}, {len(teacher_vocab)} tokens) and the "
         f"student's ({_name(student)}, {len(student_vocab)} tokens) do not map the same "
         f"strings to the same ids: {len(differing)} ids differ ({shown}{more}); logit "
-        "distillation (train.method kd or on_policy) compares the two models token id by "
-        "token id, so they must share one tokenizer: choose a student of the teacher's "
-        "family, or train with method sft on the teacher's text")
+        "distillation (train.method kd, on_policy or sft_then_on_policy) compares the two "
+        "models token id by token id, so they must share one tokenizer: choose a student "
+        "of the teacher's family, or train with method sft on the teacher's text")
 
 
 def _load(tokenizer: str | Path | Any) -> Any:
@@ -63,28 +63,44 @@ def _by_id(vocab: dict[str, int]) -> dict[int, str]:
     return {token_id: token for token, token_id in vocab.items()}
 
 
-def _name(tokenizer: str | Path | Any) -> str:
-    if isinstance(tokenizer, str | Path):
-        return str(tokenizer)
-    return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+def _name(loaded: str | Path | Any) -> str:
+    """A tokenizer's or model's location, as given or as it was loaded from."""
+    if isinstance(loaded, str | Path):
+        return str(loaded)
+    return getattr(loaded, "name_or_path", None) or type(loaded).__name__
 
 
-def check_output_sizes(teacher: str | Path, student: str | Path) -> None:
-    """Raise unless teacher and student have output layers of one size (method on_policy).
+def check_output_sizes(teacher: str | Path | Any, student: str | Path | Any) -> None:
+    """Raise unless teacher and student have output layers of one size.
 
-    TRL's DistillationTrainer compares the two models' full next-token distributions, so it
-    refuses models whose configs' vocab_size differ even when their tokenizers agree
-    (Qwen2.5-7B pads its output to 152,064 rows, Qwen2.5-1.5B to 151,936); checked here so
-    that the run stops before generating rather than at training.
+    On-policy distillation (TRL's DistillationTrainer) and `distill.metrics.teacher_kl`
+    compare the two models' full next-token distributions, which needs one support. One
+    tokenizer does not make one size: Qwen2.5-7B-Instruct pads its output layer to 152,064
+    rows, Qwen2.5-0.5B, 1.5B and 3B to 151,936. TRL refuses such a pair too, but only once
+    both models are loaded; their configs tell at once, so the run stops before any work.
+
+    Args:
+        teacher: A model directory or hub id (its config is read), or a loaded model.
+        student: The same, for the student.
+
+    Raises:
+        ValueError: naming both models and their sizes.
     """
-    from transformers import AutoConfig
-
-    sizes = {name: AutoConfig.from_pretrained(str(path)).get_text_config().vocab_size
-             for name, path in (("teacher", teacher), ("student", student))}
+    sizes = {"teacher": _output_rows(teacher), "student": _output_rows(student)}
     if sizes["teacher"] != sizes["student"]:
         raise ValueError(
-            f"the teacher ({teacher}) has {sizes['teacher']} output rows and the student "
-            f"({student}) {sizes['student']}: on-policy distillation compares their whole "
-            "next-token distributions, which TRL's DistillationTrainer needs of one size; "
-            "choose a teacher and student whose config.vocab_size match, or train with "
-            "method kd, which compares only the teacher's top-k token ids")
+            f"the teacher ({_name(teacher)}) has {sizes['teacher']} output rows and the "
+            f"student ({_name(student)}) {sizes['student']}: on-policy distillation and the "
+            "teacher KL compare the two full next-token distributions, so they need one "
+            "vocabulary size, whatever the tokenizers say; choose a teacher of the student's "
+            "size class (Qwen2.5-1.5B or 3B-Instruct for Qwen2.5-0.5B), or train with method "
+            "kd, which compares only the teacher's top-k token ids")
+
+
+def _output_rows(model: str | Path | Any) -> int:
+    """Rows of the output layer: from the config of a path or hub id, or a loaded model."""
+    if isinstance(model, str | Path):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(model)).get_text_config().vocab_size
+    return model.get_output_embeddings().weight.shape[0]

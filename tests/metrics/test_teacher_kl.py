@@ -117,7 +117,7 @@ def test_output_layers_of_different_sizes_are_refused(microworld, tmp_path):
     padded.save_pretrained(tmp_path / "padded")
     student.tokenizer.save_pretrained(tmp_path / "padded")
     chat = [{"role": "user", "content": "6 + 4"}, {"role": "assistant", "content": "10"}]
-    with pytest.raises(ValueError, match="1024 rows and the student's 1088"):
+    with pytest.raises(ValueError, match="1024 output rows and the student .* 1088"):
         mean_token_kl(microworld["teacher"], tmp_path / "padded", [chat])
 
 
