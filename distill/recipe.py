@@ -253,8 +253,8 @@ class Recipe(Strict):
                 raise ValueError("train.with_reasoning false drops the trace the teacher's "
                                  "log-probabilities were kept for; with method kd the "
                                  "student learns the teacher's whole answer")
-        if method == "on_policy" and not self.teacher.loads_weights():
-            raise ValueError(f"train.method on_policy scores the student's samples with the "
+        if method in ("on_policy", "sft_then_on_policy") and not self.teacher.loads_weights():
+            raise ValueError(f"train.method {method} scores the student's samples with the "
                              f"teacher's full distribution, loaded here, and teacher.backend "
                              f"{self.teacher.backend} only serves it; use backend hf or vllm "
                              "with the teacher's weights")

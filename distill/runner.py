@@ -163,11 +163,11 @@ class Runner:
                       if spec != "teacher"]
         for spec in specs:
             self._model_ref(spec)
-        if recipe.train.method in ("kd", "on_policy"):
+        if recipe.train.method in ("kd", "on_policy", "sft_then_on_policy"):
             self._check_vocabularies()
 
     def _check_vocabularies(self) -> None:
-        """Refuse teacher and student vocabularies that differ (kd and on_policy).
+        """Refuse teacher and student vocabularies that differ (kd and the on-policy methods).
 
         Both methods compare the two models' distributions token id by token id.
         """
@@ -178,7 +178,7 @@ class Runner:
         teacher, student = self._model_ref(recipe.teacher), self._model_ref(recipe.student)
         try:
             check_shared_vocabulary(teacher.path, student.path)
-            if recipe.train.method == "on_policy":
+            if recipe.train.method in ("on_policy", "sft_then_on_policy"):
                 check_output_sizes(teacher.path, student.path)
         except ValueError as error:
             raise ModelsIncompatible(
@@ -388,7 +388,8 @@ class Runner:
         """LoRA (or full) fine-tuning of the base student on this round's data policy.
 
         Method kd also reads the teacher's tokens that each data round's generate stage
-        kept; on_policy loads `teacher` (the round's teacher) to score the student's samples.
+        kept; on_policy (and sft_then_on_policy) loads `teacher` (the round's teacher) to score
+        the student's samples.
         """
         recipe = self.recipe
         policy = recipe.rounds.data_policy
@@ -404,10 +405,11 @@ class Runner:
                   "policy": policy.model_dump(mode="json"), "seed": recipe.seed}
         inputs = {"student": student.identity, "data": [s.fingerprint for s in data],
                   "real": [draw.identity for draw in real]}
-        on_policy = recipe.train.method == "on_policy"
+        on_policy = recipe.train.method in ("on_policy", "sft_then_on_policy")
         if on_policy:
             if teacher is None:
-                raise ValueError("train.method on_policy needs the round's teacher")
+                raise ValueError(f"train.method {recipe.train.method} needs the round's "
+                                 "teacher")
             inputs["teacher"] = teacher.identity
         if recipe.review.apply:  # importing decisions retrains (distill.review)
             from distill.review import decisions_hash

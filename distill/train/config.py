@@ -10,9 +10,10 @@ The methods (`train.method`) are the names in `distill.registry.TRAINERS`: each 
 module registers its function there, so a new method is one new module.
 
 TRL's own arguments are never re-declared here: `train.args` passes through untouched to
-`trl.SFTConfig` (method sft) or `trl.DPOConfig` (dpo, and the DPO step of sft_then_dpo,
-whose SFT step takes `train.sft_args`), after the few defaults in `sft_defaults` /
-`dpo_defaults` fill keys the user left out.
+`trl.SFTConfig` (method sft), `trl.DPOConfig` (dpo, and the DPO step of sft_then_dpo) or
+`trl.DistillationConfig` (on_policy, and the on-policy step of sft_then_on_policy), after
+the few defaults in `sft_defaults` / `dpo_defaults` / `distillation_defaults` fill keys the
+user left out. The SFT step of a two-step method (`TWO_STEP`) takes `train.sft_args`.
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def check_global_batch(spec: TrainSpec, processes: int) -> None:
         ValueError: as `accumulation_steps`, for the spec's args (and sft_args).
     """
     steps = [(spec.args, ARGS_TRAINER[spec.method])]
-    if spec.method == "sft_then_dpo":
+    if spec.method in TWO_STEP:
         steps.append((spec.sft_args, "sft"))
     for args, trainer in steps:
         if spec.global_batch_size is not None:
@@ -401,9 +402,12 @@ def _check_values(args: dict[str, Any], trainer: str) -> None:
 # trainer -> the TRL config class its `train.args` go to
 TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "distillation": "DistillationConfig"}
 # train.method -> the trainer whose config its `train.args` go to (kd trains with SFT's
-# arguments; sft_then_dpo's `sft_args` go to SFTConfig)
+# arguments; a two-step method's `sft_args` go to SFTConfig)
 ARGS_TRAINER = {"sft": "sft", "kd": "sft", "dpo": "dpo", "sft_then_dpo": "dpo",
-                "on_policy": "distillation"}
+                "on_policy": "distillation", "sft_then_on_policy": "distillation"}
+# Methods that train SFT on the records first (`train.sft_args`, into `sft/`), then their
+# second step from the merged SFT model.
+TWO_STEP = frozenset({"sft_then_dpo", "sft_then_on_policy"})
 
 
 def coerce_numbers(args: dict[str, Any], trainer: str) -> dict[str, Any]:
@@ -572,7 +576,9 @@ class TrainConfig(Strict):
         "log-probabilities kept while it wrote the data (train.kd); on_policy: the student "
         "samples answers to the kept prompts and the teacher scores them token by token "
         "(TRL DistillationTrainer; the teacher must load here and share the student's "
-        "tokenizer).")
+        "tokenizer); sft_then_on_policy: SFT on the teacher's answers, then on_policy from "
+        "the SFT model (Thinking Machines' and Qwen3's recipe: a raw student's samples "
+        "run to the length cap).")
     accelerate_config: str | None = Field(
         None, description="accelerate config YAML (see recipes/accelerate/) that `distill run` "
         "launches training with; null trains inside the runner's process.")
@@ -590,22 +596,27 @@ class TrainConfig(Strict):
         "attention kernel or sdpa / eager / flex_attention (the default is sdpa), and "
         "without flash attention under trust_remote_code. With dpo and sft_then_dpo "
         "they go to trl.DPOConfig (beta, loss_type, max_length, ...); distill fills "
-        "learning_rate 5e-6 (LoRA) / 5e-7 (full), 1 epoch, cosine, warmup 0.1 (Zephyr).")
+        "learning_rate 5e-6 (LoRA) / 5e-7 (full), 1 epoch, cosine, warmup 0.1 (Zephyr). "
+        "With on_policy and sft_then_on_policy to trl.DistillationConfig (beta, "
+        "max_completion_length, temperature, ...); distill fills learning_rate 2e-4 (LoRA) "
+        "/ 2e-5 (full), 1 epoch, cosine, warmup 0.03, and max_completion_length from the "
+        "teacher's longest answer.")
     kd: KDSettings = Field(default_factory=KDSettings,
                            description="method kd: the divergence and the teacher's top k.")
     with_reasoning: bool = Field(
         True, description="Records with a reasoning trace (generate.kind: reasoning) train "
         "on trace and answer; false trains on the answer alone.")
     sft_args: dict[TrainArgName, Any] = Field(
-        default_factory=dict, description="sft_then_dpo only: trl.SFTConfig arguments of the "
-        "SFT step (defaults and refused packing as for method sft).")
+        default_factory=dict, description="sft_then_dpo and sft_then_on_policy only: "
+        "trl.SFTConfig arguments of the SFT step (defaults and refused packing as for "
+        "method sft).")
     global_batch_size: int | None = Field(
         None, ge=1, description="Examples per optimizer step, whatever the number of GPUs: "
         "the training processes set gradient_accumulation_steps = global_batch_size / "
         "(per_device_train_batch_size x processes), and refuse a count that does not divide. "
-        "Do not set gradient_accumulation_steps with it. With sft_then_dpo it applies to both "
-        "steps. null: the accumulation in args (TRL's default 1), so the effective batch "
-        "grows with the GPU count.")
+        "Do not set gradient_accumulation_steps with it. With sft_then_dpo and "
+        "sft_then_on_policy it applies to both steps. null: the accumulation in args (TRL's "
+        "default 1), so the effective batch grows with the GPU count.")
 
     def fingerprint_settings(self) -> dict[str, Any]:
         """The settings that change what training produces (the train stage's fingerprint).
@@ -645,8 +656,9 @@ class TrainConfig(Strict):
     @field_validator("sft_args")
     @classmethod
     def _sft_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        if value and info.data.get("method") != "sft_then_dpo":
-            raise ValueError("only used by method sft_then_dpo (method sft takes train.args)")
+        if value and info.data.get("method") not in TWO_STEP:
+            raise ValueError(f"only used by method {' or '.join(sorted(TWO_STEP))} (method "
+                             "sft takes train.args)")
         value = coerce_numbers(value, "sft")
         check_sft_values(value)
         return value
@@ -658,7 +670,7 @@ class TrainConfig(Strict):
             return value
         method = info.data.get("method", "sft")
         steps = {"args": ARGS_TRAINER[method]}
-        if method == "sft_then_dpo":
+        if method in TWO_STEP:
             steps["sft_args"] = "sft"
         for name, trainer in steps.items():
             args = info.data.get(name)
@@ -681,15 +693,16 @@ class TrainSpec(BaseModel):
     lora: LoraSettings | None = Field(
         default_factory=LoraSettings, description="None trains every weight.")
     args: dict[str, Any] = Field(default_factory=dict, description="train.args, untouched.")
-    sft_args: dict[str, Any] = Field(default_factory=dict,
-                                     description="train.sft_args (sft_then_dpo), untouched.")
+    sft_args: dict[str, Any] = Field(
+        default_factory=dict, description="train.sft_args (the SFT step of sft_then_dpo and "
+        "sft_then_on_policy), untouched.")
     kd: KDSettings | None = Field(None, description="train.kd (method kd).")
     teacher_tokens_path: str | None = Field(
         None, description="method kd: the teacher's tokens and top-k log-probabilities of "
         "each record (distill.teacher_tokens), by record id.")
     teacher_model: str | None = Field(
-        None, description="method on_policy: the teacher that scores the student's samples "
-        "(a local checkpoint or a hub id).")
+        None, description="methods on_policy and sft_then_on_policy: the teacher that scores "
+        "the student's samples (a local checkpoint or a hub id).")
     global_batch_size: int | None = Field(
         None, ge=1, description="train.global_batch_size: the training processes set "
         "gradient_accumulation_steps from it and their number.")
@@ -751,7 +764,7 @@ def _map_paths(data: dict[str, Any], keys: tuple[str, ...],
     for key in keys:
         if data.get(key) is not None:
             data[key] = change(data[key])
-    if isinstance(data.get("sft_step"), dict):  # a TrainResult's SFT step (sft_then_dpo)
+    if isinstance(data.get("sft_step"), dict):  # a TrainResult's SFT step (TWO_STEP)
         _map_paths(data["sft_step"], keys, change)
 
 
@@ -815,8 +828,18 @@ class TrainResult(BaseModel):
         "last logged steps.")
     reward_margin_history: list[LossPoint] = Field(
         default_factory=list, description="DPO: logged reward margin per step (in `loss`).")
+    completion_mean_length_start: float | None = Field(
+        None, description="on_policy: mean tokens per student sample in the first logged "
+        "steps (TRL's completions/mean_length).")
+    completion_mean_length_end: float | None = Field(
+        None, description="on_policy: the same in the last logged steps.")
+    completion_clipped_ratio_start: float | None = Field(
+        None, description="on_policy: share of student samples cut at "
+        "max_completion_length in the first logged steps (TRL's completions/clipped_ratio).")
+    completion_clipped_ratio_end: float | None = Field(
+        None, description="on_policy: the same in the last logged steps.")
     sft_step: dict[str, Any] | None = Field(
-        None, description="sft_then_dpo: the SFT step's own result.")
+        None, description="sft_then_dpo and sft_then_on_policy: the SFT step's own result.")
 
     def save(self, path: str | Path) -> Path:
         """Write `train_log.json`: paths relative to its directory (the output directory).

@@ -4,7 +4,9 @@ The student samples answers to 32 microworld prompts and learns from the teacher
 token-by-token scores; the test measures the KL between the two models on the teacher's
 answers to 16 other prompts before and after. Each divergence lowers its own direction of
 the KL (`distill.metrics.teacher_kl`): beta 1 (reverse KL, the default) KL(student ||
-teacher), beta 0 (forward KL) KL(teacher || student).
+teacher), beta 0 (forward KL) KL(teacher || student). Method sft_then_on_policy first
+trains SFT on the teacher's answers, after which the student's samples end before the
+length cap, as the raw student's never do.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from distill.metrics.perplexity import load_scorer
 from distill.metrics.teacher_kl import mean_token_kl, teacher_answers
 from distill.microworld.tasks import generate_tasks
 from distill.registry import TRAINERS
-from distill.train.config import LoraSettings, TrainResult, TrainSpec
+from distill.train.config import LoraSettings, TrainConfig, TrainResult, TrainSpec
 from distill.train.on_policy import longest_answer, prepare_on_policy, train_on_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,9 +55,10 @@ def world(tmp_path_factory):
 def spec_for(world, out: Path, **fields) -> TrainSpec:
     fields["args"] = {**ARGS, **fields.get("args", {})}
     fields.setdefault("teacher_model", str(world["paths"]["teacher"]))
-    return TrainSpec(method="on_policy", model=str(world["paths"]["student"]),
-                     data_path=str(world["data"]), output_dir=str(out), seed=0, quiet=True,
-                     lora=LoraSettings(), **fields)
+    fields.setdefault("method", "on_policy")
+    fields.setdefault("lora", LoraSettings())
+    return TrainSpec(model=str(world["paths"]["student"]), data_path=str(world["data"]),
+                     output_dir=str(out), seed=0, quiet=True, **fields)
 
 
 def held_out_kl(world, student, direction: str) -> float:
@@ -71,7 +74,7 @@ def trained(world, tmp_path_factory):
 
 
 def test_registered_under_its_method():
-    assert TRAINERS.get("on_policy") is train_on_policy
+    assert TRAINERS.get("on_policy") is TRAINERS.get("sft_then_on_policy") is train_on_policy
 
 
 @pytest.mark.slow  # 12 steps and two KL measurements each: 20-60 s on a busy CPU
@@ -104,6 +107,14 @@ def test_outputs_as_every_method(world, trained):
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(),
                                                      base.state_dict().values(), strict=True))
+
+
+def test_the_raw_students_samples_all_run_to_the_length_cap(trained):
+    """TRL's logged completion lengths, recorded: the raw student never ends an answer."""
+    cap = trained.args["max_completion_length"]
+    assert trained.completion_clipped_ratio_start == trained.completion_clipped_ratio_end == 1
+    assert trained.completion_mean_length_start == trained.completion_mean_length_end == cap
+    assert trained.sft_step is None
 
 
 def test_defaults_decided_from_the_data_and_the_device(world, trained):
@@ -182,3 +193,120 @@ def test_two_cpu_processes_under_accelerate(world, tmp_path):
     assert result.num_processes == 2 and result.steps == 4
     assert result.ranks_in_sync is True
     assert Path(result.merged_dir, "model.safetensors").is_file()
+
+
+# -- sft_then_on_policy ----------------------------------------------------------------------
+
+# SFT long enough for the student to end its answers: 8 epochs of the 32 chats, batches
+# of 8 (32 steps).
+SFT_ARGS = {"num_train_epochs": 8, "learning_rate": 2e-3, "per_device_train_batch_size": 8}
+# The microworld student was pretrained on plain sentences and never produced the chat's
+# end token, so its output row for `<|end|>` is untrained: an adapter on the linear layers
+# alone ("all-linear" leaves the output layer out) raised P(<|end|> after an answer) only
+# from 4e-8 to 0.012 in 160 SFT steps on 128 chats; with the output layer trained beside
+# it, to 0.79 in 64 steps.
+ENDING_LORA = LoraSettings(modules_to_save=["lm_head"])
+
+
+def own_samples(model: str | Path, prompts: list[list[dict[str, str]]], cap: int
+                ) -> tuple[list[list[dict[str, str]]], float]:
+    """Four samples per prompt as TRL draws them (temperature 1, at most `cap` tokens).
+
+    Returns each prompt with one sample as its answer, and the share of samples that
+    ended (an end token) before the cap.
+    """
+    from distill.backends.base import GenerationRequest, Sampling
+    from distill.backends.hf import HFBackend
+
+    backend = HFBackend(str(model), device="cpu", seed=0)
+    try:
+        sampling = Sampling(temperature=1.0, max_tokens=cap, n=4)
+        generations = backend.generate([GenerationRequest(id=str(i), messages=prompt,
+                                                          sampling=sampling)
+                                        for i, prompt in enumerate(prompts)])
+    finally:
+        backend.close()
+    chats = [[*prompts[int(g.request_id)], {"role": "assistant", "content": g.text}]
+             for g in generations]
+    return chats, sum(g.finish_reason == "stop" for g in generations) / len(generations)
+
+
+@pytest.mark.slow  # 32 SFT and 4 on-policy steps, three models sampled: 40-90 s
+def test_sft_then_on_policy_ends_its_answers_and_moves_towards_the_teacher(world, tmp_path):
+    out = tmp_path / "train"
+    result = train_on_policy(spec_for(world, out, method="sft_then_on_policy",
+                                      sft_args=SFT_ARGS, args={"max_steps": 4},
+                                      lora=ENDING_LORA))
+
+    # Two steps: SFT into sft/ with sft_args, then on-policy from its merged model
+    sft = TrainResult.model_validate(result.sft_step)
+    assert sft.method == "sft" and sft.steps == 32 and sft.loss_mask == "assistant"
+    assert Path(sft.merged_dir) == out / "sft" / "merged"
+    assert sft.final_loss < sft.first_loss
+    assert result.method == "sft_then_on_policy" and result.steps == 4
+    assert result.args["num_train_epochs"] == 1  # DistillationConfig's, not sft_args' 8
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "sft/merged"  # relative: survives renames
+    saved = TrainResult.load(out / "train_log.json")
+    assert Path(saved.sft_step["merged_dir"]) == out / "sft" / "merged"
+
+    # The on-policy step's samples (from the SFT model) ended before the cap, which
+    # none of the raw student's do (test_the_raw_students_samples_all_run_to_the_length_cap)
+    assert result.completion_clipped_ratio_start < 0.5
+    cap = result.args["max_completion_length"]
+    prompts = [chat[:-1] for chat in world["held_out"]]
+    raw_samples, raw_ended = own_samples(world["paths"]["student"], prompts, cap)
+    sft_samples, _ = own_samples(sft.merged_dir, prompts, cap)
+    final_samples, final_ended = own_samples(result.merged_dir, prompts, cap)
+    assert raw_ended < 0.1 and final_ended > 0.5, (raw_ended, final_ended)
+
+    # Held-out KL(student || teacher), the direction beta 1 lowers: on the teacher's
+    # answers, below the raw student's; on the student's own samples (the on-policy
+    # objective), below the SFT model's on its own
+    teacher = world["scorers"]["teacher"]
+    before = held_out_kl(world, world["scorers"]["student"], "reverse")
+    after = held_out_kl(world, result.merged_dir, "reverse")
+    assert after < 0.8 * before, (before, after)
+    on_sft = mean_token_kl(teacher, sft.merged_dir, sft_samples, direction="reverse")
+    on_final = mean_token_kl(teacher, result.merged_dir, final_samples, direction="reverse")
+    on_raw = mean_token_kl(teacher, world["scorers"]["student"], raw_samples,
+                           direction="reverse")
+    assert on_final < 0.9 * on_sft < on_raw, (on_raw, on_sft, on_final)
+
+
+def test_sft_then_on_policy_refuses_a_teacher_before_its_sft_step(world, tiny_model_dir,
+                                                                   tmp_path):
+    spec = spec_for(world, tmp_path / "t", method="sft_then_on_policy", sft_args=SFT_ARGS,
+                    teacher_model=str(tiny_model_dir))
+    with pytest.raises(ValueError, match="do not map the same strings to the same ids"):
+        train_on_policy(spec)
+    assert not (tmp_path / "t").exists()  # no SFT step ran
+
+
+def test_sft_args_are_the_sft_steps_and_the_global_batch_covers_both():
+    config = TrainConfig(method="sft_then_on_policy", sft_args={"num_train_epochs": "2"},
+                         args={"beta": 0.0})
+    assert config.sft_args == {"num_train_epochs": 2} and config.args == {"beta": 0.0}
+    with pytest.raises(ValueError, match="train.sft_args.per_device_train_batch_size 3"):
+        TrainConfig(method="sft_then_on_policy", global_batch_size=8,
+                    sft_args={"per_device_train_batch_size": 3})
+    with pytest.raises(ValueError, match="only used by method sft_then_dpo or "
+                                         "sft_then_on_policy"):
+        TrainConfig(method="on_policy", sft_args={"num_train_epochs": 2})
+
+
+@pytest.mark.parametrize("method", ["on_policy", "sft_then_on_policy"])
+def test_a_recipe_with_a_served_teacher_is_refused(tmp_path, method):
+    import yaml
+
+    from distill.recipe import RecipeError, load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "t", "teacher": {"model": "org/teacher", "backend": "openai"},
+        "student": {"model": "org/student"},
+        "generate": {"kind": "self_instruct", "num_instructions": 10},
+        "eval": {"tasks": ["microworld"]}, "train": {"method": method}}))
+    with pytest.raises(RecipeError, match=f"train.method {method} scores the student's "
+                                          "samples .* teacher.backend openai only serves it"):
+        load_recipe(path)

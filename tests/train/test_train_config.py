@@ -110,20 +110,23 @@ def test_numbers_yaml_leaves_as_strings_are_read_as_numbers():
 
 def test_methods_are_the_registered_trainers():
     from distill.train.dpo import train_dpo
+    from distill.train.on_policy import train_on_policy
     from distill.train.sft import train_sft
 
     assert TRAINERS.get("sft") is train_sft
     assert TRAINERS.get("dpo") is TRAINERS.get("sft_then_dpo") is train_dpo
+    assert TRAINERS.get("on_policy") is TRAINERS.get("sft_then_on_policy") is train_on_policy
+    names = ["dpo", "kd", "on_policy", "sft", "sft_then_dpo", "sft_then_on_policy"]
     schema = TrainConfig.model_json_schema()["properties"]["method"]
-    assert schema["enum"] == TRAINERS.names() == ["dpo", "sft", "sft_then_dpo"]
+    assert schema["enum"] == TRAINERS.names() == names
     loc, msg = error_of(method="ppo")
-    assert loc == ("method",) and "choose one of ['dpo', 'sft', 'sft_then_dpo']" in msg
+    assert loc == ("method",) and f"choose one of {names}" in msg
 
-    TRAINERS.register("kd")(lambda spec, callbacks=None: None)  # a new method: one module
+    TRAINERS.register("gkd")(lambda spec, callbacks=None: None)  # a new method: one module
     try:
-        assert TrainSpec(method="kd", model="m", data_path="d", output_dir="o").method == "kd"
+        assert TrainSpec(method="gkd", model="m", data_path="d", output_dir="o").method == "gkd"
     finally:
-        TRAINERS.unregister("kd")
+        TRAINERS.unregister("gkd")
 
 
 def test_spec_and_result_files_name_the_job_files_relative_to_their_directory(tmp_path):
