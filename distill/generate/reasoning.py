@@ -28,7 +28,8 @@ problem; each problem's pass rate (correct / N) is its difficulty.
    (the text after </think>) goes to the problem's checker: `math` reads \boxed{}, "####",
    "the answer is" and the last number (`distill.filters.math_check`); `code` runs the
    answer's code against the reference tests in the sandbox; a plugin's checker (the
-   microworld's exact verifiers) reads the answer its own way.
+   microworld's exact verifiers) reads the answer its own way, and may check the trace
+   too (`microworld_steps`: every step must compute right).
 4. Rejection sampling. A sample counts as correct when its answer checks, whatever its
    trace. The problem's pass rate is correct / N. A correct sample with a trace within
    the length limits is a candidate; the first `keep` candidates (in sample order) become
@@ -81,6 +82,7 @@ REASONS = (
     "truncated_answer",  # cut at max_tokens after the trace: the answer may be cut
     "no_answer",  # nothing after the trace, a trace never closed, no answer to read
     "wrong_answer",  # the checker found the answer wrong
+    "wrong_steps",  # a right answer after a wrong step (a checker of steps: microworld_steps)
     "unverifiable",  # the checker cannot check this problem (no tests, bad reference)
     "no_trace",  # a correct answer without a <think> trace
     "too_easy",  # a correct trace of a problem whose pass rate is above max_pass_rate
@@ -223,7 +225,8 @@ class Config(GeneratorSettings):
     problems: Problems = Field(description="The problems and their reference answers.")
     checker: CheckerName = Field(  # type: ignore[valid-type]
         "math", description="The answer checker of problems that name none "
-        "(distill.registry.CHECKERS): math, code, or a plugin's (microworld).")
+        "(distill.registry.CHECKERS): math, code, or a plugin's (microworld; "
+        "microworld_steps checks every step of the trace too).")
     samples: int = Field(4, ge=1, description="N: samples per problem, one request with n = N.")
     keep: int = Field(1, ge=1, description="k: the most correct traces kept per problem.")
     min_pass_rate: float = Field(
@@ -364,7 +367,8 @@ class Config(GeneratorSettings):
             sample.correct = status == "correct"
             if not sample.correct:
                 sample.reason = ("unverifiable" if status == "unverifiable" else
-                                 "no_answer" if reason in _NO_ANSWER else "wrong_answer")
+                                 "no_answer" if reason in _NO_ANSWER else
+                                 "wrong_steps" if reason == "wrong_steps" else "wrong_answer")
             elif not sample.reasoning.strip():
                 sample.reason = "no_trace"
             elif self._too_long(sample):
@@ -400,7 +404,7 @@ class Config(GeneratorSettings):
         from distill.filters.verify import Config as VerifyConfig
 
         blank = [not s.answer.strip() for s in samples]
-        records = [_answer_record(problem, checker, s.answer)
+        records = [_answer_record(problem, checker, s)
                    for s, b in zip(samples, blank, strict=True) if not b]
         settings = VerifyConfig(checker=checker, tolerance=self.tolerance,
                                 sandbox=self.sandbox, workers=self.workers)
@@ -527,10 +531,11 @@ def _reference_fields(problem: Problem, checker: str) -> dict[str, Any]:
     return {**problem.fields, **reference}
 
 
-def _answer_record(problem: Problem, checker: str, answer: str) -> Example:
-    """What a checker sees: the problem, the sample's answer and the reference."""
+def _answer_record(problem: Problem, checker: str, sample: _Sample) -> Example:
+    """What a checker sees: the problem, the sample's answer (and trace), the reference."""
     return Example(id=problem.id, instruction=problem.problem, input=problem.input,
-                   output=answer, **_reference_fields(problem, checker))
+                   output=sample.answer, reasoning=sample.reasoning,
+                   **_reference_fields(problem, checker))
 
 
 # -- loading problems ---------------------------------------------------------------------

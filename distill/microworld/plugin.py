@@ -4,7 +4,8 @@ Loaded through the `distill.plugins` entry point (pyproject.toml), like any plug
 
 - model scheme `microworld:` (teacher, student): built from scratch on first use, cached;
 - real-data source `kind: microworld`: ground-truth tasks from the world's generators;
-- answer checker `microworld` (the verify filter, the preference verifier judge);
+- answer checker `microworld` (the verify filter, the preference verifier judge), and
+  `microworld_steps`, which also checks every step of the record's reasoning trace;
 - problem generator `microworld` (`generate.kind: reasoning`): tasks of the families with
   multi-step worked solutions, the teacher having learned to think them through.
 """
@@ -83,6 +84,26 @@ def check_microworld(records: list[Example], config: Any) -> list[Check]:
         if result.reason:
             scores["unverifiable_reason"] = result.reason  # "unknown_task" or "malformed"
         checks.append((result.status, result.status, scores))
+    return checks
+
+
+@CHECKERS.register("microworld_steps")
+def check_microworld_steps(records: list[Example], config: Any) -> list[Check]:
+    """`microworld`, and every step of the record's `reasoning` must compute right.
+
+    Process verification for traces of the multi-step families: a right answer after a
+    wrong step ("9 * 6 = 14; ...") is `wrong_steps`, and so is one without a trace.
+    """
+    from distill.microworld.families.steps import check_trace
+
+    checks = []
+    for record, (status, reason, scores) in zip(records, check_microworld(records, config),
+                                                strict=True):
+        trace = check_trace(record.reasoning)
+        scores = {**scores, "steps": trace.steps, "correct_steps": trace.correct_steps}
+        if status == "correct" and not trace.all_correct:
+            status, reason, scores["correct"] = "wrong_answer", "wrong_steps", False
+        checks.append((status, reason, scores))
     return checks
 
 

@@ -281,3 +281,68 @@ def test_microworld_problems_are_checked_by_its_verifiers(make_ctx) -> None:
     families = {r.model_extra["family"] for r in result.examples}
     assert families <= {"multistep", "word_problem", "list_ops", "units", "dates"}
     assert all(r.lineage.pass_rate == 0.5 for r in result.examples)
+
+
+def test_a_checker_of_steps_refuses_a_right_answer_after_a_wrong_step(make_ctx) -> None:
+    from distill.generate.reasoning import Problem
+    from distill.registry import PROBLEM_SOURCES
+
+    def script(request):  # right; right answer after a wrong step; no steps at all
+        return [("<think>3 + 4 = 7; 7 * 2 = 14</think>14", "stop"),
+                ("<think>3 + 4 = 8; 7 * 2 = 14</think>14", "stop"),
+                ("<think>I just know it</think>14", "stop")]
+
+    def fixed(count: int, seed: int) -> list[Problem]:
+        return [Problem(id="p", problem="Evaluate the arithmetic expression.",
+                        input="(3 + 4) * 2", answer="14", checker=None)]
+
+    PROBLEM_SOURCES.register("test_fixed")(fixed)
+    try:
+        answers = Config.model_validate({"problems": {"generator": "test_fixed", "count": 1},
+                                         "checker": "microworld", "samples": 3, "keep": 3})
+        steps = answers.model_copy(update={"checker": "microworld_steps"})
+        by_answer = answers.run(make_ctx(ScriptedTeacher(script), name="answers"))
+        by_steps = steps.run(make_ctx(ScriptedTeacher(script), name="steps"))
+    finally:
+        PROBLEM_SOURCES.unregister("test_fixed")
+    assert [r.id for r in by_answer.examples] == ["p-s0", "p-s1", "p-s2"]
+    assert [r.id for r in by_steps.examples] == ["p-s0"]
+    assert [(r.id, r.reason) for r in by_steps.rejected] == [("p-s1", "wrong_steps"),
+                                                            ("p-s2", "wrong_steps")]
+    assert by_steps.examples[0].lineage.pass_rate == 1 / 3
+    assert by_steps.examples[0].lineage.model_extra["check"]["correct_steps"] == 2
+
+
+def test_the_microworld_teacher_through_the_hf_backend_gives_verified_traces(tmp_path) -> None:
+    """The whole method on a real teacher that thinks (the cached microworld build).
+
+    Measured on build 5: 11 of the 160 samples verified right, 8 problems kept (pass
+    rates 0 x 32, 0.25 x 5, 0.5 x 3); 1 of the 11 kept traces has every step right.
+    """
+    from distill.backends.hf import HFBackend
+    from distill.generate.context import GenerationContext
+    from distill.microworld.build import build_models
+    from distill.microworld.families.steps import check_trace
+    from distill.microworld.tasks import check
+
+    teacher = build_models(quiet=True)["teacher"]
+    backend = HFBackend(str(teacher), batch_size=64, seed=0, dtype="float32")
+    config = Config.model_validate({
+        "problems": {"generator": "microworld", "count": 40}, "checker": "microworld",
+        "samples": 4, "keep": 2, "sampling": {"temperature": 1.0, "max_tokens": 96}})
+    try:
+        result = config.run(GenerationContext(backend=backend, checkpoint_dir=tmp_path,
+                                              chunk_size=16, teacher_name=str(teacher)))
+    finally:
+        backend.close()
+    stats = result.stats
+    print({k: v for k, v in stats.items() if k != "pass_rates"}, stats["pass_rates"])
+    assert stats["samples"] == 160 and len(result.examples) + len(result.rejected) == 160
+    assert len(result.examples) >= 5
+    for record in result.examples:  # the answer verified, the trace a real one
+        assert check(record).correct and record.reasoning
+        assert record.lineage.correct >= 1 and record.lineage.samples == 4
+    # pass rates spread: the teacher solves some problems sometimes, most never
+    assert len(stats["pass_rates"]) >= 2 and stats["pass_rates"]["0.0"] >= 20
+    checked = sum(check_trace(r.reasoning).all_correct for r in result.examples)
+    print(f"kept traces whose every step checks: {checked} of {len(result.examples)}")
