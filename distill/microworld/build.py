@@ -89,17 +89,22 @@ class BuildConfig:
     # solutions of the multi-step families as <think> traces, under the reasoning
     # method's system prompt, loss on the answer only) mixed with fresh chats and task
     # lists, so that it keeps answering and writing tasks. The first phase stays build
-    # 4's teacher. Trace skill against direct answers, in one-off runs of this phase from
-    # build 4's teacher (greedy; 150 reasoning tasks, then the 420 benchmark items, where
-    # build 4 scores 0.257): with a third of the tokens in reasoning chats it kept 0.250
-    # but got 6 % of its steps right; with about 70 % (and `<think>` as new tokens) 25 %
-    # of steps and 13 % of answers right, at 0.200; this mix, about half, 19 % and 11 %, at
-    # 0.226. lr 2e-4: 11 % of steps, 0.231. New `<think>` tokens at lr 1e-4 were never
-    # written (the tags are pieces the tokenizer has instead).
+    # 4's teacher, byte for byte. One-off runs of this phase from build 4's teacher
+    # (greedy; 150 fresh reasoning tasks, then the 420 benchmark items, where build 4
+    # scores 0.257), as (steps, share of tokens in reasoning chats, lr): share of steps
+    # right / traces with every step right / answers right / benchmark:
+    #   600, 1/3, 3e-4:   6 % / 3 % / 7 % / 0.250
+    #   600, 1/2, 3e-4:  19 % / 11 % / 11 % / 0.226 (built: 12 % / 10 % / 11 % / 0.243)
+    #   600, 1/2, 2e-4:  11 % / 9 % / 9 % / 0.231
+    #   2000, 3/4, 3e-4: 37 % / 23 % / 16 % / 0.257   <- this config
+    # The longer phase keeps the benchmark score and doubles whole right traces, for
+    # about 80 s more of build time on 2 cores (the teacher then takes over 3 minutes).
+    # New `<think>` tokens, tried at lr 1e-4, were never written: the tags are pieces the
+    # tokenizer has.
     teacher_reasoning: ModelSpec = field(default_factory=lambda: ModelSpec(
-        hidden_size=128, layers=2, heads=2, intermediate_size=512, steps=600,
+        hidden_size=128, layers=2, heads=2, intermediate_size=512, steps=2000,
         batch_tokens=1024, lr=3e-4))
-    teacher_reasoning_chats: int = 5000
+    teacher_reasoning_chats: int = 15000
     teacher_replay_chats: int = 12000
     teacher_replay_task_lists: int = 1000
     reasoning_system_prompt: str = field(default_factory=_reasoning_system_prompt)
