@@ -28,8 +28,10 @@ def write_recipe(tmp_path, data, name="r.yaml"):
 # recipes/collapse holds study files and recipes that need prepared data; tests/flywheel
 # validates them. recipes/data holds recipes' inputs (seed tasks, topic taxonomies). The
 # GPU recipes whose full size reads downloaded data or the user's corpus are validated by
-# tests/test_gpu_recipes.py, with stand-in files.
-PREPARED_DATA = {"evol_instruct.yaml", "ultrafeedback_dpo.yaml", "domain_qa.yaml"}
+# tests/test_gpu_recipes.py, with stand-in files; study files (distill sweep), by
+# tests/flywheel/test_sweep.py.
+PREPARED_DATA = {"evol_instruct.yaml", "ultrafeedback_dpo.yaml", "domain_qa.yaml",
+                 "methods/methods_study.yaml"}
 SHIPPED = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
                  if not {"accelerate", "collapse", "data"}
                  & set(p.relative_to(ROOT / "recipes").parts)

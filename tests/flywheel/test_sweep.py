@@ -29,6 +29,19 @@ def test_shipped_studies_expand_into_valid_recipes(tmp_path):
             assert Path(recipe.output_dir) == tmp_path / study.name
 
 
+def test_methods_study_arms_differ_only_in_training(tmp_path):
+    """Every arm of a seed generates the same data: the study compares training methods."""
+    study, recipe_path = load_study(ROOT / "recipes" / "methods" / "methods_study.yaml")
+    grid = cells(study, tmp_path / study.name)
+    assert len(grid) == len(study.arms) * len(study.seeds) and len(study.seeds) == 3
+    recipes = {cell.arm: load_recipe(recipe_path, cell.overrides)
+               for cell in grid if cell.seed == 0}
+    assert {r.train.method for r in recipes.values()} == {"sft", "kd", "sft_then_on_policy"}
+    generation = {arm: r.generate.model_dump_json() for arm, r in recipes.items()}
+    assert len(set(generation.values())) == 1, generation
+    assert {r.train.with_reasoning for r in recipes.values()} == {True, False}
+
+
 def test_grid_crosses_arms_and_names_cells(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
