@@ -30,8 +30,9 @@ problem; each problem's pass rate (correct / N) is its difficulty.
    answer's code against the reference tests in the sandbox; a plugin's checker (the
    microworld's exact verifiers) reads the answer its own way, and may check the trace
    too (`microworld_steps`: every step must compute right).
-4. Rejection sampling. A sample counts as correct when its answer checks, whatever its
-   trace. The problem's pass rate is correct / N. A correct sample with a trace within
+4. Rejection sampling. A sample counts as correct when the checker accepts it (its
+   answer; with a checker of steps, its trace too), with or without a trace. The
+   problem's pass rate is correct / N. A correct sample with a trace within
    the length limits is a candidate; the first `keep` candidates (in sample order) become
    records when the pass rate lies within [`min_pass_rate`, `max_pass_rate`]; then, with
    `max_problems`, the hardest problems first. Everything else is a `Rejected` record

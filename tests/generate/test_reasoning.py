@@ -313,11 +313,13 @@ def test_a_checker_of_steps_refuses_a_right_answer_after_a_wrong_step(make_ctx) 
     assert by_steps.examples[0].lineage.model_extra["check"]["correct_steps"] == 2
 
 
+@pytest.mark.slow  # about 30 s on 2 shared cores
 def test_the_microworld_teacher_through_the_hf_backend_gives_verified_traces(tmp_path) -> None:
     """The whole method on a real teacher that thinks (the cached microworld build).
 
-    Measured on build 5: 11 of the 160 samples verified right, 8 problems kept (pass
-    rates 0 x 32, 0.25 x 5, 0.5 x 3); 1 of the 11 kept traces has every step right.
+    Measured on the current build (e71ddb230caaedec): 29 of the 96 samples verified right;
+    pass rates 0 x 15, 0.25 x 1, 0.75 x 4, 1 x 4; 17 traces kept from 9 problems, 14 of
+    them with every step right (the checker reads only the answer).
     """
     from distill.backends.hf import HFBackend
     from distill.generate.context import GenerationContext
@@ -328,7 +330,7 @@ def test_the_microworld_teacher_through_the_hf_backend_gives_verified_traces(tmp
     teacher = build_models(quiet=True)["teacher"]
     backend = HFBackend(str(teacher), batch_size=64, seed=0, dtype="float32")
     config = Config.model_validate({
-        "problems": {"generator": "microworld", "count": 40}, "checker": "microworld",
+        "problems": {"generator": "microworld", "count": 24}, "checker": "microworld",
         "samples": 4, "keep": 2, "sampling": {"temperature": 1.0, "max_tokens": 96}})
     try:
         result = config.run(GenerationContext(backend=backend, checkpoint_dir=tmp_path,
@@ -337,12 +339,13 @@ def test_the_microworld_teacher_through_the_hf_backend_gives_verified_traces(tmp
         backend.close()
     stats = result.stats
     print({k: v for k, v in stats.items() if k != "pass_rates"}, stats["pass_rates"])
-    assert stats["samples"] == 160 and len(result.examples) + len(result.rejected) == 160
-    assert len(result.examples) >= 5
+    assert stats["samples"] == 96 and len(result.examples) + len(result.rejected) == 96
+    assert len(result.examples) >= 8
     for record in result.examples:  # the answer verified, the trace a real one
         assert check(record).correct and record.reasoning
         assert record.lineage.correct >= 1 and record.lineage.samples == 4
-    # pass rates spread: the teacher solves some problems sometimes, most never
-    assert len(stats["pass_rates"]) >= 2 and stats["pass_rates"]["0.0"] >= 20
+    # pass rates spread: the teacher never solves some problems, others sometimes or always
+    assert len(stats["pass_rates"]) >= 3 and stats["pass_rates"].get("0.0", 0) >= 5
     checked = sum(check_trace(r.reasoning).all_correct for r in result.examples)
     print(f"kept traces whose every step checks: {checked} of {len(result.examples)}")
+    assert checked >= len(result.examples) / 2  # a verified answer mostly has right steps

@@ -111,6 +111,25 @@ def test_reasoning_tasks_are_distinct_seeded_and_never_benchmark_items() -> None
         [t.key for t in tasks[:20]]
 
 
+def test_the_teacher_reads_reasoning_chats_under_the_reasoning_prompt() -> None:
+    from distill.generate.reasoning import SYSTEM_PROMPT
+    from distill.microworld.corpus import reasoning_document, teacher_documents, tokenizer_texts
+    from distill.microworld.train import train_tokenizer
+
+    tokenizer = train_tokenizer(tokenizer_texts(random.Random(0), 50), 400)
+    task = reasoning_tasks(1, seed=5)[0]
+    document = reasoning_document(task, tokenizer, SYSTEM_PROMPT)
+    assert document.prompt.startswith(f"<|system|>\n{SYSTEM_PROMPT}<|end|>\n<|user|>\n")
+    assert document.prompt.endswith("<|assistant|>\n") and document.kind == "reasoning"
+    trace = trace_text(worked_solution(task.instruction, task.input))
+    assert document.target == f"<think>{trace}</think>{task.output}<|end|>"
+    documents = teacher_documents(5, 0, random.Random(0), None, tokenizer, family_exponent=0.3,
+                                  n_reasoning=4, system_prompt=SYSTEM_PROMPT)
+    assert sorted(d.kind for d in documents) == ["chat"] * 5 + ["reasoning"] * 4
+    # chats without the prompt are answered as before: the answer alone
+    assert all("<think>" not in d.target for d in documents if d.kind == "chat")
+
+
 @pytest.mark.parametrize(("reply", "right"), [
     ("<think>3 + 4 = 7; 7 * 2 = 14</think>14", True),
     ("<think>3 + 4 = 7; 7 * 2 = 15</think>14", True),  # the answer is what is scored
@@ -128,3 +147,40 @@ def test_benchmark_scores_the_answer_after_the_trace(reply: str, right: bool) ->
 
     doc = {"instruction": "Evaluate the arithmetic expression.", "input": "(3 + 4) * 2"}
     assert process_results(doc, [reply]) == {"exact_match": float(right)}
+
+
+# -- the built teacher thinks ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher_dir():
+    from distill.microworld.build import build_models
+
+    return build_models(quiet=True)["teacher"]  # cached after the first build
+
+
+def test_the_teacher_writes_checkable_traces_under_the_reasoning_prompt(teacher_dir) -> None:
+    """Greedy, 80 fresh tasks of the multi-step families.
+
+    Measured on the current build (e71ddb230caaedec): every reply holds a trace, 40.6 %
+    of the steps written compute right, 28.8 % of traces have every step right (20 % are
+    the worked solution exactly), 22.5 % of answers are right (20 % after steps that all
+    check). Without thinking the same teacher answers the benchmark's items of these
+    families about as often (docs/results.md); a tiny model's arithmetic is the limit.
+    The bounds leave room for another CPU's arithmetic.
+    """
+    from distill.microworld.benchmark import benchmark_keys
+    from distill.microworld.evaluate import chat_prompt, complete, load, reasoning
+
+    model, tokenizer = load(teacher_dir)
+    tasks = reasoning_tasks(80, seed=20_000, exclude=benchmark_keys())
+    scores = reasoning(model, tokenizer, tasks)
+    print({k: v for k, v in scores.items() if k != "samples"})
+    assert scores["traced"] >= 0.95
+    assert scores["step_accuracy"] >= 0.3
+    assert scores["steps_check"] >= 0.2
+    assert scores["right"] >= 0.15
+    # without the system prompt it answers as it always did: no trace
+    plain = complete(model, tokenizer, [chat_prompt(tokenizer, t) for t in tasks[:30]],
+                     max_new_tokens=32)
+    assert not any("<think>" in reply or "</think>" in reply for reply in plain)
