@@ -1,20 +1,23 @@
-"""Build the microworld's teacher and student from scratch, cached by config and code version.
+"""Build the microworld's teacher, thinker and student from scratch, cached by config and code.
 
     distill microworld build                 # or: python scripts/build_microworld.py
     from distill.microworld.build import build_models, resolve_model_ref
-    paths = build_models()                   # {"teacher": Path, "student": Path}
+    paths = build_models()                   # {"teacher": Path, "student": Path, "thinker": Path}
     resolve_model_ref("microworld:teacher")  # builds on first use, then reads the cache
 
-Both models share one tokenizer (byte-level BPE with single-digit numbers, trained on
+The models share one tokenizer (byte-level BPE with single-digit numbers, trained on
 microworld text) and the project's chat template. The teacher (a 2-layer Llama, head
 size 64 so vLLM's CPU build serves it) learns the world from chats and Self-Instruct
 task lists, with loss on the whole chat: it learns to write tasks as well as to answer
-them. A second, short phase teaches it to think: under the reasoning method's system
-prompt it answers the multi-step families with their worked solution first
-(`<think>3 + 4 = 7; 7 * 2 = 14</think>14`), so `generate.kind: reasoning` has a teacher
-that thinks; without that prompt it answers as before. The student (smaller) learns the
-same facts as plain sentences only, so it cannot follow instructions until it is
-fine-tuned. Neither ever sees a benchmark item.
+them. The thinker is the teacher after a second phase that teaches it to think: under
+the reasoning method's system prompt it answers the multi-step families with their worked
+solution first (`<think>3 + 4 = 7; 7 * 2 = 14</think>14`), the teacher of
+`generate.kind: reasoning`; without that prompt it answers about as the teacher does.
+It is a model of its own because the phase moves the teacher's answers and tasks
+enough to move the quickstart (round 1 at seed 0: 0.083 instead of 0.117, with the
+thinker as its teacher). The student (smaller) learns the same facts as plain sentences
+only, so it cannot follow instructions until it is fine-tuned. None ever sees a
+benchmark item.
 
 The result lives in `$DISTILL_CACHE/microworld/<hash>` (default `~/.cache/distill`),
 where the hash covers the build config and `BUILD_VERSION`; it is built in a temporary
@@ -40,7 +43,7 @@ from distill.microworld.train import ModelSpec
 if TYPE_CHECKING:
     from distill.microworld.corpus import Document
 
-MODEL_NAMES = ("teacher", "student")
+MODEL_NAMES = ("teacher", "student", "thinker")
 
 
 
@@ -52,7 +55,7 @@ def _reasoning_system_prompt() -> str:
 
 
 # Bump when a change to the generators, corpus or training changes what a build produces.
-BUILD_VERSION = 5
+BUILD_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -85,28 +88,27 @@ class BuildConfig:
         hidden_size=128, layers=2, heads=2, intermediate_size=256, steps=3000,
         batch_tokens=1024, lr=1e-3))
     student_documents: int = 20000
-    # The teacher's second phase, from the weights above: reasoning chats (the worked
-    # solutions of the multi-step families as <think> traces, under the reasoning
-    # method's system prompt, loss on the answer only) mixed with fresh chats and task
-    # lists, so that it keeps answering and writing tasks. The first phase stays build
-    # 4's teacher, byte for byte. One-off runs of this phase from build 4's teacher
-    # (greedy; 150 fresh reasoning tasks, then the 420 benchmark items, where build 4
-    # scores 0.257), as (steps, share of tokens in reasoning chats, lr): share of steps
-    # right / traces with every step right / answers right / benchmark:
+    # The thinker: the teacher above, trained on reasoning chats (the worked solutions
+    # of the multi-step families as <think> traces, under the reasoning method's system
+    # prompt, loss on the answer only) mixed with fresh chats and task lists, so that it
+    # keeps answering and writing tasks; the teacher stays build 4's, byte for byte.
+    # One-off runs of this phase from build 4's teacher (greedy; 150 fresh reasoning
+    # tasks, then the 420 benchmark items, where build 4 scores 0.257), as (steps, share
+    # of tokens in reasoning chats, lr): steps right / traces with every step right /
+    # answers right / benchmark score:
     #   600, 1/3, 3e-4:   6 % / 3 % / 7 % / 0.250
     #   600, 1/2, 3e-4:  19 % / 11 % / 11 % / 0.226 (built: 12 % / 10 % / 11 % / 0.243)
     #   600, 1/2, 2e-4:  11 % / 9 % / 9 % / 0.231
-    #   2000, 3/4, 3e-4: 37 % / 23 % / 16 % / 0.257   <- this config
+    #   2000, 3/4, 3e-4: 37 % / 23 % / 16 % / 0.257   <- this config (built: 0.245)
     # The longer phase keeps the benchmark score and doubles whole right traces, for
-    # about 80 s more of build time on 2 cores (the teacher then takes over 3 minutes).
-    # New `<think>` tokens, tried at lr 1e-4, were never written: the tags are pieces the
-    # tokenizer has.
-    teacher_reasoning: ModelSpec = field(default_factory=lambda: ModelSpec(
+    # about 80 s more of build time on 2 cores. New `<think>` tokens, tried at lr 1e-4,
+    # were never written: the tags are pieces the tokenizer has.
+    thinker: ModelSpec = field(default_factory=lambda: ModelSpec(
         hidden_size=128, layers=2, heads=2, intermediate_size=512, steps=2000,
         batch_tokens=1024, lr=3e-4))
-    teacher_reasoning_chats: int = 15000
-    teacher_replay_chats: int = 12000
-    teacher_replay_task_lists: int = 1000
+    thinker_reasoning_chats: int = 15000
+    thinker_replay_chats: int = 12000
+    thinker_replay_task_lists: int = 1000
     reasoning_system_prompt: str = field(default_factory=_reasoning_system_prompt)
     # Family weights of the training chats and sentences: Zipf weights ** this exponent.
     # Below 1 the models know the tail better than they see it in Self-Instruct lists.
@@ -128,8 +130,8 @@ class BuildConfig:
                           batch_tokens=1024)
         return cls(seed=seed, vocab_size=400, tokenizer_tasks=200, teacher=small,
                    teacher_chats=60, teacher_task_lists=6, student=small, student_documents=20,
-                   teacher_reasoning=small, teacher_reasoning_chats=20, teacher_replay_chats=20,
-                   teacher_replay_task_lists=2)
+                   thinker=small, thinker_reasoning_chats=20, thinker_replay_chats=20,
+                   thinker_replay_task_lists=2)
 
 
 def cache_root() -> Path:
@@ -173,7 +175,7 @@ def build_models(cache_dir: Path | None = None, seed: int = 0, force: bool = Fal
 
 
 def resolve_model_ref(ref: str, cache_dir: Path | None = None) -> Path:
-    """`"microworld:teacher"` / `"microworld:student"` -> the built model's directory."""
+    """`"microworld:teacher"` (`student`, `thinker`) -> the built model's directory."""
     prefix, _, name = ref.partition(":")
     if prefix != "microworld" or name not in MODEL_NAMES:
         raise ValueError(f"not a microworld model reference: {ref!r} "
@@ -237,22 +239,17 @@ def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
                                       mask_prompts=masked, progress=report)
             timings[name] = stats[name]["seconds"]
 
-        # The teacher's second phase, from its first phase's weights: it learns to think.
-        bar = progress.add_task("teacher reasoning", total=config.teacher_reasoning.steps,
-                                loss="")
+        # The thinker: the teacher, trained on to think.
+        bar = progress.add_task("thinker", total=config.thinker.steps, loss="")
 
-        def report_reasoning(done: int, total: int, loss: float) -> None:
+        def report_thinker(done: int, total: int, loss: float) -> None:
             progress.update(bar, completed=done, loss=f"loss {loss:.3f}")
 
-        first_phase = out / "teacher-first-phase"
-        os.replace(out / "teacher", first_phase)
-        stats["teacher_reasoning"] = train_model(
-            reasoning_documents(config, held_out, tokenizer), tokenizer,
-            config.teacher_reasoning, out / "teacher", seed=config.seed,
-            mask_prompts=teacher_masked | {"reasoning"}, progress=report_reasoning,
-            init_dir=first_phase)
-        shutil.rmtree(first_phase)
-        timings["teacher_reasoning"] = stats["teacher_reasoning"]["seconds"]
+        stats["thinker"] = train_model(
+            reasoning_documents(config, held_out, tokenizer), tokenizer, config.thinker,
+            out / "thinker", seed=config.seed, mask_prompts=teacher_masked | {"reasoning"},
+            progress=report_thinker, init_dir=out / "teacher")
+        timings["thinker"] = stats["thinker"]["seconds"]
     timings["total"] = time.perf_counter() - started
     return {"fingerprint": config.fingerprint(), "build_version": BUILD_VERSION,
             "config": config.as_dict(), "stats": stats,
@@ -262,13 +259,13 @@ def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
 
 def reasoning_documents(config: BuildConfig, held_out: set[tuple[str, str]], tokenizer
                         ) -> list[Document]:
-    """The teacher's second phase: reasoning chats, with fresh chats and task lists."""
+    """The thinker's data: reasoning chats, with fresh chats and task lists."""
     from distill.microworld.corpus import teacher_documents
 
-    return teacher_documents(config.teacher_replay_chats, config.teacher_replay_task_lists,
+    return teacher_documents(config.thinker_replay_chats, config.thinker_replay_task_lists,
                              random.Random(config.seed + 3), held_out, tokenizer,
                              family_exponent=config.family_exponent,
-                             n_reasoning=config.teacher_reasoning_chats,
+                             n_reasoning=config.thinker_reasoning_chats,
                              system_prompt=config.reasoning_system_prompt)
 
 

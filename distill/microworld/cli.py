@@ -24,11 +24,11 @@ def build(
     cache_dir: Annotated[Path | None, typer.Option(
         help="Where builds live (default $DISTILL_CACHE/microworld).")] = None,
     evaluate: Annotated[bool, typer.Option(
-        help="Then score both models on the held-out benchmark (greedy, in-process), "
+        help="Then score the models on the held-out benchmark (greedy, in-process), "
         "count the tasks the teacher writes when prompted Self-Instruct style, and check "
-        "the traces it writes under the reasoning prompt.")] = False,
+        "the traces the thinker writes under the reasoning prompt.")] = False,
 ) -> None:
-    """Build (or find cached) the teacher and student; print their directories."""
+    """Build (or find cached) the teacher, student and thinker; print their directories."""
     from distill.microworld.build import build_models
 
     paths = build_models(cache_dir, seed=seed, force=force)
@@ -50,10 +50,11 @@ def build(
                 summary = {k: written[k] for k in ("expected_tasks", "parsed_tasks", "status",
                                                    "families")}
                 typer.echo(f"teacher task writing: {json.dumps(summary)}")
+            if name == "thinker":
                 thinking = reasoning(model, tokenizer, [t for t in tasks
                                                         if t.family in REASONING_FAMILIES])
                 thinking.pop("samples")
-                typer.echo(f"teacher reasoning (benchmark items of the multi-step "
+                typer.echo(f"thinker reasoning (benchmark items of the multi-step "
                            f"families, reasoning prompt): {json.dumps(thinking)}")
 
 

@@ -2,12 +2,13 @@
 
 Loaded through the `distill.plugins` entry point (pyproject.toml), like any plugin:
 
-- model scheme `microworld:` (teacher, student): built from scratch on first use, cached;
+- model scheme `microworld:` (teacher, student, thinker: the teacher taught to think):
+  built from scratch on first use, cached;
 - real-data source `kind: microworld`: ground-truth tasks from the world's generators;
 - answer checker `microworld` (the verify filter, the preference verifier judge), and
   `microworld_steps`, which also checks every step of the record's reasoning trace;
 - problem generator `microworld` (`generate.kind: reasoning`): tasks of the families with
-  multi-step worked solutions, the teacher having learned to think them through.
+  multi-step worked solutions, which `microworld:thinker` learned to think through.
 """
 
 from __future__ import annotations
