@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "recipes" / "methods" / "methods_study.yaml"
 HELD_OUT_SEED = 999_999  # the cells draw their problems with seeds 0, 1, 2
+TEACHER = "microworld:thinker"  # the base recipe's teacher
 
 
 # The arm whose generation the others (but kd, whose generation also keeps the teacher's
@@ -69,7 +70,7 @@ def held_out_conversations(count: int, exclude: set[tuple[str, str]]
                 if (p.problem, p.input) not in exclude][:count]
     asked = [[{"role": "system", "content": SYSTEM_PROMPT},
               {"role": "user", "content": prompt_text(p)}] for p in problems]
-    answered = teacher_answers(resolve_model_ref("microworld:teacher"), asked, max_tokens=96)
+    answered = teacher_answers(resolve_model_ref(TEACHER), asked, max_tokens=96)
     return [conversation[1:] for conversation in answered]  # the student sees no system turn
 
 
@@ -89,7 +90,7 @@ def cell_results(study_dir: Path, held_out, arms: list[str], seeds: list[int]
     from distill.microworld.build import resolve_model_ref
     from distill.microworld.tasks import REASONING_FAMILIES
 
-    teacher = resolve_model_ref("microworld:teacher")
+    teacher = resolve_model_ref(TEACHER)
     results: dict[str, dict[int, dict[str, float]]] = {}
     for arm in ["base", *arms]:
         for seed in seeds:
