@@ -98,6 +98,9 @@ def cell_results(study_dir: Path, held_out, arms: list[str], seeds: list[int]
             stage = "base" if arm == "base" else "round_0"
             model = (resolve_model_ref("microworld:student") if arm == "base"
                      else cell / "round_0/train/merged")
+            if not (cell / stage / "evaluate/manifest.json").is_file():
+                print(f"{cell.name}: not finished, left out", flush=True)
+                continue
             scores = json.loads((cell / stage / "evaluate/manifest.json").read_text())["scores"]
             families = [scores[f"microworld_{family}/exact_match"]
                         for family in REASONING_FAMILIES]
@@ -114,14 +117,15 @@ def cell_results(study_dir: Path, held_out, arms: list[str], seeds: list[int]
 def table(results: dict[str, dict[int, dict[str, float]]]) -> str:
     """Markdown: mean [min, max] per arm and metric, then the pairs beyond the seed spread."""
     metrics = ["reasoning_em", "all_em", "kl_forward", "kl_reverse"]
-    lines = ["| arm | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines = ["| arm | seeds | " + " | ".join(metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
     for arm, seeds in results.items():
         cells = []
         for metric in metrics:
             values = [row[metric] for row in seeds.values()]
             cells.append(f"{sum(values) / len(values):.3f} [{min(values):.3f}, "
                          f"{max(values):.3f}]")
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} | {len(seeds)} | " + " | ".join(cells) + " |")
     lines += ["", "Pairs whose seed ranges do not overlap (min-max over seeds):", ""]
     arms = [arm for arm in results if arm != "base"]
     for metric in metrics:
