@@ -102,11 +102,11 @@ def cell_results(study_dir: Path, held_out, arms: list[str], seeds: list[int]
                 print(f"{cell.name}: not finished, left out", flush=True)
                 continue
             scores = json.loads((cell / stage / "evaluate/manifest.json").read_text())["scores"]
-            families = [scores[f"microworld_{family}/exact_match"]
+            families = [scores[f"microworld_{family}"]["exact_match"]
                         for family in REASONING_FAMILIES]
             results.setdefault(arm, {})[seed] = {
                 "reasoning_em": sum(families) / len(families),
-                "all_em": scores["microworld/exact_match"],
+                "all_em": scores["microworld"]["exact_match"],
                 "kl_forward": mean_token_kl(teacher, model, held_out, direction="forward"),
                 "kl_reverse": mean_token_kl(teacher, model, held_out, direction="reverse"),
             }
