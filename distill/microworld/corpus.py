@@ -4,10 +4,11 @@ The teacher reads the world in the forms the pipeline will prompt it with:
 
 - chats: the user turn (instruction, blank line, input) rendered with the chat template
   exactly as the hf / vllm backends render it, then the answer and `<|end|>`;
-- reasoning chats: the same under the reasoning method's system prompt
-  (`distill.generate.reasoning.SYSTEM_PROMPT`), answered with the task's worked solution
-  as a trace, then the answer: `<think>3 + 4 = 7; 7 * 2 = 14</think>14` (tasks of the
-  multi-step families, `distill.microworld.tasks.REASONING_FAMILIES`);
+- reasoning chats (the thinker's second phase, `build.BuildConfig.thinker`): the same
+  under the reasoning method's system prompt (`distill.generate.reasoning.SYSTEM_PROMPT`),
+  answered with the task's worked solution as a trace, then the answer:
+  `<think>3 + 4 = 7; 7 * 2 = 14</think>14` (tasks of the multi-step families,
+  `distill.microworld.tasks.REASONING_FAMILIES`);
 - numbered task lists: `distill.prompts.render("self_instruct_compact", ...)` with a few
   tasks, continued by more tasks in the same format up to the number the prompt asks
   for, then "###" and `<|end|>`, so Self-Instruct prompting makes it write new tasks

@@ -327,7 +327,7 @@ def test_the_microworld_teacher_through_the_hf_backend_gives_verified_traces(tmp
     from distill.microworld.families.steps import check_trace
     from distill.microworld.tasks import check
 
-    teacher = build_models(quiet=True)["teacher"]
+    teacher = build_models(quiet=True)["thinker"]
     backend = HFBackend(str(teacher), batch_size=64, seed=0, dtype="float32")
     config = Config.model_validate({
         "problems": {"generator": "microworld", "count": 24}, "checker": "microworld",
