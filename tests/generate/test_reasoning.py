@@ -313,11 +313,10 @@ def test_a_checker_of_steps_refuses_a_right_answer_after_a_wrong_step(make_ctx) 
     assert by_steps.examples[0].lineage.model_extra["check"]["correct_steps"] == 2
 
 
-@pytest.mark.slow  # about 30 s on 2 shared cores
-def test_the_microworld_teacher_through_the_hf_backend_gives_verified_traces(tmp_path) -> None:
-    """The whole method on a real teacher that thinks (the cached microworld build).
+def test_the_microworld_thinker_through_the_hf_backend_gives_verified_traces(tmp_path) -> None:
+    """The whole method on a real teacher that thinks (microworld:thinker, cached build).
 
-    Measured on the current build (e71ddb230caaedec): 29 of the 96 samples verified right;
+    Measured on the thinker of build 37df83ec41e0992d: 29 of the 96 samples verified right;
     pass rates 0 x 15, 0.25 x 1, 0.75 x 4, 1 x 4; 17 traces kept from 9 problems, 14 of
     them with every step right (the checker reads only the answer).
     """
