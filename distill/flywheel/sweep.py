@@ -327,10 +327,9 @@ def _markdown(blocks: list[tuple[str, Any]]) -> str:
 
 
 def _html(blocks: list[tuple[str, Any]], title: str) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-             "</title><style>body{font-family:sans-serif;max-width:60em;margin:auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
-             "</style></head><body>"]
+    from distill.flywheel.plots import html_page
+
+    parts: list[str] = []
     for kind, content in blocks:
         if kind in ("h1", "h2"):
             parts.append(f"<{kind}>{html.escape(content)}</{kind}>")
@@ -346,4 +345,4 @@ def _html(blocks: list[tuple[str, Any]], title: str) -> str:
             parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                       for row in rows]
             parts.append("</table>")
-    return "".join(parts) + "</body></html>\n"
+    return html_page(title, "".join(parts))
