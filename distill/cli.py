@@ -10,6 +10,7 @@
     distill sweep recipes/collapse/x.yaml  a grid of runs and their comparison report
     distill review export|import runs/<name>   expert review of a round's training data
     distill decontaminate data.jsonl --tasks t1,t2   check any JSONL against lm-eval tasks
+    distill export runs/<name> --round N --to DIR    a round's data as Parquet + its card
 
 Bad input exits with code 2 and one line per problem; nothing is printed as a traceback
 unless the failure is a bug, and then the traceback goes to the run's log file. `run` and
@@ -267,8 +268,16 @@ def validate(
     profile: Annotated[str | None, typer.Option(
         "--profile", help="Check the recipe as this profile of its own makes it.")] = None,
 ) -> None:
-    """Check a recipe (schema, files, values) without running anything."""
+    """Check a recipe (schema, files, values) without running anything.
+
+    Licences and terms that restrict training other models on the writers' outputs, and a
+    data licence that cannot be determined, are warnings: the exit code stays 0.
+    """
+    from distill.cards import licence_survey
+
     loaded = _load(recipe, overrides, profile)
+    for line in licence_survey(loaded).warnings():
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     console.print(f"[green]ok:[/] {recipe} ({loaded.name}: {loaded.rounds.count} round(s), "
                   f"{len(loaded.filters)} filter(s), teacher {loaded.teacher.model})",
                   soft_wrap=True)
@@ -360,6 +369,26 @@ def sweep(
         raise _fail(f"{type(error).__name__}: {error}\n(full traceback in {log_path})",
                     code=_exit_code(error)) from None
     console.print(f"[green]done:[/] {report_path} (and report.html, plots/)")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, runs/<name>.")],
+    round_index: Annotated[int, typer.Option("--round", help="The round whose training "
+                                             "data to export.")],
+    to: Annotated[Path, typer.Option("--to", help="The dataset directory to write.")],
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace data/ and README.md in a non-empty --to.")] = False,
+) -> None:
+    """Write a round's training data as Parquet with its dataset card (never pushed)."""
+    from distill.export import ExportError, export_round
+
+    try:
+        rows = export_round(run_dir, round_index, to, overwrite=overwrite)
+    except ExportError as error:
+        raise _fail(str(error)) from None
+    console.print(f"[green]exported:[/] {rows} rows to {to} (README.md is the dataset card; "
+                  f"datasets.load_dataset({str(to)!r}) reads it)", soft_wrap=True)
 
 
 def _mount_subcommands() -> None:

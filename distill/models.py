@@ -6,6 +6,8 @@
   string for it.
 - `ServedModel`: a model to load and the backend that serves it (teacher, judges,
   answer models).
+- `Terms`: a model's terms of use beside its licence (`license`, `terms` on every spec:
+  what the data and model cards carry, `distill.licences`; never in a fingerprint).
 - `ModelRef`: a resolved model: the path or hub id the libraries load, and its identity
   (`distill.identity`), which every fingerprint that depends on the model folds in. A
   hub id is downloaded (offline: found in the cache) and pinned to its commit when it is
@@ -42,6 +44,27 @@ class ModelScheme:
 
     names: tuple[str, ...]
     resolve: Callable[[str], str]  # name -> checkpoint directory (built on first use)
+    license: str | None = None  # the licence of the plugin's models, for the cards
+
+
+class Terms(Strict):
+    """A model's terms of use, beside its licence (API terms, a use policy)."""
+
+    text: str = Field(description="The terms: free text or a URL.")
+    restricts_training: bool = Field(False, description="The terms restrict using the "
+                                     "model's outputs to train other models: `distill "
+                                     "validate` warns, and the cards say so.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_string(cls, value: Any) -> Any:
+        return {"text": value} if isinstance(value, str) else value
+
+
+# Descriptive fields: left out of dumps while unset (the resolved recipe and the judge's
+# checkpoint key stay as they were) and out of fingerprints (OPERATIONAL): a licence
+# never changes what a model writes.
+LICENCE_FIELDS = frozenset({"license", "terms"})
 
 
 class ModelSpec(Strict):
@@ -53,6 +76,19 @@ class ModelSpec(Strict):
                                  "of a hub id; null: main.")
     chat_template: str | None = Field(None, description="Path to a Jinja chat template that "
                                       "replaces the tokenizer's own.")
+    license: str | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="The model's licence, as a hub card names it (apache-2.0, mit, llama3.1, "
+        "gemma, other, ...); null: read from the model's card (a hub id's README.md in the "
+        "local cache, a checkpoint directory's README.md, a plugin's declaration). The data "
+        "and model cards carry it (docs/cards.md).")
+    terms: Terms | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="The model's terms of use: free text or a URL, or {text, "
+        "restricts_training}; `distill validate` warns when they restrict training other "
+        "models on its outputs.")
+
+    OPERATIONAL: ClassVar[frozenset[str]] = LICENCE_FIELDS
 
     @model_validator(mode="before")
     @classmethod
@@ -102,7 +138,7 @@ class ServedModel(ModelSpec):
         "stage stops, its finished chunks saved.")
 
     # how patiently a server is asked, not what it answers
-    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"max_failed_fraction"})
+    OPERATIONAL: ClassVar[frozenset[str]] = LICENCE_FIELDS | {"max_failed_fraction"}
 
     def loads_weights(self) -> bool:
         """False for a backend that sends the name to a server (`openai`)."""

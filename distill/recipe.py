@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from distill.cards import CardSettings
 from distill.evaluate.contamination import Config as DecontaminationConfig
 from distill.evaluate.harness import Config as EvalConfig
 from distill.executors.base import ExecutorSettings
@@ -195,6 +196,28 @@ class Recipe(Strict):
         "name is short for `{kind: name}`): `local` (one engine in this process) or `ray` "
         "(replicas on a Ray cluster). Never part of a fingerprint: a run resumes under "
         "another executor without regenerating.")
+    card: CardSettings = Field(default_factory=CardSettings, description="What the data "
+                               "cards (runs/<name>/round_N/cards/, `distill export`) say that "
+                               "the run cannot know: the data's licence and language.")
+
+    def data_writers(self) -> dict[str, ModelSpec]:
+        """Every model whose outputs write or choose the training data, by role.
+
+        The teacher; the student when it writes the later rounds (next_teacher student);
+        and every served model the generation method, the filters and the decontamination
+        gate name (answer models, judges). Their licences go on the data card.
+        """
+        writers: dict[str, ModelSpec] = {"teacher": self.teacher}
+        if self.rounds.next_teacher == "student" and self.rounds.count > 1:
+            writers["student (teacher of round 1 on)"] = self.student
+        components = [("generate", self.generate),
+                      *((f"filters.{i}", f) for i, f in enumerate(self.filters)),
+                      ("decontamination", self.decontamination)]
+        for where, component in components:
+            for role, spec in component.dependencies().models.items():
+                if isinstance(spec, ServedModel):  # not "teacher", not a scoring model
+                    writers[f"{where}.{role}"] = spec
+        return writers
 
     @field_validator("executor", mode="before")
     @classmethod

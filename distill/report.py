@@ -45,6 +45,9 @@ def write_report(run_dir: str | Path) -> Path:
         lines += _stage_costs(stages)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
+    from distill.cards import write_cards
+
+    write_cards(run_dir)  # each round's data and model cards, from the same manifests
     return path
 
 

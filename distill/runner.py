@@ -100,6 +100,7 @@ class Runner:
     def _rounds(self) -> None:
         recipe = self.recipe
         self._resolve_models()
+        self._record_licences()
         student = self._model_ref(recipe.student)
         teacher = self._model_ref(recipe.teacher)
         self.evaluate("base", student)
@@ -165,6 +166,19 @@ class Runner:
             self._model_ref(spec)
         if recipe.train.method in ("kd", "on_policy", "sft_then_on_policy"):
             self._check_vocabularies()
+
+    def _record_licences(self) -> None:
+        """Write licences.json for the cards; warn about terms that restrict training.
+
+        Hub models' cards are read at their resolved commits. Never part of a fingerprint.
+        """
+        from distill.cards import licence_survey
+
+        survey = licence_survey(self.recipe,
+                                lambda spec: self._model_ref(spec).identity.get("commit"))
+        survey.save(self.store.root)
+        for line in survey.warnings():
+            log.warning("licences: %s", line)
 
     def _check_vocabularies(self) -> None:
         """Refuse teacher and student vocabularies that differ (kd and the on-policy methods).

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "distill.models": 1, "distill.engine_options": 1, "distill.component": 1,
     # 2: components (backends, generators, filters, training, evaluation, metrics, ...)
     # 3: the recipe, assembled from the components' settings; the report
-    "distill.recipe": 3, "distill.report": 3, "distill.cards": 3,
+    "distill.recipe": 3, "distill.report": 3, "distill.cards": 3, "distill.export": 3,
     # 4: the orchestrator
     "distill.runner": 4,
     # 5: entry points that drive runs

@@ -34,7 +34,9 @@ def _build_and_locate(name: str) -> str:
     return str(build_models()[name])
 
 
-MODEL_SCHEMES.register("microworld")(ModelScheme(names=MODEL_NAMES, resolve=_build_and_locate))
+# built here from scratch, from data generated here: the cards name the project's licence
+MODEL_SCHEMES.register("microworld")(ModelScheme(names=MODEL_NAMES, resolve=_build_and_locate,
+                                                 license="apache-2.0"))
 
 
 @REAL_SOURCES.register
