@@ -360,7 +360,7 @@ def check_examples_apart(args: dict[str, Any]) -> None:
     kwargs = args.get("model_init_kwargs") or {}
     if isinstance(kwargs, str):  # TRL also takes the JSON text of the dict
         kwargs = json.loads(kwargs)
-    attention = kwargs.get("attn_implementation")
+    attention = attention_implementation(args)
     if attention is not None and "flash" in attention:
         return
     if attention is not None and attention not in MASKED_ATTENTION:
@@ -376,6 +376,47 @@ def check_examples_apart(args: dict[str, Any]) -> None:
             "trust_remote_code may build its own; set model_init_kwargs.attn_implementation "
             "to a flash attention kernel (flash_attention_2, ...), or drop " + (
                 "padding_free" if args.get("padding_free") else "packing"))
+
+
+# -- packing by default --------------------------------------------------------------------
+# Under a flash attention kernel SFT packs by default (strategy bfd: whole examples in rows
+# of up to max_length tokens, trained padding-free): exact, since the kernel splits a row at
+# the position-id restarts, and the batches carry no padding. Under sdpa / eager /
+# flex_attention padding-free is exact too (tests/train/test_packing_exact.py), but sdpa and
+# eager then attend through a dense mask over the whole packed row, so the default stays
+# TRL's padded batches there (scripts/bench_train.py measures both). Packing makes other
+# batches (per_device_train_batch_size counts rows, not examples), so the train stage's
+# fingerprint sees the args with the default applied (`TrainConfig.fingerprint_settings`).
+
+def attention_implementation(args: dict[str, Any]) -> str | None:
+    """`model_init_kwargs.attn_implementation` of SFT arguments (None: transformers' sdpa)."""
+    kwargs = args.get("model_init_kwargs") or {}
+    if isinstance(kwargs, str):  # TRL also takes the JSON text of the dict
+        kwargs = json.loads(kwargs)
+    return kwargs.get("attn_implementation")
+
+
+def with_packing_default(args: dict[str, Any]) -> dict[str, Any]:
+    """`args` with `packing: true` where the recipe leaves packing unset under flash attention.
+
+    A recipe that sets `packing` or `padding_free` (either value), or strategy `wrapped`,
+    keeps what it says; so does any attention implementation other than a flash kernel.
+    """
+    if "packing" in args or "padding_free" in args:
+        return args
+    if args.get("packing_strategy", PACKING_STRATEGY_DEFAULT) == "wrapped":
+        return args
+    attention = attention_implementation(args)
+    if attention is None or "flash" not in attention:
+        return args
+    return {**args, "packing": True}
+
+
+def packing_mode(args: dict[str, Any]) -> str:
+    """How SFT batches the examples under resolved `args`: padded, padding-free or packed."""
+    if args.get("packing"):
+        return f"packed ({args.get('packing_strategy', PACKING_STRATEGY_DEFAULT)}, padding-free)"
+    return "padding-free" if args.get("padding_free") else "padded"
 
 
 def _check_values(args: dict[str, Any], trainer: str) -> None:
@@ -560,6 +601,11 @@ class RayLauncher(Strict):
 TrainLauncher = Annotated[LocalLauncher | RayLauncher, Field(discriminator="kind")]
 
 
+# TRL / transformers arguments that only say where training logs (distill.tracking): kept
+# out of the train stage's fingerprint like the OPERATIONAL fields.
+TRACKING_ARGS = frozenset({"report_to", "run_name"})
+
+
 class TrainConfig(Strict):
     """The recipe's `train` section: how the student is trained."""
 
@@ -590,7 +636,10 @@ class TrainConfig(Strict):
         default_factory=dict, description="Passed untouched to trl.SFTConfig (learning_rate, "
         "num_train_epochs, per_device_train_batch_size, max_length, ...); distill fills "
         "learning_rate 2e-4 (LoRA) / 2e-5 (full), cosine schedule, warmup 0.03, 3 epochs, "
-        "assistant-only loss and per-step logging where unset. Refused, because examples "
+        "assistant-only loss and per-step logging where unset, and packing true (bfd, "
+        "padding-free: rows of up to max_length tokens, so per_device_train_batch_size "
+        "counts rows) when model_init_kwargs.attn_implementation is a flash attention kernel "
+        "and neither packing nor padding_free is set. Refused, because examples "
         "would attend to one another: packing_strategy wrapped; padding_free or packing "
         "(bfd, padding-free) unless model_init_kwargs.attn_implementation is a flash "
         "attention kernel or sdpa / eager / flex_attention (the default is sdpa), and "
@@ -624,7 +673,16 @@ class TrainConfig(Strict):
         `kd` configures method kd only, so another method's runs keep their fingerprints.
         """
         exclude = set(self.OPERATIONAL) | ({"kd"} if self.method != "kd" else set())
-        return self.model_dump(mode="json", exclude=exclude)
+        settings = self.model_dump(mode="json", exclude=exclude)
+        # the batches SFT will make: packing by default changes them (with_packing_default)
+        sft_field = "args" if self.method == "sft" else "sft_args" if self.method in TWO_STEP \
+            else None
+        if sft_field is not None:
+            settings[sft_field] = with_packing_default(settings[sft_field])
+        for field in ("args", "sft_args"):  # where the trainer logs is not what it learns
+            settings[field] = {key: value for key, value in settings[field].items()
+                               if key not in TRACKING_ARGS}
+        return settings
 
     @field_validator("args")
     @classmethod
@@ -811,6 +869,9 @@ class TrainResult(BaseModel):
         "(None: one process, or sharded training).")
     tokens_seen: int = Field(0, description="Non-padding tokens fed to the model, all ranks.")
     loss_tokens_per_epoch: int = Field(0, description="Tokens that carry loss in one epoch.")
+    packing: str = Field(
+        "padded", description="How the examples were batched: padded, padding-free, or "
+        "packed (strategy, padding-free) (config.packing_mode).")
     loss_mask: Literal["assistant", "completion", "none"] = Field(
         "assistant", description="Which tokens carry loss: assistant turns (chat template "
         "generation markers), the completion after the prompt, or every token.")

@@ -39,8 +39,11 @@ from distill.train.config import (
     LoraSettings,
     TrainResult,
     TrainSpec,
+    attention_implementation,
     check_examples_apart,
+    packing_mode,
     resolve_sft_args,
+    with_packing_default,
 )
 
 if __name__ == "__main__":  # before any definition: see run_as_main
@@ -65,9 +68,11 @@ def prepare_sft(spec: TrainSpec, callbacks: list | None = None) -> PreparedTrain
     tokenizer = load_tokenizer(spec)
 
     # TRL arguments: they decide which tokens carry the loss, and so the dataset's format
-    args = resolve_sft_args(spec.args, full_finetune=spec.lora is None, seed=spec.seed,
-                            quiet=spec.quiet, global_batch_size=spec.global_batch_size)
+    args = resolve_sft_args(with_packing_default(spec.args), full_finetune=spec.lora is None,
+                            seed=spec.seed, quiet=spec.quiet,
+                            global_batch_size=spec.global_batch_size)
     check_examples_apart(args)  # again here: a spec written by hand was never validated
+    log_packing(spec.args, args)
     loss_mask = choose_loss_mask(tokenizer, args)
 
     # Dataset
@@ -94,7 +99,8 @@ def train_sft(spec: TrainSpec, callbacks: list | None = None) -> TrainResult:
     rank alone writes files. Every rank returns the same result.
     """
     started = time.perf_counter()
-    return train_and_save(spec, prepare_sft(spec, callbacks), started)
+    prepared = prepare_sft(spec, callbacks)
+    return train_and_save(spec, prepared, started, packing=packing_mode(prepared.args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     return run_entry_point(train_sft, lambda result: (
         f"{result.num_examples} examples, {result.steps} steps, loss {result.first_loss} -> "
         f"{result.final_loss}, merged model in {result.merged_dir}"), argv)
+
+
+def log_packing(asked: dict[str, Any], args: dict[str, Any]) -> None:
+    """Say how the examples are batched, and why (train_log.json's `packing` records it)."""
+    attention = attention_implementation(args) or "sdpa (transformers' default)"
+    mode = packing_mode(args)
+    why = ("distill's default under flash attention" if "packing" not in asked
+           and args.get("packing") else "the recipe's setting" if
+           {"packing", "padding_free"} & asked.keys() else "TRL's default")
+    log.info("batches: %s, %s; attention: %s", mode, why, attention)
+    if mode == "padded" and why == "TRL's default" and "flash" not in attention \
+            and _flash_attn_usable():
+        log.info("flash_attn is installed: model_init_kwargs.attn_implementation "
+                 "flash_attention_2 would train packed, without padding")
+
+
+def _flash_attn_usable() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
 
 
 # -- SFT's data and loss mask --------------------------------------------------------------
