@@ -46,7 +46,10 @@ order, so a gram may run from a question in the instruction into its answer in t
 
 N-grams are kept as Python hashes in dicts; every reported match is checked against the
 real words, so a hash collision can never flag an example. Each contaminated example keeps
-a list of `Match`es (task, document, view, matched words, score).
+a list of `Match`es (task, document, view, matched words, score). In front of that exact
+check sits a sieve (gram_hash.py): a few thousand training texts at a time are hashed in
+numpy, and only those holding an indexed n-gram (or the first words of a short view) are
+checked word by word; the findings are the same (tests/evaluate/test_contamination_sieve.py).
 
 Beyond "any shared n-gram" (`method: ngram`, GPT-3's rule and the default):
 
@@ -371,8 +374,16 @@ class BenchmarkIndex:
         # Per task: the template n-gram hashes and short template texts cut out of views.
         self.common: dict[str, tuple[set[int], set[tuple[str, ...]]]] = {}
         self._pieces: dict[int, list[list[list[str]]]] = {}  # see item_pieces
+        # The indexed word runs again, as bytes for the numpy sieve (see `candidates`).
+        self._sieve_grams: list[bytes] = []
+        self._sieve_short: list[bytes] = []
         for name, task_docs in docs.items():
             self._add_task(name, task_docs)
+        from distill.evaluate.gram_hash import GramSieve
+
+        self.sieves = [GramSieve(self._sieve_grams, self.n),
+                       GramSieve(self._sieve_short, self.m, whole=True)]
+        del self._sieve_grams, self._sieve_short
 
     def views(self, ref: int) -> list[tuple[str, list[str], str]]:
         """(view, words, text) of a document, its task's template words stripped.
@@ -432,6 +443,7 @@ class BenchmarkIndex:
                 # Cut the template n-grams out; what is left between them are items.
                 for segment in _segments(words, n, common) if len(words) >= n else [words]:
                     if len(segment) >= n:
+                        self._sieve_grams.append(" ".join(segment).encode("utf-8"))
                         for i in range(len(segment) - n + 1):
                             key = hash(tuple(segment[i:i + n]))
                             grams.add(key)
@@ -441,10 +453,22 @@ class BenchmarkIndex:
                         if entry not in short:
                             short.add(entry)
                             self.short[hash(entry[1][:m])].append(entry)
+                            self._sieve_short.append(" ".join(segment[:m]).encode("utf-8"))
                     else:
                         stats.skipped_views += 1
         stats.indexed = len(grams) + len({seq for _, seq in short})
         stats.whole_views = len(short)
+
+    def candidates(self, texts: Sequence[str]) -> list[int]:
+        """Indices of the `texts` that may overlap a benchmark document, in order.
+
+        A superset of the texts `match_refs` finds anything in: each holds an indexed
+        n-gram, or the first `min_doc_words` words of an indexed short view, by a 64-bit
+        hash of its words computed in numpy (gram_hash.py). The others need no check.
+        """
+        from distill.evaluate.gram_hash import candidates, encode
+
+        return candidates([encode(text, normalize_words) for text in texts], self.sieves)
 
     def match(self, text: str) -> list[Match]:
         """Every benchmark document `text` overlaps, with the first shared words for each."""
@@ -732,7 +756,7 @@ def check_items(items: Sequence[TextItem], config: Config,
         documents = load_benchmark_docs(names, include)
     index = BenchmarkIndex(documents, config)
     n = config.ngram
-    for item in items:
+    for item in _sieved(items, index):
         words = normalize_words(item.text)
         found = index.match_refs(words)
         if not found:
@@ -765,6 +789,19 @@ def check_items(items: Sequence[TextItem], config: Config,
     report.tasks = index.stats
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _sieved(items: Sequence[TextItem], index: BenchmarkIndex,
+            chunk: int = 4096) -> Iterable[TextItem]:
+    """The items that may overlap the benchmark (all that can), a chunk at a time.
+
+    Most training texts share no n-gram with the benchmark; the sieve rules them out in
+    numpy, without a Python tuple and hash per n-gram. Chunks keep its buffers small.
+    """
+    for start in range(0, len(items), chunk):
+        batch = items[start:start + chunk]
+        for position in index.candidates([item.text for item in batch]):
+            yield batch[position]
 
 
 def _add_paraphrases(report: ContaminationReport, items: Sequence[TextItem],

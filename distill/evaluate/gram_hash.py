@@ -1,0 +1,162 @@
+"""Word n-gram hashes of many texts at once, in numpy: the decontamination gate's sieve.
+
+The gate (distill/evaluate/contamination.py) checks every training text for the n-grams
+of the benchmark. Doing that word by word in Python (a tuple and a hash per n-gram)
+cost three times as much as reading and tokenising the data. Here a batch of texts is one
+byte buffer, and a few array passes give every word's hash, every n-gram's hash and a
+table lookup per n-gram. The texts whose n-grams may be in the index are returned; the
+gate checks only those, exactly, with its word-by-word code. So a hash collision costs a
+needless exact check, never a finding, and no text holding an indexed n-gram is missed:
+equal word sequences always hash equally.
+
+Words are what `contamination.normalize_words` gives: runs of letters and digits after
+NFKC and lowercasing. For an ASCII text that is a byte rule ([A-Za-z0-9], A-Z lowered), so
+its bytes are hashed as they are; other texts are passed in as their normalised words
+joined by spaces (`encode`'s `fallback`), where bytes 0x80-0xFF (inside UTF-8 letters)
+are word bytes too.
+
+    sieve = GramSieve([b"gull island at noon ..."], n=13)
+    sieve.candidates([text.encode() for text in texts])   # indices of texts to check
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# Bytes that belong to words (A-Z are lowered first, with bytes.lower).
+_WORD_BYTE = np.zeros(256, dtype=bool)
+for _low, _high in ((0x30, 0x39), (0x61, 0x7A), (0x80, 0xFF)):
+    _WORD_BYTE[_low:_high + 1] = True
+
+# Odd 64-bit multipliers (arithmetic wraps modulo 2**64, where odd numbers are invertible).
+_HEAD = np.uint64(0x9E3779B97F4A7C15)
+_TAIL = np.uint64(0xC2B2AE3D27D4EB4F)
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+_WORD_BASE = 0x94D049BB133111EB
+_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+# A table slot per this many keys (at least): about 1 in 64 unindexed n-grams passes it.
+_SLOTS_PER_KEY = 64
+
+
+class _Powers:
+    """base**i and base**-i modulo 2**64 for i < length, grown on demand."""
+
+    def __init__(self, base: int):
+        self.base, self.inverse = np.uint64(base), np.uint64(pow(base, -1, 2**64))
+        self.up = self.down = np.ones(1, dtype=np.uint64)
+
+    def get(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.up) < length:
+            size = max(length, 2 * len(self.up))
+            self.up = np.ones(size, dtype=np.uint64)
+            self.down = np.ones(size, dtype=np.uint64)
+            np.cumprod(np.full(size - 1, self.base), out=self.up[1:])
+            np.cumprod(np.full(size - 1, self.inverse), out=self.down[1:])
+        return self.up[:length], self.down[:length]
+
+
+_WORD_POWERS = _Powers(_WORD_BASE)
+
+
+def encode(text: str, fallback: Callable[[str], list[str]]) -> bytes:
+    """The bytes whose words are `text`'s normalised words (`fallback` normalises)."""
+    if text.isascii():  # NFKC leaves ASCII as it is; `word_hashes` lowers A-Z
+        return text.encode("ascii")
+    return " ".join(fallback(text)).encode("utf-8")
+
+
+def word_hashes(buffer: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(hash of each word, byte offset where it starts) in `buffer`.
+
+    A word's hash mixes its first 8 bytes, its last 8 bytes and its length: three reads
+    per word instead of arithmetic per byte. Longer words that agree in all three collide,
+    which the sieve's users tolerate (a collision only costs an exact check).
+    """
+    # One non-word byte in front and eight behind: every word has an edge on both sides,
+    # and an 8-byte read at any word start stays inside the buffer.
+    data = np.frombuffer(b" " + buffer.lower() + b" " * 8, dtype=np.uint8)
+    inside = _WORD_BYTE[data]
+    edges = np.flatnonzero(inside[1:] != inside[:-1]) + 1
+    starts, ends = edges[0::2], edges[1::2]
+    lengths = (ends - starts).astype(np.uint64)
+    rows = np.lib.stride_tricks.as_strided(data, shape=(len(data) - 7, 8), strides=(1, 1))
+    head = rows[starts].view("<u8").ravel()
+    head &= _ONES >> (np.uint64(64) - np.uint64(8) * np.minimum(lengths, np.uint64(8)))
+    tail = rows[np.maximum(ends - 8, starts)].view("<u8").ravel()
+    tail[lengths <= 8] = 0  # the head already holds all of a short word
+    hashes = head * _HEAD + tail * _TAIL + lengths
+    hashes ^= hashes >> np.uint64(31)
+    hashes *= _MIX
+    hashes ^= hashes >> np.uint64(29)
+    return hashes, starts - 1
+
+
+def gram_hashes(words: np.ndarray, n: int) -> np.ndarray:
+    """Hash of each run of `n` consecutive word hashes (len(words) - n + 1 of them)."""
+    if len(words) < n:
+        return np.zeros(0, dtype=np.uint64)
+    up, down = _WORD_POWERS.get(len(words))
+    prefix = np.zeros(len(words) + 1, dtype=np.uint64)
+    # sum(w[j] * B**j) over the run, times B**-start: the same for the run anywhere.
+    np.cumsum(words * up, out=prefix[1:])
+    return (prefix[n:] - prefix[:-n]) * down[:len(words) - n + 1]
+
+
+def _words(buffers: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(hash of each word, index of the buffer holding it) over all `buffers`."""
+    joined = b"\n".join(buffers)  # a non-word byte: no word runs across two buffers
+    lengths = np.fromiter(map(len, buffers), dtype=np.int64, count=len(buffers)) + 1
+    buffer_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    words, starts = word_hashes(joined)
+    return words, np.searchsorted(buffer_starts, starts, side="right") - 1
+
+
+def _runs(words: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, buffer index) of every n-word run that lies inside one buffer."""
+    grams = gram_hashes(words, n)
+    at = np.flatnonzero(owner[:len(grams)] == owner[n - 1:])
+    return grams[at], owner[at]
+
+
+class GramSieve:
+    """The hashes of indexed word runs of one length, and a bit table in front of them."""
+
+    def __init__(self, pieces: Sequence[bytes], n: int, *, whole: bool = False):
+        """Index every `n`-word run of each piece, or with `whole` only its first `n` words."""
+        self.n = n
+        keys = np.zeros(0, dtype=np.uint64)
+        if pieces:
+            keys, owner = _runs(*_words(pieces), n)
+            if whole:  # each piece's first run: where the owner changes
+                keys = keys[np.flatnonzero(np.diff(owner, prepend=-1))]
+        self.keys = np.unique(keys)
+        slots = max(16, min(26, (len(self.keys) * _SLOTS_PER_KEY).bit_length()))
+        self.shift = np.uint64(64 - slots)
+        self.table = np.zeros(1 << slots, dtype=bool)
+        self.table[self._slots(self.keys)] = True
+
+    def _slots(self, hashes: np.ndarray) -> np.ndarray:
+        return (hashes * _MIX) >> self.shift
+
+    def hits(self, grams: np.ndarray) -> np.ndarray:
+        """Positions in `grams` whose hash is an indexed one."""
+        maybe = np.flatnonzero(self.table[self._slots(grams)])
+        if not len(maybe) or not len(self.keys):
+            return maybe[:0]
+        found = np.searchsorted(self.keys, grams[maybe]).clip(max=len(self.keys) - 1)
+        return maybe[self.keys[found] == grams[maybe]]
+
+
+def candidates(buffers: Sequence[bytes], sieves: Sequence[GramSieve]) -> list[int]:
+    """Indices of the `buffers` holding a run of words that one of the `sieves` indexed."""
+    sieves = [sieve for sieve in sieves if len(sieve.keys)]
+    if not buffers or not sieves:
+        return []
+    words, owner = _words(buffers)
+    found: set[int] = set()
+    for sieve in sieves:
+        grams, owners = _runs(words, owner, sieve.n)
+        found.update(owners[sieve.hits(grams)].tolist())
+    return sorted(found)
