@@ -148,7 +148,8 @@ def dataset_card(run_dir: Path, label: str, configs: bool = False) -> DatasetCar
     body = [f"# {run_dir.name}, {label}: training data", "",
             f"{rows} records written by `distill` (run `{run_dir.name}`, {label}): what the "
             f"{label} student was trained on, under the data policy "
-            f"`{run.recipe['rounds']['data_policy']}` ({_mix(run.manifest(label, 'train'))}).",
+            f"`{_policy(run.recipe['rounds']['data_policy'])}` "
+            f"({_mix(run.manifest(label, 'train'))}).",
             ""]
     body += _licence_section(run)
     body += _generation_section(run)
@@ -231,6 +232,10 @@ class _Run:
 
 def _size_category(rows: int) -> str:
     return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>1B")
+
+
+def _policy(policy: dict[str, Any] | str) -> str:
+    return policy.get("kind", str(policy)) if isinstance(policy, dict) else policy
 
 
 def _mix(train: dict[str, Any]) -> str:
