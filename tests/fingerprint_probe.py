@@ -443,14 +443,15 @@ def changed_setting(settings: BaseModel, name: str, res: Resources,
     """The settings with `name` changed to another valid value (others as they are)."""
     cls = type(settings)
     info = cls.model_fields[name]
-    before = json.dumps(settings.model_dump(mode="json")[name], sort_keys=True)
+    # .get: a field left out of dumps while unset (a model's license) dumps as absent
+    before = json.dumps(settings.model_dump(mode="json").get(name), sort_keys=True)
     data = settings.model_dump()
     values = itertools.chain(_schema_enums(cls).get(name, []),
                              alternatives(info.annotation, _constraints(info.metadata),
                                           getattr(settings, name), res))
     for value in itertools.islice(values, tries):
         changed = validate(cls, {**data, name: value}, res)
-        if changed is not None and json.dumps(changed.model_dump(mode="json")[name],
+        if changed is not None and json.dumps(changed.model_dump(mode="json").get(name),
                                               sort_keys=True) != before:
             return changed
     return None

@@ -25,8 +25,8 @@ from fakehub import STUDENT, TEACHER, FakeHub, activate, publish
 from typer.testing import CliRunner
 
 from distill.cli import app
-from distill.records import read_json, read_jsonl
 from distill.recipe import load_recipe
+from distill.records import read_json, read_jsonl
 from distill.runner import Runner, RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
