@@ -1,4 +1,4 @@
-"""The run report: `runs/<name>/report.md`, rebuilt from the committed manifests.
+"""The run report: `runs/<name>/report.md` and `report.html`, rebuilt from the manifests.
 
 Per round: the funnel (what each filter dropped, with examples), the contamination check,
 training loss, benchmark scores before and after, and tokens and wall time per stage.
@@ -29,10 +29,14 @@ def write_report(run_dir: str | Path) -> Path:
                   f"student `{recipe['student']['model']}`, {recipe['rounds']['count']} round(s), "
                   f"data policy `{recipe['rounds']['data_policy']}`, next teacher "
                   f"`{recipe['rounds']['next_teacher']}`, seed {recipe['seed']}.", ""]
+    lines += _budget_section(run_dir)
     lines += _summary_table(by_round)
     from distill.flywheel.report import flywheel_section
 
     lines += flywheel_section(run_dir)
+    from distill.report_plots import plot_run
+
+    lines += plot_run(run_dir, by_round)
     for label, stages in by_round.items():
         if label == "base":
             continue
@@ -45,13 +49,17 @@ def write_report(run_dir: str | Path) -> Path:
         lines += _stage_costs(stages)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
+    from distill.flywheel.plots import markdown_html
+
+    atomic_write_text(run_dir / "report.html",
+                      markdown_html("\n".join(lines) + "\n", f"distill run: {run_dir.name}"))
     from distill.cards import write_cards
 
     write_cards(run_dir)  # each round's data and model cards, from the same manifests
     return path
 
 
-def _main_scores(manifest: dict[str, Any] | None) -> dict[str, float]:
+def main_scores(manifest: dict[str, Any] | None) -> dict[str, float]:
     """Flatten a stage's scores into `task/metric -> value` (no stderr entries)."""
     flat: dict[str, float] = {}
     for task, metrics in ((manifest or {}).get("scores") or {}).items():
@@ -62,9 +70,22 @@ def _main_scores(manifest: dict[str, Any] | None) -> dict[str, float]:
     return flat
 
 
+def _budget_section(run_dir: Path) -> list[str]:
+    """Where a budget cap stopped the run (`budget.json`, written by the runner), if one did."""
+    path = run_dir / "budget.json"
+    if not path.exists():
+        return []
+    stop = read_json(path)
+    spent = ", ".join(f"{key} {value:g}" for key, value in stop.get("spent", {}).items())
+    return [f"**Stopped by the budget:** `budget.{stop['cap']}` ({stop['limit']:g}) was reached "
+            f"at {stop['where']} (spent: {spent}). The stage is not committed; its finished "
+            f"chunks are kept, and rerunning with a higher `budget.{stop['cap']}` resumes it.",
+            ""]
+
+
 def _summary_table(by_round: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """Counts, loss and the headline score per round; every task's score per round below."""
-    scores = {label: _main_scores(stages.get("evaluate")) for label, stages in by_round.items()}
+    scores = {label: main_scores(stages.get("evaluate")) for label, stages in by_round.items()}
     columns = sorted({key for row in scores.values() for key in row})
     headline = [c for c in columns if "/" in c and c.split("/")[0] in _group_names(by_round)]
     headline = headline or columns[:1]
