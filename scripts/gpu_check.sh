@@ -8,6 +8,9 @@
 #   bash scripts/gpu_check.sh --tiny           # on a CPU: tiny models, the same code paths
 #   bash scripts/gpu_check.sh --fetch-wheels   # here, with a package registry: wheels into
 #                                              # .whl/ for a GPU machine that has none
+#   bash scripts/gpu_check.sh --bench-train    # instead: padded vs padding-free LoRA SFT of
+#                                              # the 1.5B shape, tokens/s, memory and MFU
+#                                              # (scripts/bench_train.py, 2 repeats, ~4 min)
 #
 # Python: $PYTHON, else ./.venv/bin/python, else python3, the first that imports torch
 # (torch must be there already: it has to be the machine's own CUDA build). Missing
@@ -99,4 +102,9 @@ if [ "$status" != 0 ]; then
   exit 2
 fi
 
+if [ "${1:-}" = "--bench-train" ]; then
+  shift
+  exec "$py" scripts/bench_train.py --model qwen2.5-1.5b --repeats 2 \
+    --out "${OUT:-.}/bench_train.json" "$@"
+fi
 "$py" scripts/gpu_check.py "$@"
