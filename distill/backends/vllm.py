@@ -71,7 +71,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from distill.backends.base import Generation, GenerationRequest, ProgressFn, request_seed
-from distill.backends.hf import encode_request
+from distill.backends.hf import encode_request, encode_requests
 from distill.engine_options import PassedOn
 from distill.identity import model_identity, resolve_chat_template
 from distill.registry import BACKENDS
@@ -241,7 +241,8 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         self._check_top_logprobs(requests)
-        prompts = [TokensPrompt(prompt_token_ids=self.encode(r)) for r in requests]
+        encoded = encode_requests(self.tokenizer, requests, self.chat_template)
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in encoded]
         params = [self.sampling_params(r) for r in requests]
         use_tqdm = _progress_bar_factory(progress) if progress is not None else False
         outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm,
