@@ -20,14 +20,15 @@ The decisions and scores are exactly those of
 
 What is fast: Alpaca ran a pure-Python dynamic programme per pair, O(N^2) pairs. Here each
 distinct token becomes one character, so an instruction is a short string and the token
-LCS is rapidfuzz's bit-parallel `LCSseq` (a few machine words per pair), computed in C++
-for a block of candidates against the whole pool at once (`process.cdist`, all cores);
-the F-measures follow in numpy. Candidates within a block are then checked against the
-block's earlier kept candidates in order, so the result equals a one-by-one replay.
-Every pair is still scored, so the recorded maximum and most similar instruction are exact,
-not only the decision. Pruning was measured and left out: on scripts/bench_novelty.py's
-stream 91% of pairs pass the length bound 2 * min(la, lb) / (la + lb) > 0.7, and a
-score cut-off does not make rapidfuzz's cdist faster.
+LCS is rapidfuzz's bit-parallel `LCSseq` (a few machine words per pair), in C++; the
+F-measures follow in numpy. And only the pool instructions that could hold a candidate's
+maximum are scored (`pruned_scan`): the LCS is at most the two token multisets' overlap,
+so prefix filtering over an inverted index of rare-token combinations finds every pool
+instruction whose F-measure could reach a level (0.85, then 0.7, then 0.55); when the
+best of those is above the level it is the exact maximum, otherwise the next level or, in
+the end, the whole pool is scored. The recorded maximum and most similar instruction are
+therefore exact, not only the decision; `full_scan`, which scores every pair, is kept as
+the reference the tests and scripts/bench_novelty.py compare with.
 
     filters:
       - kind: novelty
@@ -37,7 +38,9 @@ score cut-off does not make rapidfuzz's cdist faster.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from itertools import combinations
+from math import comb
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -166,12 +169,11 @@ class _Encoder:
 
 
 class _Pool:
-    """The instructions a candidate is compared with: ids, texts, token codes, lengths."""
+    """The texts a candidate is compared with: their indices, token codes and lengths."""
 
     def __init__(self) -> None:
         self.encoder = _Encoder()
-        self.ids: list[str] = []
-        self.texts: list[str] = []
+        self.ids: list[int] = []
         self.codes: list[str | list[int]] = []
         self.lengths: list[int] = []
 
@@ -179,21 +181,326 @@ class _Pool:
         tokens = [rouge_tokens(text) for text in texts]
         return [self.encoder.encode(t) for t in tokens], np.array([len(t) for t in tokens])
 
-    def add(self, record_id: str, text: str, codes: str | list[int], length: int) -> None:
-        self.ids.append(record_id)
-        self.texts.append(text)
+    def add(self, index: int, codes: str | list[int], length: int) -> None:
+        self.ids.append(index)
         self.codes.append(codes)
         self.lengths.append(length)
 
     def lcs(self, queries: list[Any], choices: list[Any]) -> np.ndarray:
-        """Token LCS lengths of every query with every choice, in C++ on all cores."""
-        from rapidfuzz import process
-        from rapidfuzz.distance import LCSseq
-
+        """Token LCS lengths of every query with every choice, on all cores."""
         if self.encoder.overflowed:
             queries, choices = _as_lists(queries), _as_lists(choices)
-        return process.cdist(queries, choices, scorer=LCSseq.similarity, dtype=np.int32,
-                             workers=-1)
+        return _lcs(queries, choices, workers=-1)
+
+
+class Replay(NamedTuple):
+    """A stream replayed against the growing pool, one entry per text."""
+
+    keep: list[bool]
+    score: list[float]  # the highest ROUGE-L F-measure against the pool as it stood
+    similar: list[int]  # where the first pool text with that score is: an index into
+    # seeds + texts, -1 when the score is 0
+
+
+def full_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
+    """Score every text against every pool text: the reference the pruned scan must equal.
+
+    Blocks of texts are scored against the whole pool at once (rapidfuzz's `cdist`, all
+    cores), then against the block's earlier kept texts in order, so the result equals a
+    one-by-one replay.
+    """
+    pool = _Pool()
+    seed_codes, seed_lengths = pool.encode(seeds)
+    for index, (codes, length) in enumerate(zip(seed_codes, seed_lengths, strict=True)):
+        pool.add(index, codes, int(length))
+
+    replay = Replay([], [], [])
+    start = 0
+    while start < len(texts):
+        rows = max(1, min(_MAX_BLOCK, _BLOCK_CELLS // max(len(pool.codes), 1)))
+        block = texts[start:start + rows]
+        codes, lengths = pool.encode(block)
+
+        # Against the pool as it stood before the block: each text's best match.
+        if pool.codes:
+            best, best_at = _best_matches(pool.lcs(codes, pool.codes), lengths,
+                                          np.array(pool.lengths))
+        else:
+            best, best_at = np.zeros(len(block)), np.zeros(len(block), dtype=np.intp)
+        # Against the block's earlier texts: counted only for those that were kept.
+        inner = rouge_l_fmeasure(pool.lcs(codes, codes), lengths[:, None], lengths[None, :])
+
+        base = len(pool.ids)  # where the block's kept texts join the pool
+        kept_here: list[int] = []
+        for i in range(len(block)):
+            score, similar = float(best[i]), int(best_at[i])
+            if kept_here:
+                row = inner[i, kept_here]
+                j = int(row.argmax())
+                if row[j] > score:  # strictly: on a tie the earlier pool entry stays
+                    score, similar = float(row[j]), base + j
+            keep = not score > threshold
+            replay.keep.append(keep)
+            replay.score.append(score)
+            replay.similar.append(pool.ids[similar] if score > 0 else -1)
+            if keep:
+                kept_here.append(i)
+                pool.add(len(seeds) + start + i, codes[i], int(lengths[i]))
+        start += len(block)
+    return replay
+
+
+# The candidate search. A probe at a level finds every pool text whose F-measure with the
+# candidate could reach the level; when the best of those is above the level, it is the
+# exact maximum. The last level is also the one pool texts are indexed at.
+_LEVELS = ((0.85, 3), (0.7, 3), (0.55, 2))
+# Margin on bounds computed in floats: far above their rounding (1e-16), far below the
+# smallest gap between two distinct F-measures of texts under 10,000 tokens (1e-8).
+_SAFE = 1e-9
+
+
+def pruned_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
+    """The full scan's result, scoring only the pool texts that could hold the maximum.
+
+    The LCS of two token sequences is at most their multiset overlap, so a pair's
+    F-measure is at most 2 * overlap / (la + lb), and a pair whose F-measure reaches a
+    level L shares at least ceil(L * l / (2 - L)) tokens, for l either side's length.
+    Prefix filtering (Chaudhuri et al. 2006) then finds every such pair through an inverted
+    index: order the tokens of all texts by how many texts hold them, rarest first; two
+    texts sharing t tokens share one among each side's first l - t + 1 tokens. Each pool
+    text is indexed under its prefix for the lowest level; a candidate probes the index
+    with its own, shorter prefix for the highest level first, scores what it finds (exact
+    LCS, rouge_score's F formula), and is done when the best is above the level: every pool
+    text left out scores below it. Otherwise it tries the next level, and in the end scores
+    the whole pool. Texts go in blocks, as in the full scan (the pool as it stood before
+    the block, then the block's earlier kept texts in order), so the maximum, its first
+    pool text and the decision are the full scan's, bit for bit, whatever the threshold.
+    """
+    encoder = _Encoder()
+    tokens = [rouge_tokens(text) for text in [*seeds, *texts]]
+    codes = [encoder.encode(t) for t in tokens]
+    if encoder.overflowed:
+        codes = _as_lists(codes)
+    lengths = np.array([len(t) for t in tokens], dtype=np.intp)
+    ranks, offsets = _signatures(tokens)
+    longest = int(lengths.max(initial=0))
+    prefixes, usable = zip(*(_prefix_lengths(longest, level, k) for level, k in _LEVELS),
+                           strict=True)
+    indexes = [_Index() for _ in _LEVELS]
+    size = int(ranks.max(initial=0)) + 1
+    pool_ids: list[int] = []  # pool position -> index into seeds + texts
+    pool_codes: list[Any] = []
+
+    def join(joining: list[int]) -> None:
+        texts = np.array(joining, dtype=np.intp)
+        for (_, k), index, prefix in zip(_LEVELS, indexes, prefixes, strict=True):
+            keys, which = _keys(texts, prefix[lengths[texts]], k, ranks, offsets, size)
+            index.add(keys, which + len(pool_ids))
+        pool_ids.extend(joining)
+        pool_codes.extend(codes[t] for t in joining)
+
+    join(list(range(len(seeds))))
+    replay = Replay([], [], [])
+    for start in range(len(seeds), len(tokens), _MAX_BLOCK):
+        block = np.arange(start, min(start + _MAX_BLOCK, len(tokens)))
+        best, best_at = np.zeros(len(block)), np.full(len(block), -1)
+        pool = np.array(pool_ids, dtype=np.intp)
+        open_rows = np.flatnonzero(lengths[block] > 0) if pool.size else np.zeros(0, np.intp)
+        # Against the pool as it stood before the block, level by level.
+        scored = _NONE  # pairs row << 32 | pool position scored so far, sorted
+        for (level, k), index, prefix, use in zip(_LEVELS, indexes, prefixes, usable,
+                                                  strict=True):
+            probed = open_rows[use[lengths[block[open_rows]]]]
+            keys, which = _keys(block[probed], prefix[lengths[block[probed]]], k, ranks,
+                                offsets, size)
+            pairs = index.probe(keys, probed[which])
+            pairs = pairs[~_members(pairs, scored)]
+            rows, found = pairs >> 32, pairs & 0xFFFFFFFF
+            la, lb = lengths[block[rows]], lengths[pool[found]]
+            fit = 2 * np.minimum(la, lb) >= (level - _SAFE) * (la + lb)
+            scored = np.sort(np.concatenate([scored, pairs[fit]]))
+            rows, found = rows[fit], found[fit]
+            lcs = _pair_lcs([codes[t] for t in block.tolist()], pool_codes, rows, found)
+            hit, top, at = _row_maxima(rows, rouge_l_fmeasure(lcs, la[fit], lb[fit]))
+            # Better than what earlier levels found, or equal and earlier in the pool.
+            better = (top > best[hit]) | ((top == best[hit]) & (found[at] < best_at[hit]))
+            best[hit[better]], best_at[hit[better]] = top[better], found[at][better]
+            open_rows = open_rows[best[open_rows] <= level + _SAFE]
+        if open_rows.size:  # no level settled these: the whole pool
+            best[open_rows], best_at[open_rows] = _best_matches(
+                _lcs([codes[t] for t in block[open_rows]], [codes[t] for t in pool], -1),
+                lengths[block[open_rows]], lengths[pool])
+        best_at = np.where(best > 0, pool[best_at] if pool.size else -1, -1)
+        # Against the block's earlier texts: counted only for those that were kept.
+        inner = rouge_l_fmeasure(_lcs([codes[t] for t in block], [codes[t] for t in block],
+                                      -1), lengths[block][:, None], lengths[block][None, :])
+        kept_here: list[int] = []
+        for i in range(len(block)):
+            score, similar = float(best[i]), int(best_at[i])
+            if kept_here:
+                row = inner[i, kept_here]
+                j = int(row.argmax())
+                if row[j] > score:  # strictly: on a tie the earlier pool entry stays
+                    score, similar = float(row[j]), int(block[kept_here[j]])
+            keep = not score > threshold
+            replay.keep.append(keep)
+            replay.score.append(score)
+            replay.similar.append(similar if score > 0 else -1)
+            if keep:
+                kept_here.append(i)
+        join(block[kept_here].tolist())
+    return replay
+
+
+def _row_maxima(rows: np.ndarray, scores: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct row (rows ascending): the highest positive score and its first index."""
+    positive = scores > 0
+    rows, index = rows[positive], np.flatnonzero(positive)
+    if not rows.size:
+        return rows, np.zeros(0), index
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    top = np.maximum.reduceat(scores[index], starts)
+    at_top = np.flatnonzero(scores[index] == np.repeat(top, np.diff(np.r_[starts, rows.size])))
+    hit, first = np.unique(rows[at_top], return_index=True)
+    return hit, top, index[at_top[first]]
+
+
+def _prefix_lengths(longest: int, level: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per token count l: the prefix (rarest tokens) two texts reaching `level` share k of.
+
+    F = 2 * LCS / (la + lb) >= L with LCS <= lb gives LCS >= L * la / (2 - L) =: t (the
+    margin keeps the ceiling from rounding up past an exact integer). The j-th rarest of
+    the t or more tokens two texts share sits among each one's first l - t + j tokens, so
+    their k rarest shared tokens are in both prefixes of l - t + k. Texts with t < k may
+    share fewer: the level is not usable for them (they go to the next, or the whole pool).
+    """
+    length = np.arange(longest + 1)
+    shared = np.ceil(level * length / (2 - level) - _SAFE)
+    return np.clip(length - shared + k, 0, length).astype(np.intp), shared >= k
+
+
+def _signatures(tokens: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every text's tokens as ranks, rarest first: flat ranks and each text's offset.
+
+    A token is counted with its occurrence number ("the" twice gives ("the", 0) and
+    ("the", 1)), so the multiset overlap of two texts is the size of the intersection of
+    their rank sets. Ranks order these by how many texts hold them, over the whole stream
+    (prefix filtering needs one fixed order; rarest first keeps posting lists short).
+    """
+    ids: dict[tuple[str, int], int] = {}
+    flat: list[int] = []
+    for text_tokens in tokens:
+        seen: dict[str, int] = {}
+        for token in text_tokens:
+            occurrence = seen.get(token, 0)
+            seen[token] = occurrence + 1
+            flat.append(ids.setdefault((token, occurrence), len(ids)))
+    elements = np.array(flat, dtype=np.int64)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.argsort(np.bincount(elements, minlength=len(ids)), kind="stable")] = np.arange(
+        len(ids))
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    owner = np.repeat(np.arange(len(tokens)), lengths)
+    ranks = rank[elements]
+    ranks = ranks[np.lexsort((ranks, owner))]
+    return ranks, np.concatenate([[0], np.cumsum(lengths)])
+
+
+class _Index:
+    """Pool positions by key (k ranks all in a text's prefix), in sorted runs.
+
+    The pool only grows, so each join adds a run, and runs of similar size merge (a binary
+    counter): a few runs at any time, each entry re-sorted O(log n) times. A run holds its
+    distinct keys, where each one's positions start, and the positions.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, keys: np.ndarray, positions: np.ndarray) -> None:
+        while self.runs and len(self.runs[-1][2]) <= 2 * len(positions):
+            run_keys, starts, run_positions = self.runs.pop()
+            keys = np.concatenate([np.repeat(run_keys, np.diff(starts)), keys])
+            positions = np.concatenate([run_positions, positions])
+        order = np.argsort(keys, kind="stable")
+        keys, positions = keys[order], positions[order]
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else _NONE
+        self.runs.append((keys[first], np.r_[first, len(keys)], positions))
+
+    def probe(self, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Pairs row << 32 | pool position for every pool text under a row's key, sorted."""
+        found = [_NONE]
+        for run_keys, starts, positions in self.runs:
+            if not run_keys.size:
+                continue
+            at = np.searchsorted(run_keys, keys)
+            hit = np.flatnonzero(run_keys[np.minimum(at, len(run_keys) - 1)] == keys)
+            low, counts = starts[at[hit]], starts[at[hit] + 1] - starts[at[hit]]
+            total = int(counts.sum())
+            if total:
+                # low[i], low[i] + 1, ..., for each key i in turn
+                steps = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+                hits = positions[np.repeat(low, counts) + steps]
+                found.append(np.repeat(rows[hit].astype(np.int64), counts) << 32 | hits)
+        found = np.sort(np.concatenate(found))
+        return found[np.r_[True, found[1:] != found[:-1]]] if found.size else found
+
+
+def _members(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each value is in the sorted array."""
+    if not sorted_set.size:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values
+
+
+def _keys(texts: np.ndarray, prefixes: np.ndarray, k: int, ranks: np.ndarray,
+          offsets: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every k ranks within each text's prefix as one key, and which text it is of.
+
+    Keys of three ranks wrap around int64 past 2 million distinct tokens; two texts that
+    share the ranks always share the key, so a collision only adds a pair to score.
+    """
+    keys, which = [_NONE], [_NONE]
+    for prefix in np.unique(prefixes).tolist():
+        if prefix < k:
+            continue
+        chosen = np.flatnonzero(prefixes == prefix)
+        window = ranks[offsets[texts[chosen]][:, None] + np.arange(prefix)]  # ascending
+        key = np.zeros((len(chosen), comb(prefix, k)), dtype=np.int64)
+        for column in np.array(list(combinations(range(prefix), k))).T:
+            key = key * size + window[:, column]
+        keys.append(key.ravel())
+        which.append(np.repeat(chosen, key.shape[1]))
+    return np.concatenate(keys), np.concatenate(which)
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def _lcs(queries: list[Any], choices: list[Any], workers: int) -> np.ndarray:
+    """Token LCS lengths of every query with every choice, in C++."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import LCSseq
+
+    return process.cdist(queries, choices, scorer=LCSseq.similarity, dtype=np.int32,
+                         workers=workers)
+
+
+def _pair_lcs(queries: list[Any], choices: list[Any], rows: np.ndarray,
+              columns: np.ndarray) -> np.ndarray:
+    """Token LCS lengths of the pairs (queries[rows[i]], choices[columns[i]]), rows sorted.
+
+    One `cdist` per query: rapidfuzz converts each text once per call, which costs more
+    than the LCS itself, and its pairwise `cpdist` converts both sides of every pair.
+    """
+    lcs = np.zeros(len(rows), dtype=np.int32)
+    bounds = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1], True]) if rows.size else []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=False):
+        lcs[start:end] = _lcs([queries[rows[start]]],
+                              [choices[c] for c in columns[start:end].tolist()], 1)[0]
+    return lcs
 
 
 class NoveltyFilter:
@@ -216,48 +523,14 @@ class NoveltyFilter:
         records.
         """
         threshold = self.config.threshold
-        pool = _Pool()
-        seed_codes, seed_lengths = pool.encode([text for _, text in self._seeds])
-        for (seed_id, text), codes, length in zip(self._seeds, seed_codes, seed_lengths,
-                                                  strict=True):
-            pool.add(seed_id, text, codes, int(length))
-
-        verdicts: list[Verdict] = []
-        start = 0
-        while start < len(records):
-            rows = max(1, min(_MAX_BLOCK, _BLOCK_CELLS // max(len(pool.codes), 1)))
-            block = records[start:start + rows]
-            start += len(block)
-            codes, lengths = pool.encode([self._text(record) for record in block])
-
-            # Against the pool as it stood before the block: each candidate's best match.
-            if pool.codes:
-                best, best_at = _best_matches(pool.lcs(codes, pool.codes), lengths,
-                                              np.array(pool.lengths))
-            else:
-                best, best_at = np.zeros(len(block)), np.zeros(len(block), dtype=np.intp)
-            # Against the block's earlier candidates: counted only for those that were kept.
-            inner = rouge_l_fmeasure(pool.lcs(codes, codes), lengths[:, None], lengths[None, :])
-
-            base = len(pool.ids)  # where the block's kept candidates join the pool
-            kept_here: list[int] = []
-            for i, record in enumerate(block):
-                score, similar = float(best[i]), int(best_at[i])
-                if kept_here:
-                    row = inner[i, kept_here]
-                    j = int(row.argmax())
-                    if row[j] > score:  # strictly: on a tie the earlier pool entry stays
-                        score, similar = float(row[j]), base + j
-                keep = not score > threshold
-                verdicts.append(Verdict(
-                    keep=keep, reason="" if keep else f"rouge_l>{threshold:g}",
-                    scores={"rouge_l_max": score,
-                            "most_similar": pool.texts[similar] if score > 0 else None,
-                            "most_similar_id": pool.ids[similar] if score > 0 else None}))
-                if keep:
-                    kept_here.append(i)
-                    pool.add(record.id, self._text(record), codes[i], int(lengths[i]))
-        return verdicts
+        texts = [text for _, text in self._seeds] + [self._text(r) for r in records]
+        ids = [seed_id for seed_id, _ in self._seeds] + [r.id for r in records]
+        replay = pruned_scan(texts[:len(self._seeds)], texts[len(self._seeds):], threshold)
+        return [Verdict(keep=keep, reason="" if keep else f"rouge_l>{threshold:g}",
+                        scores={"rouge_l_max": score,
+                                "most_similar": texts[similar] if similar >= 0 else None,
+                                "most_similar_id": ids[similar] if similar >= 0 else None})
+                for keep, score, similar in zip(*replay, strict=True)]
 
 
 def _as_lists(codes: list[Any]) -> list[list[int]]:
