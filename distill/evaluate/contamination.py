@@ -585,6 +585,8 @@ class BenchmarkIndex:
 
 def _segments(words: list[str], n: int, common: set[int]) -> list[list[str]]:
     """`words` split around every n-gram whose hash is in `common`."""
+    if not common:  # most benchmarks have no template n-gram: spare the hashing
+        return [words] if words else []
     covered = [False] * len(words)
     for i in range(len(words) - n + 1):
         if hash(tuple(words[i:i + n])) in common:

@@ -36,8 +36,9 @@ _TAIL = np.uint64(0xC2B2AE3D27D4EB4F)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
 _WORD_BASE = 0x94D049BB133111EB
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
-# A table slot per this many keys (at least): about 1 in 64 unindexed n-grams passes it.
-_SLOTS_PER_KEY = 64
+# Table slots per key (at least): about 1 in 16 unindexed n-grams passes the table and is
+# looked up in the sorted keys; a larger table falls out of the CPU caches.
+_SLOTS_PER_KEY = 16
 
 
 class _Powers:
@@ -84,9 +85,9 @@ def word_hashes(buffer: bytes) -> tuple[np.ndarray, np.ndarray]:
     rows = np.lib.stride_tricks.as_strided(data, shape=(len(data) - 7, 8), strides=(1, 1))
     head = rows[starts].view("<u8").ravel()
     head &= _ONES >> (np.uint64(64) - np.uint64(8) * np.minimum(lengths, np.uint64(8)))
-    tail = rows[np.maximum(ends - 8, starts)].view("<u8").ravel()
-    tail[lengths <= 8] = 0  # the head already holds all of a short word
-    hashes = head * _HEAD + tail * _TAIL + lengths
+    hashes = head * _HEAD + lengths
+    long = np.flatnonzero(lengths > 8)  # the head holds all of a shorter word
+    hashes[long] += rows[ends[long] - 8].view("<u8").ravel() * _TAIL
     hashes ^= hashes >> np.uint64(31)
     hashes *= _MIX
     hashes ^= hashes >> np.uint64(29)
@@ -104,20 +105,21 @@ def gram_hashes(words: np.ndarray, n: int) -> np.ndarray:
     return (prefix[n:] - prefix[:-n]) * down[:len(words) - n + 1]
 
 
-def _words(buffers: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """(hash of each word, index of the buffer holding it) over all `buffers`."""
+def _words(buffers: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hash of each word, its byte offset, each buffer's byte offset) over all `buffers`."""
     joined = b"\n".join(buffers)  # a non-word byte: no word runs across two buffers
     lengths = np.fromiter(map(len, buffers), dtype=np.int64, count=len(buffers)) + 1
     buffer_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    words, starts = word_hashes(joined)
-    return words, np.searchsorted(buffer_starts, starts, side="right") - 1
+    return *word_hashes(joined), buffer_starts
 
 
-def _runs(words: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hash, buffer index) of every n-word run that lies inside one buffer."""
-    grams = gram_hashes(words, n)
-    at = np.flatnonzero(owner[:len(grams)] == owner[n - 1:])
-    return grams[at], owner[at]
+def _owners(runs: np.ndarray, n: int, starts: np.ndarray, buffer_starts: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(runs that lie inside one buffer, that buffer) of the runs of `n` words at `runs`."""
+    first = np.searchsorted(buffer_starts, starts[runs], side="right") - 1
+    last = np.searchsorted(buffer_starts, starts[runs + n - 1], side="right") - 1
+    inside = first == last
+    return runs[inside], first[inside]
 
 
 class GramSieve:
@@ -128,9 +130,12 @@ class GramSieve:
         self.n = n
         keys = np.zeros(0, dtype=np.uint64)
         if pieces:
-            keys, owner = _runs(*_words(pieces), n)
+            words, starts, piece_starts = _words(pieces)
+            keys = gram_hashes(words, n)
+            runs, owner = _owners(np.arange(len(keys)), n, starts, piece_starts)
             if whole:  # each piece's first run: where the owner changes
-                keys = keys[np.flatnonzero(np.diff(owner, prepend=-1))]
+                runs = runs[np.flatnonzero(np.diff(owner, prepend=-1))]
+            keys = keys[runs]
         self.keys = np.unique(keys)
         slots = max(16, min(26, (len(self.keys) * _SLOTS_PER_KEY).bit_length()))
         self.shift = np.uint64(64 - slots)
@@ -154,9 +159,11 @@ def candidates(buffers: Sequence[bytes], sieves: Sequence[GramSieve]) -> list[in
     sieves = [sieve for sieve in sieves if len(sieve.keys)]
     if not buffers or not sieves:
         return []
-    words, owner = _words(buffers)
+    words, starts, buffer_starts = _words(buffers)
     found: set[int] = set()
     for sieve in sieves:
-        grams, owners = _runs(words, owner, sieve.n)
-        found.update(owners[sieve.hits(grams)].tolist())
+        # Owners are looked up for the hits only: a run across two texts may hit (a
+        # needless exact check); it is dropped here, as the texts' own runs decide.
+        hits = sieve.hits(gram_hashes(words, sieve.n))
+        found.update(_owners(hits, sieve.n, starts, buffer_starts)[1].tolist())
     return sorted(found)
