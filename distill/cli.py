@@ -42,6 +42,7 @@ app = typer.Typer(help="Distil large language models into small ones through syn
 console = Console(stderr=True)
 
 EXIT_BAD_INPUT = 2
+EXIT_BUDGET = 4  # a budget cap stopped the run; rerunning with a higher cap resumes it
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -189,6 +190,7 @@ def run(
         "overrides; the run is named <name>-<profile> unless the profile sets a name.")] = None,
 ) -> None:
     """Run a recipe end to end; re-running resumes where it stopped."""
+    from distill.budget import BudgetReached
     from distill.runner import STAGES, Runner, RunOptions, refuse_launched_ranks
 
     try:  # before anything is read or written
@@ -216,6 +218,10 @@ def run(
             if progress:
                 progress.start()
             Runner(loaded, options).run()
+        except BudgetReached as stop:  # a clean stop: no traceback, the report says where
+            console.print(f"[bold yellow]stopped by the budget:[/] {stop}\n(report: "
+                          f"{run_dir}/report.md)", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BUDGET) from None
         except Exception as error:  # one readable line here; the traceback goes to the log
             with log_path.open("a", encoding="utf-8") as handle:
                 handle.write(traceback.format_exc())
@@ -259,6 +265,40 @@ class _progress_bars:
         if task not in self._tasks:
             self._tasks[task] = self._progress.add_task(task, total=total)
         self._progress.update(self._tasks[task], completed=done, total=total)
+
+
+@app.command()
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Dotted overrides, as for run.")] = None,
+    measured_run: Annotated[Path | None, typer.Option(
+        "--from", help="A previous run directory: its measured answer lengths, yields and "
+        "throughput replace the assumptions.")] = None,
+    throughput: Annotated[float | None, typer.Option(
+        "--throughput", help="Teacher tokens (prompt + completion) per second.")] = None,
+    fill: Annotated[float, typer.Option(
+        "--fill", help="Assumed share of max_tokens an answer fills (without --from).")] = 0.5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    profile: Annotated[str | None, typer.Option("--profile", help="One of the recipe's "
+                                                "profiles, as for run.")] = None,
+) -> None:
+    """Estimate requests, tokens, time and cost per round before any model loads."""
+    from distill.plan import Measured, Planner, print_plan
+
+    loaded = _load(recipe, overrides, profile)
+    if throughput is not None and throughput <= 0:
+        raise _fail(f"--throughput: tokens per second must be positive, not {throughput:g}")
+    try:
+        measured = Measured.read(measured_run) if measured_run is not None else None
+        estimate = Planner(loaded, measured, fill=fill, throughput=throughput).plan()
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    if as_json:
+        print(json.dumps(estimate.as_json(), indent=2))
+    else:
+        # piped output gets room for the table rather than 80 columns
+        print_plan(estimate, Console() if sys.stdout.isatty() else Console(width=132))
 
 
 @app.command()

@@ -17,7 +17,7 @@ import difflib
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from distill.budget import BudgetSettings, Price
 from distill.cards import CardSettings
 from distill.evaluate.contamination import Config as DecontaminationConfig
 from distill.evaluate.harness import Config as EvalConfig
@@ -74,6 +75,13 @@ class TeacherSpec(ServedModel):
                                   "chunk; chunks are also the unit of work an executor's "
                                   "replicas share. Use hundreds with vLLM so its batches "
                                   "stay full.")
+    price: Price | None = Field(None, description="What the teacher costs per million "
+                                "tokens (API backends): `distill plan` prices the run with "
+                                "it and budget.max_cost counts against it. Not part of any "
+                                "fingerprint.")
+
+    # what a model costs is not what it writes
+    OPERATIONAL: ClassVar[frozenset[str]] = ServedModel.OPERATIONAL | {"price"}
 
 
 class StudentSpec(ModelSpec):
@@ -190,6 +198,11 @@ class Recipe(Strict):
         "dotted keys to values, as overrides on the command line do (applied before them), "
         "e.g. `smoke: {generate.num_instructions: 200, train.args.max_steps: 20}`. A profile "
         "that does not set `name` runs as `<name>-<profile>`, in its own run directory.")
+    budget: BudgetSettings = Field(
+        default_factory=BudgetSettings, description="Caps on the run's generation "
+        "(requests, tokens, money): a run that reaches one stops between chunks, exits with "
+        "code 4 and resumes when rerun with a higher cap (distill.budget). Never part of a "
+        "fingerprint.")
     executor: ExecutorSettings = Field(
         default_factory=lambda: EXECUTORS.get("local")(),
         description="Where the teacher's generation engines run, chosen by `kind` (a bare "
@@ -242,6 +255,13 @@ class Recipe(Strict):
         if self.rounds.stop and not self.measure.enabled:
             raise ValueError("rounds.stop reads the measure stage's metrics: set "
                              "measure.enabled true")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_has_prices(self) -> Recipe:
+        if self.budget.max_cost is not None and self.teacher.price is None:
+            raise ValueError("budget.max_cost counts money from teacher.price: declare "
+                             "teacher.price {prompt_per_million, completion_per_million}")
         return self
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from typing import Any
 
 from distill import LOG_ONLY
 from distill.backends.base import FAILED
+from distill.budget import Budget, BudgetReached
 from distill.component import Component, Dependent, fingerprint_inputs, path_sha256
 from distill.flywheel.real import RealDraw
 from distill.generate.failures import FailedRequests
@@ -80,6 +81,8 @@ class Runner:
         self.store = RunStore(Path(recipe.output_dir) / recipe.name)
         self._forcing: set[str] = set()
         self._models: dict[str, ModelRef] = {}  # resolved once per run
+        # what the run's generation spent, against budget: (distill.budget)
+        self.budget = Budget(recipe.budget, price=recipe.teacher.price)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -90,10 +93,17 @@ class Runner:
         recipe = self.recipe
         self.store.root.mkdir(parents=True, exist_ok=True)
         write_json(self.store.root / "recipe.resolved.json", recipe.model_dump(mode="json"))
+        budget_path = self.store.root / BUDGET_FILE
+        budget_path.unlink(missing_ok=True)  # said again if a cap stops this run
         try:
             self._rounds()
         except _StopAfter:
             log.info("stopped after %s, as asked", self.options.stop_after)
+        except BudgetReached as stop:  # the stage stays uncommitted: a rerun resumes it
+            write_json(budget_path, stop.as_dict())
+            log.info("stopped by the budget: %s", stop)  # the CLI says it once
+            log.info("report: %s", write_report(self.store.root))
+            raise
         log.info("report: %s", write_report(self.store.root))
         return self.store.root
 
@@ -233,6 +243,8 @@ class Runner:
             self._forcing.update(STAGES[STAGES.index(name):])
         if stage.is_done() and name not in self._forcing:
             log.info("%s/%s: done (fingerprint %s), skipped", label, name, stage.fingerprint[:12])
+            if name == "generate":  # what it spent counts against the budget
+                self.budget.spend(*checkpoint_usage(stage.path / "checkpoints"))
             if name == self.options.stop_after:
                 raise _StopAfter
             return stage
@@ -297,7 +309,9 @@ class Runner:
                 chunk_size=recipe.teacher.checkpoint_every, executor=executor,
                 progress=self._progress(f"{label} generate"),
                 failures=FailedRequests(max_fraction=recipe.teacher.max_failed_fraction),
-                top_logprobs=top_logprobs, **loaders)
+                top_logprobs=top_logprobs, budget=self.budget, **loaders)
+            self.budget.where = f"{label}/generate"
+
             try:
                 result = method.run(context)
                 ran = executor.summary()  # while its engines are up to say how they ran
@@ -609,9 +623,19 @@ def gather_teacher_tokens(path: Path, records: list[Any], sources: list[Path]) -
     save_teacher_tokens(path, {record.id: found[record.id] for record in records})
 
 
+# Written to the run directory when a budget cap stopped the run (distill.budget).
+BUDGET_FILE = "budget.json"
+
+
+def checkpoint_usage(checkpoint_dir: Path) -> tuple[int, int, int]:
+    """Answered requests, prompt and completion tokens of a stage's generation shards."""
+    tokens = checkpoint_tokens(checkpoint_dir)
+    return tokens["requests"], tokens["prompt_tokens"], tokens["completion_tokens"]
+
+
 def checkpoint_tokens(checkpoint_dir: Path) -> dict[str, int]:
     """Prompt and completion tokens over every generation shard (every run's)."""
-    prompt = completion = generations = 0
+    prompt = completion = generations = requests = 0
     for shard in sorted(checkpoint_dir.glob("*/chunk*.jsonl")):
         for line in shard.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
@@ -620,5 +644,7 @@ def checkpoint_tokens(checkpoint_dir: Path) -> dict[str, int]:
             generations += 1
             completion += row.get("completion_tokens", 0)
             if row.get("index", 0) == 0:
+                requests += 1
                 prompt += row.get("prompt_tokens", 0)
-    return {"generations": generations, "prompt_tokens": prompt, "completion_tokens": completion}
+    return {"generations": generations, "prompt_tokens": prompt, "completion_tokens": completion,
+            "requests": requests}

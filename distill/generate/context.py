@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.backends.base import FAILED, Backend, Generation, GenerationRequest
+from distill.budget import Budget
 from distill.component import undeclared
 from distill.executors.base import Executor
 from distill.executors.local import LocalExecutor
@@ -90,6 +91,9 @@ class GenerationContext:
     # The teacher's tokens and top-k log-probabilities of each answered record, by
     # record id, filled by the methods that asked for them (generate_responses).
     teacher_tokens: dict[str, TeacherTokens] = field(default_factory=dict)
+    # The run's budget caps (distill.budget): chunks found on disk and chunks generated
+    # count against it, and no chunk starts once a cap is reached. None: no caps.
+    budget: Budget | None = None
 
     def _shard_path(self, key: str, chunk: int) -> Path:
         # The chunk size is in the name: a resume with another size regenerates instead of
@@ -121,6 +125,8 @@ class GenerationContext:
                 todo.append((index, chunk))
                 continue
             saved[index] = loaded
+            if self.budget is not None:
+                self.budget.spend(*_usage(loaded))  # spent by an earlier run
             again = [r for r in chunk if _failed(loaded[r.id]) and retried_later(loaded[r.id][0])]
             if again:
                 todo.append((index, again))
@@ -132,8 +138,10 @@ class GenerationContext:
             if self.backend is None:
                 raise ValueError(f"generation {key}: a context needs a backend or an executor")
             executor = LocalExecutor(self.backend)
+        held_back = self._within_budget(todo)
         sent = dict(todo)
-        for index, generations in executor.run(todo):
+        running = executor.run(todo)
+        for index, generations in running:
             try:
                 by_request = _check_answers(key, index, sent[index], generations)
             except ValueError as error:  # nothing of it is saved
@@ -145,6 +153,14 @@ class GenerationContext:
             if self.progress is not None:
                 self.progress(key, finished, len(requests))
             self.failures.count(key, sent[index], generations)
+            if self.budget is not None:
+                self.budget.spend(*_usage(by_request))
+                if self.budget.exceeded() is not None and finished < len(requests):
+                    held_back = True  # the chunks still running are not waited for
+                    break
+        if held_back:
+            getattr(running, "close", lambda: None)()
+            raise self.budget.stop(key, len(requests) - finished)
         answered: list[Generation] = []
         for index, chunk in enumerate(chunks):
             if index not in saved:
@@ -156,6 +172,18 @@ class GenerationContext:
                 else:
                     answered.extend(generations)
         return answered
+
+    def _within_budget(self, todo: list[tuple[int, list[GenerationRequest]]]) -> bool:
+        """Cut `todo` (in place) to the chunks the budget lets start; whether it cut any."""
+        if self.budget is None:
+            return False
+        starting = 0
+        for position, (_, part) in enumerate(todo):
+            if not self.budget.fits(starting + len(part)):
+                del todo[position:]
+                return True
+            starting += len(part)
+        return False
 
     def _save_chunk(self, key: str, index: int, chunk: list[GenerationRequest],
                     by_request: dict[str, list[Generation]]) -> None:
@@ -225,6 +253,13 @@ def request_digest(request: GenerationRequest) -> str:
     text = json.dumps([request.id, request.messages, request.prompt,
                        request.sampling.as_dict()], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _usage(by_request: dict[str, list[Generation]]) -> tuple[int, int, int]:
+    """Answered requests, prompt tokens and completion tokens of a chunk's answers."""
+    answers = [gs for gs in by_request.values() if not _failed(gs)]
+    return (len(answers), sum(g.prompt_tokens for gs in answers for g in gs if g.index == 0),
+            sum(g.completion_tokens for gs in answers for g in gs))
 
 
 def _failed(generations: list[Generation]) -> bool:
