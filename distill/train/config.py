@@ -698,6 +698,10 @@ class TrainConfig(Strict):
         if trainer == "sft":
             check_sft_values(value)
         else:
+            if trainer == "dpo" and value.get("padding_free"):
+                # TRL 1.16's DPOTrainer only warns and pads: the recipe would not say what ran
+                raise ValueError("padding_free: TRL's DPOTrainer turns it off and pads the "
+                                 "batches; remove it")
             _check_values(value, trainer)
         return value
 

@@ -83,3 +83,12 @@ def test_training_records_how_it_batched(make_spec, caplog, args, mode, why):
     # 60 chats in batches of 8 are 8 steps; packed, batches of 8 rows of up to max_length
     # tokens hold more of the short chats each: fewer steps
     assert (result.steps == 8) is (mode == "padded") and 0 < result.steps <= 8
+
+
+@pytest.mark.parametrize("method", ["dpo", "sft_then_dpo"])
+def test_dpo_refuses_padding_free_that_trl_would_drop(tmp_path, method):
+    from distill.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"train\.args.*padding_free: TRL's DPOTrainer"):
+        train_settings(tmp_path, {"method": method, "args": {"padding_free": True}},
+                       generate={"kind": "preference"})
