@@ -24,7 +24,7 @@ LCS is rapidfuzz's bit-parallel `LCSseq` (a few machine words per pair), in C++;
 F-measures follow in numpy. And only the pool instructions that could hold a candidate's
 maximum are scored (`pruned_scan`): the LCS is at most the two token multisets' overlap,
 so prefix filtering over an inverted index of rare-token combinations finds every pool
-instruction whose F-measure could reach a level (0.85, then 0.7, then 0.55); when the
+instruction whose F-measure could reach a level (0.85, 0.7, 0.55, then 0.01); when the
 best of those is above the level it is the exact maximum, otherwise the next level or, in
 the end, the whole pool is scored. The recorded maximum and most similar instruction are
 therefore exact, not only the decision; `full_scan`, which scores every pair, is kept as
@@ -252,8 +252,9 @@ def full_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
 
 # The candidate search. A probe at a level finds every pool text whose F-measure with the
 # candidate could reach the level; when the best of those is above the level, it is the
-# exact maximum. The last level is also the one pool texts are indexed at.
-_LEVELS = ((0.85, 3), (0.7, 3), (0.55, 2))
+# exact maximum. The last level, an index of single tokens, finds every pool text sharing
+# one with the candidate (any F-measure of 0.01 or more).
+_LEVELS = ((0.85, 3), (0.7, 3), (0.55, 2), (0.01, 1))
 # Margin on bounds computed in floats: far above their rounding (1e-16), far below the
 # smallest gap between two distinct F-measures of texts under 10,000 tokens (1e-8).
 _SAFE = 1e-9
