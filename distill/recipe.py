@@ -45,6 +45,7 @@ from distill.records import read_utf8
 from distill.registry import EXECUTORS, FILTERS, GENERATORS, POLICIES, REAL_SOURCES
 from distill.review import Config as ReviewConfig
 from distill.settings import Strict, resolve_path
+from distill.tracking import TrackingSettings
 from distill.train.config import LoraSettings, TrainConfig
 
 # A profile's dotted keys and values; None (a name with nothing under it) only renames.
@@ -192,6 +193,10 @@ class Recipe(Strict):
                                  "whether decisions feed training.")
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Per-round "
                                    "metrics (perplexity, diversity, coverage) after evaluation.")
+    tracking: TrackingSettings = Field(
+        default_factory=TrackingSettings, description="Where the loop's numbers are logged "
+        "besides report.md (TensorBoard, MLflow, W&B; docs/tracking.md). Never part of a "
+        "fingerprint.")
     profiles: dict[str, Profile] = Field(
         default_factory=dict, description="Named variants of the recipe, chosen with `distill "
         "run recipe.yaml --profile NAME` (and `distill validate --profile NAME`): each maps "

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from distill.models import ModelRef, ModelSpec
 from distill.recipe import Recipe
 from distill.records import read_json, read_records, write_json, write_jsonl
 from distill.store import RunStore, Stage, file_sha256
+from distill.tracking import LoopTracking, trainer_report_to
 
 log = logging.getLogger("distill")
 
@@ -83,6 +85,7 @@ class Runner:
         self._models: dict[str, ModelRef] = {}  # resolved once per run
         # what the run's generation spent, against budget: (distill.budget)
         self.budget = Budget(recipe.budget, price=recipe.teacher.price)
+        self.tracking: LoopTracking | None = None  # opened by run()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -95,6 +98,8 @@ class Runner:
         write_json(self.store.root / "recipe.resolved.json", recipe.model_dump(mode="json"))
         budget_path = self.store.root / BUDGET_FILE
         budget_path.unlink(missing_ok=True)  # said again if a cap stops this run
+        if recipe.tracking.report_to:
+            self.tracking = LoopTracking(recipe.tracking, self.store.root, recipe.name)
         try:
             self._rounds()
         except _StopAfter:
@@ -104,6 +109,9 @@ class Runner:
             log.info("stopped by the budget: %s", stop)  # the CLI says it once
             log.info("report: %s", write_report(self.store.root))
             raise
+        finally:
+            if self.tracking is not None:
+                self.tracking.close()
         log.info("report: %s", write_report(self.store.root))
         return self.store.root
 
@@ -245,6 +253,7 @@ class Runner:
             log.info("%s/%s: done (fingerprint %s), skipped", label, name, stage.fingerprint[:12])
             if name == "generate":  # what it spent counts against the budget
                 self.budget.spend(*checkpoint_usage(stage.path / "checkpoints"))
+            self._track(label, name, stage)
             if name == self.options.stop_after:
                 raise _StopAfter
             return stage
@@ -254,6 +263,7 @@ class Runner:
                      name, stage.failed_requests())
         stage.begin()
         stage.commit(work(stage.work))
+        self._track(label, name, stage)
         if name == self.options.stop_after:
             raise _StopAfter
         return stage
@@ -480,16 +490,19 @@ class Runner:
                              teacher_tokens_path=str(out / TEACHER_TOKENS_FILE) if kd else None,
                              teacher_model=teacher.path if on_policy and teacher else None,
                              model=student.path, chat_template=student.chat_template,
-                             lora=recipe.student.lora, args=recipe.train.args,
+                             lora=recipe.student.lora,
+                             args=trainer_report_to(recipe.tracking, recipe.train.args),
                              global_batch_size=recipe.train.global_batch_size,
                              data_path=str(data_path), output_dir=str(out), seed=recipe.seed,
                              quiet=self.options.quiet)
             report = self._progress(f"{label} train")
-            result = launch_training(spec, recipe.train.accelerate_config,
-                                     launcher=recipe.train.launcher,
-                                     log_path=self.store.root / "train.log",
-                                     progress=report and (lambda done, total:
-                                                          report("steps", done, total)))
+            with (self.tracking.trainer_env(label) if self.tracking is not None
+                  else nullcontext()):
+                result = launch_training(spec, recipe.train.accelerate_config,
+                                         launcher=recipe.train.launcher,
+                                         log_path=self.store.root / "train.log",
+                                         progress=report and (lambda done, total:
+                                                              report("steps", done, total)))
             # the result's paths (sft_step's too) point into the work directory, renamed
             # at commit: the summary leaves them out
             return {"counts": {"examples": result.num_examples}, "train": result.summary(),
@@ -550,6 +563,11 @@ class Runner:
         return self._stage(label, "measure", config, inputs, work)
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _track(self, label: str, name: str, stage: Stage) -> None:
+        """Hand a committed stage to the trackers (each logs it once; distill.tracking)."""
+        if self.tracking is not None:
+            self.tracking.stage_done(label, name, stage.manifest() or {}, stage.fingerprint)
 
     def _progress(self, task: str) -> Callable[[str, int, int], None] | None:
         callback = self.options.progress

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     # 2: components (backends, generators, filters, training, evaluation, metrics, ...)
     # 3: the recipe, assembled from the components' settings; the report
     "distill.recipe": 3, "distill.report": 3, "distill.cards": 3, "distill.export": 3,
+    "distill.tracking": 3, "distill.report_plots": 3,
     # 4: the orchestrator; the plan, which reads recipes and runs
     "distill.runner": 4, "distill.plan": 4,
     # 5: entry points that drive runs
