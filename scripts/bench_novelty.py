@@ -12,8 +12,17 @@ and prints both times, the speed ratio and the number of differing decisions (an
 differing maximum scores). Then it runs distill's filter alone on growing prefixes of a
 bigger stream (by default 5,000, 20,000 and 50,000 instructions) to show how its cost grows.
 
+`--scale` instead measures the pruning at scale: the full scan (every pair scored, the
+filter before pruning, `novelty.full_scan`) against the pruned scan the filter runs
+(`novelty.pruned_scan`) on one stream (50,000 by default; interleaved repeats, medians),
+with the differing decisions, maximum scores and most similar instructions (all must be
+0), then the pruned scan alone on growing streams (10K, 50K, 200K, 1M by default), each
+skipped when its predicted time would overrun `--budget` seconds.
+
     .venv/bin/python scripts/bench_novelty.py            # n=2000, big-n=50000: a few minutes
     .venv/bin/python scripts/bench_novelty.py --quick    # seconds: a smoke run
+    .venv/bin/python scripts/bench_novelty.py --scale    # 50K check + growth to 1M: minutes
+    .venv/bin/python scripts/bench_novelty.py --scale --check-n 3000 --sizes 1000,4000
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from rouge_score import rouge_scorer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.filters.base import FilterContext  # noqa: E402
-from distill.filters.novelty import Config  # noqa: E402
+from distill.filters.novelty import Config, full_scan, pruned_scan  # noqa: E402
 from distill.records import Example  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
@@ -314,6 +323,60 @@ def timed(fn, *args):
     return result, time.perf_counter() - start
 
 
+def scale(args: argparse.Namespace, console: Console) -> int:
+    """Full scan against the pruned scan, then the pruned scan's growth; differing outputs."""
+    seeds = stream(args.seeds, args.seed + 1_000_003, near_duplicates=0.0)
+    sizes = sorted(int(size) for size in args.sizes.split(","))
+    start = time.perf_counter()
+    candidates = stream(max(args.check_n, *sizes), args.seed)
+    console.print(f"stream of {len(candidates):,} built in {time.perf_counter() - start:.0f} s"
+                  f"; {len(seeds)} seeds")
+    pruned_scan(seeds, candidates[:100], 0.7)  # warm-up: imports outside the timings
+
+    checked = candidates[:args.check_n]
+    full_times, pruned_times = [], []
+    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        full, seconds = timed(full_scan, seeds, checked, 0.7)
+        full_times.append(seconds)
+        pruned, seconds = timed(pruned_scan, seeds, checked, 0.7)
+        pruned_times.append(seconds)
+    full_s, pruned_s = float(np.median(full_times)), float(np.median(pruned_times))
+    differing = [sum(a != b for a, b in zip(x, y, strict=True))
+                 for x, y in zip(full, pruned, strict=True)]
+    pairs = pairs_scored(len(seeds), full.keep)
+    console.print(f"{args.check_n:,} instructions ({sum(full.keep):,} kept, {pairs:,} pairs): "
+                  f"full scan {full_s:.1f} s, pruned {pruned_s:.1f} s (medians of "
+                  f"{args.repeats}); speed ratio [bold]{full_s / pruned_s:.1f}x[/bold]; "
+                  f"differing decisions: [bold]{differing[0]}[/bold]; differing max scores: "
+                  f"{differing[1]}; differing most similar: {differing[2]}")
+
+    growth = Table(title="pruned scan alone, growing streams (threshold 0.7)")
+    for column in ("instructions", "seconds", "kept", "full-scan pairs",
+                   "full scan, estimated", "ratio, estimated"):
+        growth.add_column(column, justify="right")
+    rate = pairs / full_s  # the full scan's pairs per second, measured above
+    spent, done = 0.0, []
+    for size in sizes:
+        if len(done) >= 2:  # predict from the growth exponent of the last two sizes
+            (n1, t1), (n2, t2) = done[-2:]
+            predicted = t2 * (size / n2) ** max(1.0, np.log(t2 / t1) / np.log(n2 / n1))
+        else:
+            predicted = done[-1][1] * size / done[-1][0] if done else 0.0
+        if spent + predicted > args.budget:
+            growth.add_row(f"{size:,}", f"skipped (predicted {duration(predicted)})", "", "",
+                           "", "")
+            continue
+        result, seconds = timed(pruned_scan, seeds, candidates[:size], 0.7)
+        spent += seconds
+        done.append((size, seconds))
+        full_pairs = pairs_scored(len(seeds), result.keep)
+        growth.add_row(f"{size:,}", f"{seconds:.1f}", f"{sum(result.keep):,}",
+                       f"{full_pairs:,}", duration(full_pairs / rate),
+                       f"{full_pairs / rate / seconds:.1f}x")
+    console.print(growth)
+    return int(any(differing))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="stream length for the comparison")
@@ -322,7 +385,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=175, help="seed instructions (Alpaca: 175)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the stream")
     parser.add_argument("--quick", action="store_true", help="n=200, big-n=3000: a smoke run")
+    parser.add_argument("--scale", action="store_true",
+                        help="full scan against the pruned scan, then the pruned growth curve")
+    parser.add_argument("--check-n", type=int, default=50000,
+                        help="--scale: stream length where full and pruned scans are compared")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="--scale: interleaved repeats of the comparison (medians)")
+    parser.add_argument("--sizes", default="10000,50000,200000,1000000",
+                        help="--scale: stream lengths of the growth curve, comma-separated")
+    parser.add_argument("--budget", type=float, default=600,
+                        help="--scale: seconds the growth curve may take; sizes predicted "
+                        "to overrun it are skipped")
     args = parser.parse_args()
+    if args.scale:
+        sys.exit(scale(args, Console()))
     if args.quick:
         args.n, args.big_n = 200, 3000
 

@@ -255,27 +255,32 @@ def full_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
 # exact maximum. The last level, an index of single tokens, finds every pool text sharing
 # one with the candidate (any F-measure of 0.01 or more).
 _LEVELS = ((0.85, 3), (0.7, 3), (0.55, 2), (0.01, 1))
-# Margin on bounds computed in floats: far above their rounding (1e-16), far below the
-# smallest gap between two distinct F-measures of texts under 10,000 tokens (1e-8).
+# Below this many pool texts, scoring the whole pool in blocks is faster than probing an
+# index for each candidate (measured with scripts/bench_novelty.py --scale).
+_PRUNE_FROM = 10_000
+# Margin on bounds computed in floats, always on the safe side: far above their rounding
+# error (1e-16); being off by it costs at most an extra pair scored or level tried.
 _SAFE = 1e-9
 
 
 def pruned_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
     """The full scan's result, scoring only the pool texts that could hold the maximum.
 
-    The LCS of two token sequences is at most their multiset overlap, so a pair's
-    F-measure is at most 2 * overlap / (la + lb), and a pair whose F-measure reaches a
-    level L shares at least ceil(L * l / (2 - L)) tokens, for l either side's length.
-    Prefix filtering (Chaudhuri et al. 2006) then finds every such pair through an inverted
-    index: order the tokens of all texts by how many texts hold them, rarest first; two
-    texts sharing t tokens share one among each side's first l - t + 1 tokens. Each pool
-    text is indexed under its prefix for the lowest level; a candidate probes the index
-    with its own, shorter prefix for the highest level first, scores what it finds (exact
-    LCS, rouge_score's F formula), and is done when the best is above the level: every pool
-    text left out scores below it. Otherwise it tries the next level, and in the end scores
-    the whole pool. Texts go in blocks, as in the full scan (the pool as it stood before
-    the block, then the block's earlier kept texts in order), so the maximum, its first
-    pool text and the decision are the full scan's, bit for bit, whatever the threshold.
+    The LCS of two token sequences is at most their multiset overlap, so a pair whose
+    F-measure reaches a level L shares at least t = ceil(L * l / (2 - L)) tokens, for l
+    either side's token count. Prefix filtering (Chaudhuri et al. 2006) finds every such
+    pair through an inverted index: order the tokens of all texts by how many texts hold
+    them, rarest first; the k rarest tokens two such texts share lie within each one's
+    first l - t + k tokens, so the two share a key made of k ranks from their prefixes.
+    Each level L (with its k) has its own index of pool texts. A block's candidates probe
+    the highest level first and score what they find (exact LCS, rouge_score's F formula);
+    a candidate whose best is above L is done, since every pool text left out scores below
+    L. The others go on to the next level (pairs already scored are not scored again), the
+    last being single tokens (every pool text sharing one), and in the end to the whole
+    pool. Until the pool holds `_PRUNE_FROM` texts the whole pool is scored at once: faster
+    there. Then, as in the full scan, each candidate is checked against the block's earlier
+    kept texts in order. So the maximum, its first pool text and the decision are the full
+    scan's, bit for bit, whatever the threshold.
     """
     encoder = _Encoder()
     tokens = [rouge_tokens(text) for text in [*seeds, *texts]]
@@ -293,12 +298,16 @@ def pruned_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
     pool_codes: list[Any] = []
 
     def join(joining: list[int]) -> None:
-        texts = np.array(joining, dtype=np.intp)
-        for (_, k), index, prefix in zip(_LEVELS, indexes, prefixes, strict=True):
-            keys, which = _keys(texts, prefix[lengths[texts]], k, ranks, offsets, size)
-            index.add(keys, which + len(pool_ids))
         pool_ids.extend(joining)
         pool_codes.extend(codes[t] for t in joining)
+        if len(pool_ids) < _PRUNE_FROM:
+            return
+        # The index is built once the pool is large enough to prune, then kept up to date.
+        start = indexes[0].size
+        texts = np.array(pool_ids[start:], dtype=np.intp)
+        for (_, k), index, prefix in zip(_LEVELS, indexes, prefixes, strict=True):
+            keys, which = _keys(texts, prefix[lengths[texts]], k, ranks, offsets, size)
+            index.add(keys, which + start, len(texts))
 
     join(list(range(len(seeds))))
     replay = Replay([], [], [])
@@ -307,10 +316,11 @@ def pruned_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
         best, best_at = np.zeros(len(block)), np.full(len(block), -1)
         pool = np.array(pool_ids, dtype=np.intp)
         open_rows = np.flatnonzero(lengths[block] > 0) if pool.size else np.zeros(0, np.intp)
+        pruning = pool.size >= _PRUNE_FROM
         # Against the pool as it stood before the block, level by level.
         scored = _NONE  # pairs row << 32 | pool position scored so far, sorted
         for (level, k), index, prefix, use in zip(_LEVELS, indexes, prefixes, usable,
-                                                  strict=True):
+                                                  strict=True) if pruning else ():
             probed = open_rows[use[lengths[block[open_rows]]]]
             keys, which = _keys(block[probed], prefix[lengths[block[probed]]], k, ranks,
                                 offsets, size)
@@ -418,8 +428,10 @@ class _Index:
 
     def __init__(self) -> None:
         self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.size = 0  # pool texts indexed: positions 0 .. size - 1
 
-    def add(self, keys: np.ndarray, positions: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, positions: np.ndarray, texts: int) -> None:
+        self.size += texts
         while self.runs and len(self.runs[-1][2]) <= 2 * len(positions):
             run_keys, starts, run_positions = self.runs.pop()
             keys = np.concatenate([np.repeat(run_keys, np.diff(starts)), keys])

@@ -22,6 +22,12 @@ SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 VOCAB = [f"w{i}" for i in range(60)] + ["the", "a", "of", "write", "list", "for", "and"]
 
 
+@pytest.fixture(autouse=True)
+def prune_from_the_start(monkeypatch):
+    """Prune at any pool size (by default small pools are scored whole: faster there)."""
+    monkeypatch.setattr(novelty, "_PRUNE_FROM", 0)
+
+
 def planted_stream(rng: random.Random, n: int) -> list[str]:
     """Texts over a small vocabulary: fresh ones, edits of earlier ones, exact copies,
     texts built to score exactly 0.7 or 0.7000000000000001 against an earlier one, and
@@ -172,3 +178,9 @@ def test_signatures_rank_rarest_first_with_occurrences():
     assert common == max(ranks.tolist())
     assert all(t == sorted(t) for t in per_text)
     assert np.unique(ranks).size == 4
+
+
+def test_pruning_starts_once_the_pool_is_large(monkeypatch):
+    monkeypatch.setattr(novelty, "_PRUNE_FROM", 150)
+    rng = random.Random(11)
+    assert_same(planted_stream(rng, 10), planted_stream(rng, 600))
