@@ -308,11 +308,16 @@ def decon_words(rng: random.Random) -> Callable[[int], str]:
     return lambda n: " ".join(rng.choices(words, cum_weights=cumulative, k=n))
 
 
-def decon_data(folder: Path, records: int, docs: int, seed: int) -> tuple[Path, Path, set[str]]:
-    """(dataset JSONL, task folder, ids of the planted records) under `folder`."""
+def decon_data(folder: Path, records: int, docs: int, seed: int, non_ascii: float = 0.0
+               ) -> tuple[Path, Path, set[str]]:
+    """(dataset JSONL, task folder, ids of the planted records) under `folder`.
+
+    A `non_ascii` share of the records gets a curly apostrophe and a dash in its output
+    (drawn from a generator of its own: the data is otherwise the same).
+    """
     import json
 
-    rng = random.Random(seed)
+    rng, typography = random.Random(seed), random.Random(seed + 1)
     words = decon_words(rng)
     questions = [words(rng.randint(15, 40)).capitalize() + "?" for _ in range(docs)]
     task_dir = folder / "tasks"
@@ -330,6 +335,8 @@ def decon_data(folder: Path, records: int, docs: int, seed: int) -> tuple[Path, 
             if rng.random() < 0.01:
                 record["input"] = rng.choice(questions)
                 planted.add(record["id"])
+            if typography.random() < non_ascii:
+                record["output"] = record["output"].replace(" ", "’s ", 1) + " — done"
             handle.write(json.dumps(record) + "\n")
     return folder / "data.jsonl", task_dir, planted
 
@@ -420,6 +427,14 @@ def decon_split(data: Path, documents: dict, config: Any) -> dict[str, float]:
     step(f"exact check + coverage of the {len(found)} sieved records", exact)
     step("the whole gate after reading (check_items)",
          lambda: check_items(items, config, documents=documents))
+    # Before the sieve every record went through normalize_words and match_refs.
+    tokenise, scan = ("before the sieve: normalise every record",
+                      "before the sieve: normalise + n-gram tuples, hashes, lookups (match_refs)")
+    step(tokenise, lambda: [normalize_words(item.text) and None for item in items])
+    step(scan, lambda: [index.match_refs(normalize_words(item.text)) and None
+                        for item in items])
+    split["before the sieve: n-gram tuples, hashes, lookups alone (difference)"] = (
+        split[scan] - split[tokenise])
     return split
 
 
@@ -433,9 +448,11 @@ def decontamination_section(args: argparse.Namespace) -> dict[str, Any]:
 
     records, docs = args.decon_records, args.decon_docs
     results: dict[str, Any] = {"records": records, "docs": docs, "repeats": args.decon_repeats,
+                               "non_ascii": args.decon_non_ascii,
                                "cores": len(os.sched_getaffinity(0)), "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        data, task_dir, planted = decon_data(Path(tmp), records, docs, args.seed)
+        data, task_dir, planted = decon_data(Path(tmp), records, docs, args.seed,
+                                             args.decon_non_ascii)
         documents, render_wall, _ = timed(load_benchmark_docs, ["bench_decontam"], task_dir)
         _, index_wall, _ = timed(BenchmarkIndex, documents, Config())
         rows: list[tuple[str, Callable[..., Any], Any]] = [
@@ -458,7 +475,8 @@ def decontamination_section(args: argparse.Namespace) -> dict[str, Any]:
         print(f"\n{records:,} records ({words:,} words), {len(planted)} holding a benchmark "
               f"question verbatim; a generated lm-eval task of {docs:,} questions (rendered "
               f"in {render_wall:.1f} s; its 13-gram index builds in {index_wall:.2f} s, "
-              f"inside each gate row). Medians of {args.decon_repeats} interleaved runs.\n")
+              f"inside each gate row); {args.decon_non_ascii:.0%} of the records with "
+              f"non-ASCII punctuation. Medians of {args.decon_repeats} interleaved runs.\n")
         print("| step | wall s | CPU s | records/s (CPU) | x baseline (CPU) | planted found "
               "| flagged |")
         print("|---|---|---|---|---|---|---|")
@@ -549,6 +567,8 @@ def main() -> None:
                        help="questions in the generated lm-eval task")
     decon.add_argument("--decon-repeats", type=int, default=3,
                        help="interleaved runs of each row; the table gives medians")
+    decon.add_argument("--decon-non-ascii", type=float, default=0.0,
+                       help="share of records with typographic (non-ASCII) punctuation")
     decon.add_argument("--decon-paraphrase", type=int, default=500,
                        help="records in the paraphrase detector's sample; 0 skips it")
     args = parser.parse_args()

@@ -304,6 +304,11 @@ def normalize_words(text: str) -> list[str]:
     return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
 
 
+def _normalized(text: str) -> str:
+    """`text` as `normalize_words` sees it before splitting it into words."""
+    return unicodedata.normalize("NFKC", text).lower()
+
+
 @dataclass
 class BenchmarkDoc:
     """One evaluation document of one task, as lm-eval renders it."""
@@ -468,7 +473,7 @@ class BenchmarkIndex:
         """
         from distill.evaluate.gram_hash import candidates, encode
 
-        return candidates([encode(text, normalize_words) for text in texts], self.sieves)
+        return candidates([encode(text, _normalized) for text in texts], self.sieves)
 
     def match(self, text: str) -> list[Match]:
         """Every benchmark document `text` overlaps, with the first shared words for each."""

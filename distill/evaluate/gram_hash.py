@@ -11,9 +11,9 @@ equal word sequences always hash equally.
 
 Words are what `contamination.normalize_words` gives: runs of letters and digits after
 NFKC and lowercasing. For an ASCII text that is a byte rule ([A-Za-z0-9], A-Z lowered), so
-its bytes are hashed as they are; other texts are passed in as their normalised words
-joined by spaces (`encode`'s `fallback`), where bytes 0x80-0xFF (inside UTF-8 letters)
-are word bytes too.
+its bytes are hashed as they are. Other texts are normalised in Python (NFKC, lowercase),
+and in their UTF-8 the bytes of non-ASCII characters that are not letters or digits
+(curly quotes, dashes) are turned into spaces; the bytes of the others are word bytes.
 
     sieve = GramSieve([b"gull island at noon ..."], n=13)
     sieve.candidates([text.encode() for text in texts])   # indices of texts to check
@@ -61,11 +61,13 @@ class _Powers:
 _WORD_POWERS = _Powers(_WORD_BASE)
 
 
-def encode(text: str, fallback: Callable[[str], list[str]]) -> bytes:
-    """The bytes whose words are `text`'s normalised words (`fallback` normalises)."""
-    if text.isascii():  # NFKC leaves ASCII as it is; `word_hashes` lowers A-Z
-        return text.encode("ascii")
-    return " ".join(fallback(text)).encode("utf-8")
+def encode(text: str, normalize: Callable[[str], str]) -> bytes:
+    """The bytes whose words (as `word_hashes` splits them) are `text`'s normalised words.
+
+    `normalize` (NFKC, lowercase) is applied to a text that is not ASCII only: NFKC leaves
+    ASCII as it is, and `word_hashes` lowers A-Z itself.
+    """
+    return text.encode("ascii") if text.isascii() else normalize(text).encode("utf-8")
 
 
 def word_hashes(buffer: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +80,9 @@ def word_hashes(buffer: bytes) -> tuple[np.ndarray, np.ndarray]:
     # One non-word byte in front and eight behind: every word has an edge on both sides,
     # and an 8-byte read at any word start stays inside the buffer.
     data = np.frombuffer(b" " + buffer.lower() + b" " * 8, dtype=np.uint8)
+    high = data >= 0x80
+    if high.any():
+        data = _blank_non_word_characters(data, high)
     inside = _WORD_BYTE[data]
     edges = np.flatnonzero(inside[1:] != inside[:-1]) + 1
     starts, ends = edges[0::2], edges[1::2]
@@ -92,6 +97,34 @@ def word_hashes(buffer: bytes) -> tuple[np.ndarray, np.ndarray]:
     hashes *= _MIX
     hashes ^= hashes >> np.uint64(29)
     return hashes, starts - 1
+
+
+# UTF-8 run of non-ASCII characters -> the same with its non-word characters as spaces
+# (None: all are word characters). Runs repeat (’, —, “), so each is worked out once.
+_RUNS: dict[bytes, bytes | None] = {}
+
+
+def _blank_non_word_characters(data: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """`data` with the bytes of non-alphanumeric non-ASCII characters set to spaces.
+
+    Those characters are where `normalize_words` splits; after this the word bytes are
+    exactly the bytes of words.
+    """
+    data = data.copy()
+    edges = np.flatnonzero(high[1:] != high[:-1]) + 1  # high[0] is the leading space
+    for start, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+        run = data[start:end].tobytes()
+        if run not in _RUNS:
+            if len(_RUNS) > 100_000:
+                _RUNS.clear()
+            chars = run.decode("utf-8")  # a run of bytes >= 0x80 holds whole characters
+            _RUNS[run] = None if chars.isalnum() else "".join(
+                c if c.isalnum() else " " * len(c.encode("utf-8")) for c in chars
+            ).encode("utf-8")
+        blanked = _RUNS[run]
+        if blanked is not None:
+            data[start:end] = np.frombuffer(blanked, dtype=np.uint8)
+    return data
 
 
 def gram_hashes(words: np.ndarray, n: int) -> np.ndarray:

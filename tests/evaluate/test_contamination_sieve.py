@@ -15,6 +15,7 @@ from distill.evaluate.contamination import (
     BenchmarkIndex,
     Config,
     TextItem,
+    _normalized,
     check_items,
     normalize_words,
 )
@@ -62,7 +63,9 @@ def gate_findings(items, config, documents):
 
 
 def phrase(rng, count):
-    return " ".join(rng.choice(WORDS + WEIRD[:3]) for _ in range(count))
+    # Some non-ASCII words and punctuation (split off as normalize_words splits them).
+    return " ".join(rng.choice(WORDS + WEIRD[:3] + ["don’t", "—", "“so”"])
+                    for _ in range(count))
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +147,12 @@ def test_a_hash_collision_costs_a_check_not_a_finding():
 @pytest.mark.parametrize("text", [
     "Gull  Island, at NOON!\n(really)", "snake_case_WORD", "ｆｕｌｌ-width 3+4=7", "naïve café",
     "ÅNGSTRÖM ΟΔΟΣ İstanbul Straße", "x" * 40 + " y", "", "a", "\tTabs\tand\r\nCRLF",
-    "l'été — déjà vu", "ﬁne ligature", "caf\u00e9 cafe\u0301",
+    "l'été — déjà vu", "ﬁne ligature", "caf\u00e9 cafe\u0301", "don’t “quote”", "a\u00a0b",
+    "①② ½ ǅ ﬀ", "日本語のテキスト、句読点。", "x\u200by", "ÉCOLE_normale", "a\u0301\u0301_b",
 ])
 def test_word_hashes_split_text_as_normalize_words_does(text):
     words = normalize_words(text)
-    hashes, _ = word_hashes(encode(text, normalize_words))
+    hashes, _ = word_hashes(encode(text, _normalized))
     assert len(hashes) == len(words)
     joined, _ = word_hashes(" ".join(words).encode("utf-8"))
     assert hashes.tolist() == joined.tolist()
