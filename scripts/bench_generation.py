@@ -5,10 +5,12 @@
     .venv/bin/python scripts/bench_generation.py --model Qwen/Qwen2.5-0.5B-Instruct \
         --requests 1024 --max-tokens 256 --only vllm         # on a GPU, a hub model
 
-Every comparison runs the same prompts with the same sampling parameters, its two sides
-interleaved (A B, B A, A B, ...: drift and warm caches fall on both) and reports medians;
-a ratio is the baseline's median wall time over distill's, so 1.00 is parity and above 1
-is faster than the baseline.
+Every comparison runs the same prompts with the same sampling parameters, its sides
+interleaved (A B, B A, A B, ...: drift and warm caches fall on both), and reports median
+wall and process CPU seconds and distill's speed against each baseline: the median over
+repeats of baseline seconds / distill seconds (1.00 is parity, above 1 is faster than the
+baseline). Set VLLM_ENABLE_V1_MULTIPROCESSING=0 on CPU so that vLLM's engine runs in this
+process and its CPU time is counted.
 
 1. vllm backend: `VLLMBackend.generate` against raw `LLM.generate` on the backend's own
    engine (built once, shared; prefix cache reset before every call), so only the
@@ -17,7 +19,10 @@ is faster than the baseline.
    `SamplingParams` built before its clock starts (the engine alone: the strictest
    baseline), and as chat messages through `LLM.chat` (vLLM renders and tokenises: what a
    raw vLLM user writes). Raw's texts and token counts must equal the backend's. 1a times
-   the prompt encoding alone: one batched call against one call per request.
+   the prompt encoding alone: one batched call against one call per request; 1b the
+   backend's own work outside `LLM.generate` (encoding, `SamplingParams`, converting the
+   outputs), timed alone, as a share of raw's time: the bound on the ratio that load on a
+   shared machine does not blur.
 2. the generation stage: `GenerationContext.generate` (chunks of --chunk-size requests,
    each a shard written to a fresh checkpoint directory) against one raw call over all
    prompts, and against raw calls over the same chunks (what checkpointing alone costs).
@@ -39,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,24 +66,47 @@ def build_requests(count: int, temperature: float, max_tokens: int) -> list[Gene
         for i, t in enumerate(tasks)]
 
 
-def interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median wall seconds of each side, the sides run in turn, their order alternating."""
+@dataclass
+class Timing:
+    """One side's timed runs: wall and process CPU seconds, one entry per repeat."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+def interleaved(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
+    """Each side's timings, the sides run in turn, their order alternating by repeat."""
     names = list(sides)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times = {name: Timing() for name in names}
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else reversed(names):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             sides[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].cpu.append(time.process_time() - cpu)
+            times[name].wall.append(time.perf_counter() - wall)
+    return times
 
 
-def report(title: str, medians: dict[str, float], ours: str) -> None:
-    """Print each side's median and the ratio baseline / distill."""
+def report(title: str, times: dict[str, Timing], ours: str) -> None:
+    """Print each side's medians and distill's speed relative to it.
+
+    The ratio is the median over repeats of baseline seconds / distill seconds within a
+    repeat (the two ran back to back, so a burst of load elsewhere falls on both), for
+    wall time and for this process's CPU time (what the work cost here, less sensitive to
+    other processes on a shared machine; it misses work in other processes, such as
+    vLLM's engine core when multiprocessing is on, or the GPU's).
+    """
     print(f"\n== {title}")
-    for name, seconds in medians.items():
-        ratio = "" if name == ours else f"   distill vs this: {seconds / medians[ours]:.3f}x"
-        print(f"  {name:<34} {seconds:8.3f} s{ratio}")
+    print(f"  {'':<34} {'wall s':>8} {'cpu s':>8}   distill vs this (wall, cpu)")
+    mine = times[ours]
+    for name, timing in times.items():
+        line = (f"  {name:<34} {statistics.median(timing.wall):8.3f} "
+                f"{statistics.median(timing.cpu):8.3f}")
+        if name != ours:
+            wall = statistics.median(b / a for a, b in zip(mine.wall, timing.wall, strict=True))
+            cpu = statistics.median(b / a for a, b in zip(mine.cpu, timing.cpu, strict=True))
+            line += f"   {wall:.3f}x  {cpu:.3f}x"
+        print(line)
 
 
 # ---------------------------------------------------------------- 1 + 2: vLLM
@@ -115,20 +144,22 @@ def bench_vllm(args: argparse.Namespace, model: str, requests: list[GenerationRe
             return backend.generate(requests)
 
         tokenizer, template = backend.tokenizer, backend.chat_template
-        medians = interleaved({
+        times = interleaved({
             "encode_requests (one call)": lambda: encode_requests(tokenizer, requests, template),
             "encode_request per request": lambda: [encode_request(tokenizer, r, template)
                                                    for r in requests]}, args.repeats)
-        report(f"1a. prompt encoding alone, {len(requests)} chats", medians,
+        report(f"1a. prompt encoding alone, {len(requests)} chats", times,
                "encode_requests (one call)")
 
         same_ids = same_outputs(ours(), raw_ids())
         same_chat = same_outputs(ours(), raw_chat())
-        medians = interleaved({"distill vllm backend": ours, "raw LLM.generate(token ids)": raw_ids,
-                               "raw LLM.chat(messages)": raw_chat}, args.repeats)
+        times = interleaved({"distill vllm backend": ours, "raw LLM.generate(token ids)": raw_ids,
+                             "raw LLM.chat(messages)": raw_chat}, args.repeats)
         report(f"1. vllm backend, {len(requests)} chats, max_tokens {args.max_tokens}",
-               medians, "distill vllm backend")
+               times, "distill vllm backend")
         print(f"  outputs equal raw's: token-id prompts {same_ids}, LLM.chat {same_chat}")
+        own_work(backend, requests, raw_ids(), statistics.median(
+            times["raw LLM.generate(token ids)"].wall), args.repeats)
 
         size = args.chunk_size
         chunks = [slice(i, i + size) for i in range(0, len(requests), size)]
@@ -146,14 +177,38 @@ def bench_vllm(args: argparse.Namespace, model: str, requests: list[GenerationRe
                 prompts[part], params[part], use_tqdm=False)]
 
         same_stage = same_outputs(stage(), raw_ids())
-        medians = interleaved({"distill generation stage": stage,
+        times = interleaved({"distill generation stage": stage,
                                "raw LLM.generate, one call": raw_ids,
                                f"raw LLM.generate per {size}-chunk": raw_chunks}, args.repeats)
         report(f"2. generation stage, chunk size {size} ({len(chunks)} chunks, shards written)",
-               medians, "distill generation stage")
+               times, "distill generation stage")
         print(f"  outputs equal raw's: {same_stage}")
     finally:
         backend.close()
+
+
+def own_work(backend: Any, requests: list[GenerationRequest], outputs: list[Any],
+             raw_seconds: float, repeats: int) -> None:
+    """Time what the backend does besides `LLM.generate`, alone, against the engine's time.
+
+    On a shared machine the end-to-end ratio of 1 swings by several per cent from call to
+    call; this pure-Python work does not, so it bounds the ratio on a quiet machine:
+    raw / (raw + own work).
+    """
+    def inputs() -> Any:
+        backend._check_top_logprobs(requests)
+        return backend.engine_inputs(requests)
+
+    times = interleaved({"engine_inputs": inputs,
+                         "generations": lambda: backend.generations(requests, outputs)},
+                        max(repeats, 15))
+    own = sum(statistics.median(t.wall) for t in times.values())
+    print(f"\n== 1b. the backend's own work per call, outside LLM.generate, "
+          f"{len(requests)} requests")
+    for name, timing in times.items():
+        print(f"  {name:<34} {1000 * statistics.median(timing.wall):8.1f} ms")
+    print(f"  {own / raw_seconds:.2%} of raw LLM.generate's median wall time: distill's "
+          f"speed vs raw bounded by {raw_seconds / (raw_seconds + own):.3f}x")
 
 
 def same_outputs(generations: list[Generation], outputs: list[Any]) -> bool:
@@ -204,10 +259,10 @@ def bench_hf(args: argparse.Namespace, model: str, requests: list[GenerationRequ
                 return model_generate(do_sample)
 
             ours()  # warm-up
-            medians = interleaved({"distill hf backend": ours,
-                                   "batched model.generate": baseline}, args.repeats)
+            times = interleaved({"distill hf backend": ours,
+                                 "batched model.generate": baseline}, args.repeats)
             report(f"3. hf backend, {label}, {len(requests)} chats, batch {args.batch_size}",
-                   medians, "distill hf backend")
+                   times, "distill hf backend")
             if temperature == 0:
                 same = [g.text for g in ours()] == baseline()
                 print(f"  greedy texts identical to model.generate's: {same}")

@@ -238,15 +238,28 @@ class VLLMBackend:
             return []
         if self.llm is None:
             raise RuntimeError("VLLMBackend is closed")
-        from vllm.inputs import TokensPrompt
-
         self._check_top_logprobs(requests)
-        encoded = encode_requests(self.tokenizer, requests, self.chat_template)
-        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in encoded]
-        params = [self.sampling_params(r) for r in requests]
+        prompts, params = self.engine_inputs(requests)
         use_tqdm = _progress_bar_factory(progress) if progress is not None else False
         outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm,
                                     lora_request=self.lora_request)
+        return self.generations(requests, outputs)
+
+    def engine_inputs(self, requests: list[GenerationRequest]) -> tuple[list[Any], list[Any]]:
+        """The `TokensPrompt`s and `SamplingParams` that `LLM.generate` gets for `requests`.
+
+        The prompts are encoded in one batch (`encode_requests`), the way that costs the
+        least next to the engine (scripts/bench_generation.py).
+        """
+        from vllm.inputs import TokensPrompt
+
+        encoded = encode_requests(self.tokenizer, requests, self.chat_template)
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in encoded]
+        return prompts, [self.sampling_params(r) for r in requests]
+
+    def generations(self, requests: list[GenerationRequest],
+                    outputs: list[Any]) -> list[Generation]:
+        """`LLM.generate`'s outputs for `requests` as generations, in request order."""
         generations = []
         for request, output in zip(requests, outputs, strict=True):
             prompt_tokens = len(output.prompt_token_ids or [])
