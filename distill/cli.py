@@ -3,6 +3,7 @@
     distill run recipes/quickstart.yaml [key.sub=value ...] [--force STAGE] [--quiet]
     distill run recipes/alpaca.yaml --profile smoke    a recipe's small first try
     distill validate recipes/x.yaml [--profile P]      check a recipe without running it
+    distill plan recipes/x.yaml [--from runs/<name>]  requests, tokens, time, cost; no model
     distill show runs/<name>               rounds, stages, fingerprints, counts, scores
     distill report runs/<name>             (re)write runs/<name>/report.md
     distill schema                         the recipe's JSON Schema, for editors
@@ -16,7 +17,8 @@ Bad input exits with code 2 and one line per problem; nothing is printed as a tr
 unless the failure is a bug, and then the traceback goes to the run's log file. `run` and
 `validate` make the same checks (`_load`), so `run` refuses bad input before any stage;
 `run` then holds the run directory's lock (`distill.runlock`) until it exits, and a
-second `run` of the same directory exits with 2, naming the holder.
+second `run` of the same directory exits with 2, naming the holder. A run that a `budget:` cap
+stopped exits with 4 (distill.budget); rerunning with a higher cap resumes it.
 """
 
 from __future__ import annotations

@@ -233,6 +233,13 @@ class Planner:
                                     "generation")
         for round_index in range(first, recipe.rounds.count):
             lines += [self._line(round_index, a) for a in asked]
+        bases = {line.completion_basis.startswith("measured") for line in lines}
+        if False in bases:
+            self.assumptions.append(f"completion tokens: {self.fill:g} of max_tokens per "
+                                    "request (--fill) where no run measured them")
+        if True in bases:
+            self.assumptions.append(f"completion tokens: the mean per request of each key "
+                                    f"that {self.measured.run} measured")
         if recipe.rounds.count - first > 1:
             self.assumptions.append("every round asks what round 0 asks (same counts and "
                                     "lengths, whichever model is the teacher)")
