@@ -15,8 +15,8 @@ its bytes are hashed as they are. Other texts are normalised in Python (NFKC, lo
 and in their UTF-8 the bytes of non-ASCII characters that are not letters or digits
 (curly quotes, dashes) are turned into spaces; the bytes of the others are word bytes.
 
-    sieve = GramSieve([b"gull island at noon ..."], n=13)
-    sieve.candidates([text.encode() for text in texts])   # indices of texts to check
+    sieve = GramSieve([b"gull island at noon ..."], n=13)         # the benchmark's runs
+    candidates([encode(t, normalize) for t in texts], [sieve])   # indices of texts to check
 """
 
 from __future__ import annotations
@@ -46,16 +46,17 @@ class _Powers:
 
     def __init__(self, base: int):
         self.base, self.inverse = np.uint64(base), np.uint64(pow(base, -1, 2**64))
-        self.up = self.down = np.ones(1, dtype=np.uint64)
+        self.tables = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
 
     def get(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.up) < length:
-            size = max(length, 2 * len(self.up))
-            self.up = np.ones(size, dtype=np.uint64)
-            self.down = np.ones(size, dtype=np.uint64)
-            np.cumprod(np.full(size - 1, self.base), out=self.up[1:])
-            np.cumprod(np.full(size - 1, self.inverse), out=self.down[1:])
-        return self.up[:length], self.down[:length]
+        up, down = self.tables  # replaced whole, so threads never see half a growth
+        if len(up) < length:
+            size = max(length, 2 * len(up))
+            up, down = np.ones(size, dtype=np.uint64), np.ones(size, dtype=np.uint64)
+            np.cumprod(np.full(size - 1, self.base), out=up[1:])
+            np.cumprod(np.full(size - 1, self.inverse), out=down[1:])
+            self.tables = (up, down)
+        return up[:length], down[:length]
 
 
 _WORD_POWERS = _Powers(_WORD_BASE)
@@ -156,7 +157,7 @@ def _owners(runs: np.ndarray, n: int, starts: np.ndarray, buffer_starts: np.ndar
 
 
 class GramSieve:
-    """The hashes of indexed word runs of one length, and a bit table in front of them."""
+    """The sorted hashes of indexed word runs of one length, and a table in front of them."""
 
     def __init__(self, pieces: Sequence[bytes], n: int, *, whole: bool = False):
         """Index every `n`-word run of each piece, or with `whole` only its first `n` words."""
@@ -195,8 +196,8 @@ def candidates(buffers: Sequence[bytes], sieves: Sequence[GramSieve]) -> list[in
     words, starts, buffer_starts = _words(buffers)
     found: set[int] = set()
     for sieve in sieves:
-        # Owners are looked up for the hits only: a run across two texts may hit (a
-        # needless exact check); it is dropped here, as the texts' own runs decide.
+        # Owners are looked up for the hits only. A run across two texts (a hit only by
+        # chance) is dropped: each text's own runs decide.
         hits = sieve.hits(gram_hashes(words, sieve.n))
         found.update(_owners(hits, sieve.n, starts, buffer_starts)[1].tolist())
     return sorted(found)
