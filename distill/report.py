@@ -30,7 +30,6 @@ def write_report(run_dir: str | Path) -> Path:
                   f"data policy `{recipe['rounds']['data_policy']}`, next teacher "
                   f"`{recipe['rounds']['next_teacher']}`, seed {recipe['seed']}.", ""]
     lines += _budget_section(run_dir)
-    lines += _budget_section(run_dir)
     lines += _summary_table(by_round)
     from distill.flywheel.report import flywheel_section
 
@@ -69,19 +68,6 @@ def main_scores(manifest: dict[str, Any] | None) -> dict[str, float]:
                 if isinstance(value, int | float) and "stderr" not in metric:
                     flat[f"{task}/{metric}"] = value
     return flat
-
-
-def _budget_section(run_dir: Path) -> list[str]:
-    """Where a budget cap stopped the run (`budget.json`, written by the runner), if one did."""
-    path = run_dir / "budget.json"
-    if not path.exists():
-        return []
-    stop = read_json(path)
-    spent = ", ".join(f"{key} {value:g}" for key, value in stop.get("spent", {}).items())
-    return [f"**Stopped by the budget:** `budget.{stop['cap']}` ({stop['limit']:g}) was reached "
-            f"at {stop['where']} (spent: {spent}). The stage is not committed; its finished "
-            f"chunks are kept, and rerunning with a higher `budget.{stop['cap']}` resumes it.",
-            ""]
 
 
 def _budget_section(run_dir: Path) -> list[str]:
