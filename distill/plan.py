@@ -497,7 +497,7 @@ def print_plan(plan: Plan, console: Any) -> None:
     if totals["wall_time_s"] is not None:
         summary += f", about {totals['wall_time_s'] / 60:.1f} min of teacher time"
     if totals["cost"] is not None:
-        summary += f", cost {totals['cost']:.2f}"
+        summary += f", cost {totals['cost']:.4g} (teacher.price's currency)"
     console.print(summary)
     console.print("assumptions:")
     for assumption in plan.assumptions:
