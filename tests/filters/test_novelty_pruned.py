@@ -9,7 +9,11 @@ actually leaves pairs out.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +188,22 @@ def test_pruning_starts_once_the_pool_is_large(monkeypatch):
     monkeypatch.setattr(novelty, "_PRUNE_FROM", 150)
     rng = random.Random(11)
     assert_same(planted_stream(rng, 10), planted_stream(rng, 600))
+
+
+def test_bench_scale_mode_finds_no_differences():
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_novelty.py"
+    done = subprocess.run([sys.executable, str(script), "--scale", "--check-n", "600",
+                           "--sizes", "300,600"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "differing decisions: 0; differing max scores: 0; differing most similar: 0" \
+        in done.stdout
+    assert "pruned scan alone" in done.stdout
+
+
+@pytest.mark.parametrize("dense_cost", [0.0, 1e9])
+def test_pairs_scored_all_at_once_or_query_by_query_give_the_same(dense_cost, monkeypatch):
+    """0 scores every level's pairs as one dense matrix, 1e9 one query at a time."""
+    monkeypatch.setattr(novelty, "_DENSE_PAIR_COST", dense_cost)
+    rng = random.Random(21)
+    assert_same(planted_stream(rng, 15), planted_stream(rng, 500))
