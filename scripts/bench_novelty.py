@@ -12,9 +12,9 @@ and prints both times, the speed ratio and the number of differing decisions (an
 differing maximum scores). Then it runs distill's filter alone on growing prefixes of a
 bigger stream (by default 5,000, 20,000 and 50,000 instructions) to show how its cost grows.
 
-`--scale` instead measures the pruning at scale: the full scan (every pair scored, the
-filter before pruning, `novelty.full_scan`) against the pruned scan the filter runs
-(`novelty.pruned_scan`) on one stream (50,000 by default; interleaved repeats, medians),
+`--scale` instead measures exact pruning at scale: the full scan (every pair scored,
+`novelty.full_scan`, what the filter runs) against the pruned scan (`novelty.pruned_scan`,
+the same outputs from fewer pairs) on one stream (50,000 by default; interleaved repeats, medians),
 with the differing decisions, maximum scores and most similar instructions (all must be
 0), then the pruned scan alone on growing streams (10K, 50K, 200K, 1M by default), each
 skipped when its predicted time would overrun `--budget` seconds.

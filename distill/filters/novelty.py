@@ -20,15 +20,17 @@ The decisions and scores are exactly those of
 
 What is fast: Alpaca ran a pure-Python dynamic programme per pair, O(N^2) pairs. Here each
 distinct token becomes one character, so an instruction is a short string and the token
-LCS is rapidfuzz's bit-parallel `LCSseq` (a few machine words per pair), in C++; the
-F-measures follow in numpy. And only the pool instructions that could hold a candidate's
-maximum are scored (`pruned_scan`): the LCS is at most the two token multisets' overlap,
-so prefix filtering over an inverted index of rare-token combinations finds every pool
-instruction whose F-measure could reach a level (0.85, 0.7, 0.55, then 0.01); when the
-best of those is above the level it is the exact maximum, otherwise the next level or, in
-the end, the whole pool is scored. The recorded maximum and most similar instruction are
-therefore exact, not only the decision; `full_scan`, which scores every pair, is kept as
-the reference the tests and scripts/bench_novelty.py compare with.
+LCS is rapidfuzz's bit-parallel `LCSseq` (a few machine words per pair), computed in C++
+for a block of candidates against the whole pool at once (`process.cdist`, all cores);
+the F-measures follow in numpy (`full_scan`). Every pair is scored, so the recorded
+maximum and most similar instruction are exact, not only the decision.
+
+`pruned_scan` gives the same result bit for bit while scoring only the pool instructions
+that could hold each maximum (prefix filtering, below). It is not what the filter runs:
+because the recorded maximum must stay exact, a candidate whose maximum is low has to
+look at most of the pool, and measured on 2 cores it was slower than the full scan both
+on scripts/bench_novelty.py's templated stream (0.7-0.8x at 10K-200K instructions) and
+on a Zipf-vocabulary stream of novel texts (0.1x at 50K); see docs/perf_novelty.md.
 
     filters:
       - kind: novelty
@@ -316,11 +318,11 @@ def pruned_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
         best, best_at = np.zeros(len(block)), np.full(len(block), -1)
         pool = np.array(pool_ids, dtype=np.intp)
         open_rows = np.flatnonzero(lengths[block] > 0) if pool.size else np.zeros(0, np.intp)
-        pruning = pool.size >= _PRUNE_FROM
-        # Against the pool as it stood before the block, level by level.
+        # Against the pool as it stood before the block, level by level; a small pool is
+        # scored whole (below), which is faster there than probing.
+        levels = zip(_LEVELS, indexes, prefixes, usable, strict=True)
         scored = _NONE  # pairs row << 32 | pool position scored so far, sorted
-        for (level, k), index, prefix, use in zip(_LEVELS, indexes, prefixes, usable,
-                                                  strict=True) if pruning else ():
+        for (level, k), index, prefix, use in levels if pool.size >= _PRUNE_FROM else ():
             probed = open_rows[use[lengths[block[open_rows]]]]
             keys, which = _keys(block[probed], prefix[lengths[block[probed]]], k, ranks,
                                 offsets, size)
@@ -552,7 +554,7 @@ class NoveltyFilter:
         threshold = self.config.threshold
         texts = [text for _, text in self._seeds] + [self._text(r) for r in records]
         ids = [seed_id for seed_id, _ in self._seeds] + [r.id for r in records]
-        replay = pruned_scan(texts[:len(self._seeds)], texts[len(self._seeds):], threshold)
+        replay = full_scan(texts[:len(self._seeds)], texts[len(self._seeds):], threshold)
         return [Verdict(keep=keep, reason="" if keep else f"rouge_l>{threshold:g}",
                         scores={"rouge_l_max": score,
                                 "most_similar": texts[similar] if similar >= 0 else None,
