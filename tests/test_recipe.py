@@ -50,6 +50,14 @@ def test_minimal_recipe_gets_documented_defaults(tmp_path):
     assert recipe.teacher.backend == "hf" and recipe.teacher.model == "org/teacher"
     assert recipe.student.lora is not None
     assert [f.kind for f in recipe.filters] == ["heuristics", "novelty"]
+    assert recipe.teacher.checkpoint_every == 64
+
+
+def test_vllm_teacher_checkpoints_in_chunks_that_keep_its_batches_full(tmp_path):
+    path = write_recipe(tmp_path, MINIMAL)
+    assert load_recipe(path, ["teacher.backend=vllm"]).teacher.checkpoint_every == 1024
+    chosen = load_recipe(path, ["teacher.backend=vllm", "teacher.checkpoint_every=48"])
+    assert chosen.teacher.checkpoint_every == 48
 
 
 @pytest.mark.parametrize(("change", "expected"), [
