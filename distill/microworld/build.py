@@ -2,8 +2,8 @@
 
     distill microworld build                 # or: python scripts/build_microworld.py
     from distill.microworld.build import build_models, resolve_model_ref
-    paths = build_models()                   # {"teacher": Path, "student": Path, "thinker": Path}
-    resolve_model_ref("microworld:teacher")  # builds on first use, then reads the cache
+    paths = build_models()                   # {"teacher": Path, "student": Path}
+    resolve_model_ref("microworld:thinker")  # builds on first use, then reads the cache
 
 The models share one tokenizer (byte-level BPE with single-digit numbers, trained on
 microworld text) and the project's chat template. The teacher (a 2-layer Llama, head
@@ -22,6 +22,10 @@ benchmark item.
 The result lives in `$DISTILL_CACHE/microworld/<hash>` (default `~/.cache/distill`),
 where the hash covers the build config and `BUILD_VERSION`; it is built in a temporary
 directory and renamed into place, under a file lock, so concurrent callers build once.
+The thinker is built only when asked for (`models=` or `microworld:thinker`), into
+`<hash>/thinker` the same way: the quickstart needs the teacher and student alone, and
+the thinker's phase is a third of a cold start's build time. Its bytes do not depend on
+when it is built: its data, seeds and starting weights are the base build's.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     from distill.microworld.corpus import Document
 
 MODEL_NAMES = ("teacher", "student", "thinker")
+BASE_MODELS = ("teacher", "student")  # what a build makes; the thinker follows on demand
 
 
 
@@ -141,8 +146,9 @@ def cache_root() -> Path:
 
 
 def build_models(cache_dir: Path | None = None, seed: int = 0, force: bool = False, *,
-                 config: BuildConfig | None = None, quiet: bool = False) -> dict[str, Path]:
-    """Build (or find cached) the teacher and student; returns {"teacher": dir, "student": dir}.
+                 config: BuildConfig | None = None, quiet: bool = False,
+                 models: tuple[str, ...] = BASE_MODELS) -> dict[str, Path]:
+    """Build (or find cached) the models asked for; returns {name: directory}.
 
     Args:
         cache_dir: where builds live (default `cache_root()`); each in `<hash>/`.
@@ -150,28 +156,42 @@ def build_models(cache_dir: Path | None = None, seed: int = 0, force: bool = Fal
         force: rebuild even when a finished build exists.
         config: the full build config (default `BuildConfig(seed=seed)`).
         quiet: no progress output.
+        models: names from `MODEL_NAMES`; the teacher and student are always built.
     """
+    unknown = sorted(set(models) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown microworld models {unknown}: choose from {MODEL_NAMES}")
     config = config or BuildConfig(seed=seed)
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     root.mkdir(parents=True, exist_ok=True)
     target = root / config.fingerprint()
-    paths = {name: target / name for name in MODEL_NAMES}
     with _lock(root / f"{target.name}.lock"):
-        if (target / "microworld.json").is_file() and not force:
-            return paths
-        work = root / f".tmp-{target.name}-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        try:
-            report = _build(config, work, quiet=quiet)
+        if force or not (target / "microworld.json").is_file():
             # microworld.json last: a directory without it is an unfinished build.
-            (work / "microworld.json").write_text(json.dumps(report, indent=2) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(work, target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return paths
+            _build_into(target, lambda work: _write_report(work, _build(config, work,
+                                                                        quiet=quiet)))
+        if "thinker" in models and (force or not (target / "thinker").is_dir()):
+            _build_into(target / "thinker",
+                        lambda work: _build_thinker(config, target, work, quiet=quiet))
+    return {name: target / name for name in (*BASE_MODELS, *models)}
+
+
+def _build_into(target: Path, build: Any) -> None:
+    """Run `build(work_dir)` in a temporary sibling of `target`, then rename it into place."""
+    work = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        build(work)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_report(work: Path, report: dict[str, Any]) -> None:
+    (work / "microworld.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def resolve_model_ref(ref: str, cache_dir: Path | None = None) -> Path:
@@ -180,7 +200,7 @@ def resolve_model_ref(ref: str, cache_dir: Path | None = None) -> Path:
     if prefix != "microworld" or name not in MODEL_NAMES:
         raise ValueError(f"not a microworld model reference: {ref!r} "
                          f"(use one of {[f'microworld:{n}' for n in MODEL_NAMES]})")
-    return build_models(cache_dir)[name]
+    return build_models(cache_dir, models=(name,))[name]
 
 
 class _lock:
@@ -238,23 +258,36 @@ def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
             stats[name] = train_model(docs, tokenizer, spec, out / name, seed=config.seed,
                                       mask_prompts=masked, progress=report)
             timings[name] = stats[name]["seconds"]
-
-        # The thinker: the teacher, trained on to think.
-        bar = progress.add_task("thinker", total=config.thinker.steps, loss="")
-
-        def report_thinker(done: int, total: int, loss: float) -> None:
-            progress.update(bar, completed=done, loss=f"loss {loss:.3f}")
-
-        stats["thinker"] = train_model(
-            reasoning_documents(config, held_out, tokenizer), tokenizer, config.thinker,
-            out / "thinker", seed=config.seed, mask_prompts=teacher_masked | {"reasoning"},
-            progress=report_thinker, init_dir=out / "teacher")
-        timings["thinker"] = stats["thinker"]["seconds"]
     timings["total"] = time.perf_counter() - started
     return {"fingerprint": config.fingerprint(), "build_version": BUILD_VERSION,
             "config": config.as_dict(), "stats": stats,
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "cpus": _cpus(), "held_out_items": len(held_out)}
+
+
+def _build_thinker(config: BuildConfig, base: Path, out: Path, *, quiet: bool) -> None:
+    """The thinker: the base build's teacher, trained on to think; stats in build.json."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers import AutoTokenizer
+
+    from distill.microworld.benchmark import benchmark_keys
+    from distill.microworld.train import train_model
+
+    tokenizer = AutoTokenizer.from_pretrained(base / "teacher")
+    masked = {"reasoning"} | (set() if config.teacher_learns_user_turns else {"chat"})
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TextColumn("{task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, disable=quiet, transient=False) as progress:
+        bar = progress.add_task("thinker", total=config.thinker.steps, loss="")
+
+        def report(done: int, total: int, loss: float) -> None:
+            progress.update(bar, completed=done, loss=f"loss {loss:.3f}")
+
+        stats = train_model(reasoning_documents(config, benchmark_keys(), tokenizer), tokenizer,
+                            config.thinker, out, seed=config.seed, mask_prompts=masked,
+                            progress=report, init_dir=base / "teacher")
+    (out / "build.json").write_text(json.dumps({"fingerprint": config.fingerprint(),
+                                                "stats": stats, "cpus": _cpus()}, indent=2) + "\n")
 
 
 def reasoning_documents(config: BuildConfig, held_out: set[tuple[str, str]], tokenizer

@@ -29,9 +29,9 @@ def build(
         "the traces the thinker writes under the reasoning prompt.")] = False,
 ) -> None:
     """Build (or find cached) the teacher, student and thinker; print their directories."""
-    from distill.microworld.build import build_models
+    from distill.microworld.build import MODEL_NAMES, build_models
 
-    paths = build_models(cache_dir, seed=seed, force=force)
+    paths = build_models(cache_dir, seed=seed, force=force, models=MODEL_NAMES)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
     if evaluate:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 def _build_and_locate(name: str) -> str:
     from distill.microworld.build import build_models
 
-    return str(build_models()[name])
+    return str(build_models(models=(name,))[name])
 
 
 # built here from scratch, from data generated here: the cards name the project's licence

@@ -326,7 +326,7 @@ def test_the_microworld_thinker_through_the_hf_backend_gives_verified_traces(tmp
     from distill.microworld.families.steps import check_trace
     from distill.microworld.tasks import check
 
-    teacher = build_models(quiet=True)["thinker"]
+    teacher = build_models(quiet=True, models=("thinker",))["thinker"]
     backend = HFBackend(str(teacher), batch_size=64, seed=0, dtype="float32")
     config = Config.model_validate({
         "problems": {"generator": "microworld", "count": 24}, "checker": "microworld",

@@ -18,7 +18,7 @@ from distill.microworld.build import (
 @pytest.fixture(scope="module")
 def tiny_build(tmp_path_factory):
     cache = tmp_path_factory.mktemp("microworld-cache")
-    return cache, build_models(cache, config=BuildConfig.tiny(), quiet=True)
+    return cache, build_models(cache, config=BuildConfig.tiny(), quiet=True, models=MODEL_NAMES)
 
 
 def test_build_writes_loadable_models_with_chat_template(tiny_build) -> None:
@@ -47,11 +47,27 @@ def test_build_is_cached_and_atomic(tiny_build) -> None:
     cache, paths = tiny_build
     weights = paths["teacher"] / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    assert build_models(cache, config=BuildConfig.tiny(), quiet=True) == paths
+    assert build_models(cache, config=BuildConfig.tiny(), quiet=True, models=MODEL_NAMES) == paths
     assert weights.stat().st_mtime_ns == stamp  # not rebuilt
     assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
     other = build_models(cache, config=BuildConfig.tiny(seed=1), quiet=True)
     assert other["teacher"].parent != paths["teacher"].parent
+
+
+def test_thinker_is_built_only_when_asked_for(tmp_path) -> None:
+    config = BuildConfig.tiny()
+    paths = build_models(tmp_path, config=config, quiet=True)
+    assert set(paths) == {"teacher", "student"}
+    base = paths["teacher"].parent
+    assert not (base / "thinker").exists()
+    stamp = (paths["teacher"] / "model.safetensors").stat().st_mtime_ns
+    thinker = build_models(tmp_path, config=config, quiet=True, models=("thinker",))["thinker"]
+    assert thinker == base / "thinker" and (thinker / "model.safetensors").is_file()
+    stats = json.loads((thinker / "build.json").read_text())["stats"]
+    assert stats["steps"] == config.thinker.steps
+    assert (paths["teacher"] / "model.safetensors").stat().st_mtime_ns == stamp  # base kept
+    with pytest.raises(ValueError, match="oracle"):
+        build_models(tmp_path, config=config, quiet=True, models=("oracle",))
 
 
 def test_fingerprint_follows_config() -> None:

@@ -156,7 +156,7 @@ def test_benchmark_scores_the_answer_after_the_trace(reply: str, right: bool) ->
 def thinker_dir():
     from distill.microworld.build import build_models
 
-    return build_models(quiet=True)["thinker"]  # cached after the first build
+    return build_models(quiet=True, models=("thinker",))["thinker"]  # cached after the first build
 
 
 def test_the_thinker_writes_checkable_traces_under_the_reasoning_prompt(thinker_dir) -> None:
