@@ -49,11 +49,7 @@ def metric_plot(series: dict[str, dict[int, list[float]]], metric: str, path: Pa
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     axes.set_title(title or f"{metric}: mean over seeds, band min-max", fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def histogram_plot(histograms: dict[int, dict[str, Any]], title: str, path: Path) -> Path:
@@ -73,11 +69,7 @@ def histogram_plot(histograms: dict[int, dict[str, Any]], title: str, path: Path
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def curves_plot(curves: dict[str, list[tuple[int, float]]], ylabel: str, title: str,
@@ -93,11 +85,7 @@ def curves_plot(curves: dict[str, list[tuple[int, float]]], ylabel: str, title: 
     axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def funnel_plot(funnels: dict[str, list[tuple[str, int]]], path: Path) -> Path:
@@ -123,11 +111,7 @@ def funnel_plot(funnels: dict[str, list[tuple[str, int]]], path: Path) -> Path:
     axes.set_title("The funnel: examples left after each step", fontsize=9)
     axes.grid(alpha=0.3, axis="x")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 PAGE_STYLE = ("body{font-family:sans-serif;max-width:60em;margin:auto}"
@@ -150,3 +134,12 @@ def markdown_html(markdown: str, title: str) -> str:
     # html on: the report's <details> blocks of dropped examples stay foldable
     return html_page(title, MarkdownIt("commonmark", {"html": True}).enable("table")
                      .render(markdown))
+
+
+def _save(plt, figure, path: Path) -> Path:
+    """Lay out, write the PNG (making its directory) and free the figure."""
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
