@@ -13,7 +13,7 @@ differing maximum scores). Then it runs distill's filter alone on growing prefix
 bigger stream (by default 5,000, 20,000 and 50,000 instructions) to show how its cost grows.
 
 `--scale` instead measures exact pruning at scale: the full scan (every pair scored,
-`novelty.full_scan`, what the filter runs) against the pruned scan (`novelty.pruned_scan`,
+`novelty.full_scan`, what the filter runs) against the pruned scan (`novelty_pruned.pruned_scan`,
 the same outputs from fewer pairs) on one stream (50,000 by default; interleaved repeats, medians),
 with the differing decisions, maximum scores and most similar instructions (all must be
 0), then the pruned scan alone on growing streams (10K, 50K, 200K, 1M by default), each
@@ -45,7 +45,8 @@ from rouge_score import rouge_scorer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.filters.base import FilterContext  # noqa: E402
-from distill.filters.novelty import Config, full_scan, pruned_scan  # noqa: E402
+from distill.filters.novelty import Config, full_scan  # noqa: E402
+from distill.filters.novelty_pruned import pruned_scan  # noqa: E402
 from distill.records import Example  # noqa: E402
 
 # ---------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from distill.filters import novelty
-from distill.filters.novelty import full_scan, pruned_scan, rouge_tokens
+from distill.filters import novelty, novelty_pruned
+from distill.filters.novelty import full_scan, rouge_tokens
+from distill.filters.novelty_pruned import pruned_scan
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 VOCAB = [f"w{i}" for i in range(60)] + ["the", "a", "of", "write", "list", "for", "and"]
@@ -29,7 +30,7 @@ VOCAB = [f"w{i}" for i in range(60)] + ["the", "a", "of", "write", "list", "for"
 @pytest.fixture(autouse=True)
 def prune_from_the_start(monkeypatch):
     """Prune at any pool size (by default small pools are scored whole: faster there)."""
-    monkeypatch.setattr(novelty, "_PRUNE_FROM", 0)
+    monkeypatch.setattr(novelty_pruned, "_PRUNE_FROM", 0)
 
 
 def planted_stream(rng: random.Random, n: int) -> list[str]:
@@ -89,7 +90,8 @@ def test_pruned_scan_equals_full_scan_on_planted_streams(seed):
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 0.7, 0.95, 1.0])
 def test_pruned_scan_equals_full_scan_at_any_threshold_and_block(block, threshold,
                                                                    monkeypatch):
-    monkeypatch.setattr(novelty, "_MAX_BLOCK", block)
+    for module in (novelty, novelty_pruned):
+        monkeypatch.setattr(module, "_MAX_BLOCK", block)
     rng = random.Random(100 + block)
     assert_same(planted_stream(rng, 10), planted_stream(rng, 300), threshold)
 
@@ -117,15 +119,15 @@ def test_integer_codes_past_the_code_point_limit(monkeypatch):
     assert_same(planted_stream(rng, 10), planted_stream(rng, 200))
 
 
-@pytest.mark.parametrize("level,k", novelty._LEVELS)
+@pytest.mark.parametrize("level,k", novelty_pruned._LEVELS)
 def test_prefix_bound_holds_for_every_pair_that_reaches_the_level(level, k):
     """The lemma the index relies on, checked against rouge_score's own F-measure: a pair
     scoring at least `level` shares k ranks within both texts' prefixes."""
     rng = random.Random(int(level * 100))
     texts = planted_stream(rng, 400)
     tokens = [rouge_tokens(t) for t in texts]
-    ranks, offsets = novelty._signatures(tokens)
-    prefixes, usable = novelty._prefix_lengths(max(map(len, tokens)), level, k)
+    ranks, offsets = novelty_pruned._signatures(tokens)
+    prefixes, usable = novelty_pruned._prefix_lengths(max(map(len, tokens)), level, k)
     checked = 0
     for i in range(len(texts)):
         for j in range(i):
@@ -162,9 +164,10 @@ def test_pruning_scores_a_fraction_of_the_pairs(monkeypatch):
         scored.append(len(queries) * len(choices))
         return original(queries, choices, workers)
 
-    monkeypatch.setattr(novelty, "_lcs", counting)
     # Blocks of 32: a block's texts are all scored against each other (the in-order part).
-    monkeypatch.setattr(novelty, "_MAX_BLOCK", 32)
+    for module in (novelty, novelty_pruned):
+        monkeypatch.setattr(module, "_lcs", counting)
+        monkeypatch.setattr(module, "_MAX_BLOCK", 32)
     pruned = pruned_scan([], stream, 0.7)
     pruned_pairs, scored[:] = sum(scored), []
     full = full_scan([], stream, 0.7)
@@ -174,7 +177,7 @@ def test_pruning_scores_a_fraction_of_the_pairs(monkeypatch):
 
 
 def test_signatures_rank_rarest_first_with_occurrences():
-    ranks, offsets = novelty._signatures([["a", "b", "a"], ["a"], ["a", "c"]])
+    ranks, offsets = novelty_pruned._signatures([["a", "b", "a"], ["a"], ["a", "c"]])
     # ("a", 0) is in all three texts, ("a", 1), "b" and "c" in one each.
     per_text = [ranks[offsets[i]:offsets[i + 1]].tolist() for i in range(3)]
     assert [len(t) for t in per_text] == [3, 1, 2]
@@ -185,7 +188,7 @@ def test_signatures_rank_rarest_first_with_occurrences():
 
 
 def test_pruning_starts_once_the_pool_is_large(monkeypatch):
-    monkeypatch.setattr(novelty, "_PRUNE_FROM", 150)
+    monkeypatch.setattr(novelty_pruned, "_PRUNE_FROM", 150)
     rng = random.Random(11)
     assert_same(planted_stream(rng, 10), planted_stream(rng, 600))
 
@@ -204,6 +207,6 @@ def test_bench_scale_mode_finds_no_differences():
 @pytest.mark.parametrize("dense_cost", [0.0, 1e9])
 def test_pairs_scored_all_at_once_or_query_by_query_give_the_same(dense_cost, monkeypatch):
     """0 scores every level's pairs as one dense matrix, 1e9 one query at a time."""
-    monkeypatch.setattr(novelty, "_DENSE_PAIR_COST", dense_cost)
+    monkeypatch.setattr(novelty_pruned, "_DENSE_PAIR_COST", dense_cost)
     rng = random.Random(21)
     assert_same(planted_stream(rng, 15), planted_stream(rng, 500))
