@@ -87,8 +87,26 @@ def prepare_sft(spec: TrainSpec, callbacks: list | None = None) -> PreparedTrain
         peft_config=spec.lora and spec.lora.to_peft(),
         callbacks=callbacks,
     )
+    if not args.get("packing"):
+        check_truncation(len(dataset), len(trainer.train_dataset), args.get("max_length"))
     return PreparedTraining(trainer=trainer, tokenizer=tokenizer, args=args,
                             loss_mask=loss_mask, num_examples=len(dataset))
+
+
+def check_truncation(examples: int, kept: int, max_length: int | None) -> None:
+    """Say how many examples TRL dropped because truncation left them no loss token.
+
+    TRL (since 1.x) filters them out while it prepares the dataset and says nothing; with
+    none left, training would stop on an empty sampler with no word of why.
+    """
+    if kept == 0:
+        raise ValueError(f"train.args.max_length {max_length}: none of the {examples} "
+                         "training examples keeps a token with loss after truncation "
+                         "(the prompt alone fills it); raise max_length")
+    if kept < examples:
+        log.warning("train.args.max_length %s: %d of %d training examples lost every token "
+                    "with loss to truncation and are not trained on", max_length,
+                    examples - kept, examples)
 
 
 @TRAINERS.register("sft")

@@ -190,3 +190,9 @@ def test_record_without_messages_is_named(make_spec, tmp_path):
     bad.write_text(json.dumps({"id": "x", "instruction": "hi"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl: record 1 has no `messages`"):
         prepare_sft(make_spec(data_path=bad))
+
+
+def test_max_length_that_leaves_no_answer_token_is_a_clear_error(make_spec):
+    """TRL drops an example whose loss tokens truncation removed; with none left, say so."""
+    with pytest.raises(ValueError, match=r"max_length 4.*none of the \d+ training examples"):
+        prepare_sft(make_spec(args={"max_length": 4}))
