@@ -660,7 +660,8 @@ class TrainConfig(Strict):
         "trl.SFTConfig arguments of the SFT step (defaults and refused packing as for "
         "method sft).")
     global_batch_size: int | None = Field(
-        None, ge=1, description="Examples per optimizer step, whatever the number of GPUs: "
+        None, ge=1, description="Examples per optimizer step (rows of packed examples when "
+        "SFT packs), whatever the number of GPUs: "
         "the training processes set gradient_accumulation_steps = global_batch_size / "
         "(per_device_train_batch_size x processes), and refuse a count that does not divide. "
         "Do not set gradient_accumulation_steps with it. With sft_then_dpo and "
