@@ -12,16 +12,20 @@ and prints both times, the speed ratio and the number of differing decisions (an
 differing maximum scores). Then it runs distill's filter alone on growing prefixes of a
 bigger stream (by default 5,000, 20,000 and 50,000 instructions) to show how its cost grows.
 
-`--scale` instead measures exact pruning at scale: the full scan (every pair scored,
-`novelty.full_scan`, what the filter runs) against the pruned scan (`novelty_pruned.pruned_scan`,
-the same outputs from fewer pairs) on one stream (50,000 by default; interleaved repeats, medians),
-with the differing decisions, maximum scores and most similar instructions (all must be
-0), then the pruned scan alone on growing streams (10K, 50K, 200K, 1M by default), each
-skipped when its predicted time would overrun `--budget` seconds.
+`--scale` instead measures the exact threshold join at scale: the full scan (every pair
+scored, `novelty.full_scan`, what `score_kept: true` runs) against the join
+(`novelty_join.threshold_join`, what the filter runs by default) on one stream (50,000 by
+default; interleaved repeats, medians), with the differing decisions, dropped texts'
+maxima and most similar instructions (all must be 0, else it exits 1), then the join
+alone on growing streams (10K, 50K, 200K, 1M by default), each skipped when its
+predicted time would overrun `--budget` seconds. `--stream zipf` replaces the templated
+stream by novel texts: a 30,000-word vocabulary drawn with Zipf exponent 1.1, 6-20 words,
+35% edits of recent ones.
 
     .venv/bin/python scripts/bench_novelty.py            # n=2000, big-n=50000: a few minutes
     .venv/bin/python scripts/bench_novelty.py --quick    # seconds: a smoke run
     .venv/bin/python scripts/bench_novelty.py --scale    # 50K check + growth to 1M: minutes
+    .venv/bin/python scripts/bench_novelty.py --scale --stream zipf
     .venv/bin/python scripts/bench_novelty.py --scale --check-n 3000 --sizes 1000,4000
 """
 
@@ -46,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.filters.base import FilterContext  # noqa: E402
 from distill.filters.novelty import Config, full_scan  # noqa: E402
-from distill.filters.novelty_pruned import pruned_scan  # noqa: E402
+from distill.filters.novelty_join import threshold_join  # noqa: E402
 from distill.records import Example  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
@@ -249,6 +253,31 @@ DROPPABLE = set(ADJECTIVES) | {"short", "main", "catchy", "biggest", "common", "
                                "following", "creative", "famous"}
 
 
+def zipf_stream(n: int, seed: int, vocabulary: int = 30_000, near_duplicates: float = 0.35,
+                exponent: float = 1.1) -> list[str]:
+    """n novel texts: Zipf-distributed words, 6-20 each; a fraction edit a recent text."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, vocabulary + 1) ** exponent
+    words = np.array([f"{chr(97 + i % 26)}{i}" for i in range(vocabulary)])
+    draws = iter(words[rng.choice(vocabulary, size=n * 20, p=weights / weights.sum())])
+    out: list[str] = []
+    for _ in range(n):
+        if out and rng.random() < near_duplicates:
+            text = out[-int(rng.integers(1, min(len(out), 200) + 1))].split()
+            for _ in range(int(rng.integers(1, 4))):  # a word swapped, added or dropped
+                op, at = rng.random(), int(rng.integers(len(text)))
+                if op < 0.4:
+                    text[at] = next(draws)
+                elif op < 0.7:
+                    text.insert(at, next(draws))
+                elif len(text) > 1:
+                    text.pop(at)
+        else:
+            text = [next(draws) for _ in range(int(rng.integers(6, 21)))]
+        out.append(" ".join(text))
+    return out
+
+
 def stream(n: int, seed: int, near_duplicates: float = 0.35) -> list[str]:
     """n instructions; a fraction are paraphrases of recent ones (as a teacher repeats itself)."""
     rng = random.Random(seed)
@@ -290,12 +319,13 @@ def alpaca_filter(seeds: list[str], candidates: list[str], processes: int
     return keeps, maxima
 
 
-def distill_filter(seeds: list[str], candidates: list[str]) -> tuple[list[bool], list[float]]:
-    """distill's NoveltyFilter over the same stream."""
+def distill_filter(seeds: list[str], candidates: list[str]
+                   ) -> tuple[list[bool], list[float | None]]:
+    """distill's NoveltyFilter over the same stream (maxima for dropped records only)."""
     seed_examples = [Example(id=f"seed-{i}", instruction=s) for i, s in enumerate(seeds)]
     records = [Example(id=str(i), instruction=c) for i, c in enumerate(candidates)]
     verdicts = Config().build(FilterContext(seed_tasks=lambda: seed_examples))(records)
-    return [v.keep for v in verdicts], [v.scores["rouge_l_max"] for v in verdicts]
+    return [v.keep for v in verdicts], [v.scores.get("rouge_l_max") for v in verdicts]
 
 
 def pairs_scored(n_seeds: int, keeps: list[bool]) -> int:
@@ -325,34 +355,43 @@ def timed(fn, *args):
 
 
 def scale(args: argparse.Namespace, console: Console) -> int:
-    """Full scan against the pruned scan, then the pruned scan's growth; differing outputs."""
-    seeds = stream(args.seeds, args.seed + 1_000_003, near_duplicates=0.0)
+    """Full scan against the threshold join, then the join's growth; differing outputs."""
     sizes = sorted(int(size) for size in args.sizes.split(","))
     start = time.perf_counter()
-    candidates = stream(max(args.check_n, *sizes), args.seed)
-    console.print(f"stream of {len(candidates):,} built in {time.perf_counter() - start:.0f} s"
-                  f"; {len(seeds)} seeds")
-    pruned_scan(seeds, candidates[:100], 0.7)  # warm-up: imports outside the timings
+    if args.stream == "zipf":
+        seeds = zipf_stream(args.seeds, args.seed + 1_000_003, near_duplicates=0.0)
+        candidates = zipf_stream(max(args.check_n, *sizes), args.seed)
+    else:
+        seeds = stream(args.seeds, args.seed + 1_000_003, near_duplicates=0.0)
+        candidates = stream(max(args.check_n, *sizes), args.seed)
+    console.print(f"{args.stream} stream of {len(candidates):,} built in "
+                  f"{time.perf_counter() - start:.0f} s; {len(seeds)} seeds; "
+                  f"{_threads()} threads")
+    join = partial(threshold_join, dense_pairs=args.dense_pairs)
+    join(seeds, candidates[:300], 0.7, dense_pairs=0)  # compiled (or loaded) outside timings
 
     checked = candidates[:args.check_n]
-    full_times, pruned_times = [], []
+    full_times, join_times = [], []
     for _ in range(args.repeats):  # interleaved, so both see the same machine load
         full, seconds = timed(full_scan, seeds, checked, 0.7)
         full_times.append(seconds)
-        pruned, seconds = timed(pruned_scan, seeds, checked, 0.7)
-        pruned_times.append(seconds)
-    full_s, pruned_s = float(np.median(full_times)), float(np.median(pruned_times))
-    differing = [sum(a != b for a, b in zip(x, y, strict=True))
-                 for x, y in zip(full, pruned, strict=True)]
+        joined, seconds = timed(join, seeds, checked, 0.7)
+        join_times.append(seconds)
+    full_s, join_s = float(np.median(full_times)), float(np.median(join_times))
+    dropped = [i for i, keep in enumerate(full.keep) if not keep]
+    differing = (sum(a != b for a, b in zip(full.keep, joined.keep, strict=True)),
+                 sum(full.score[i] != joined.score[i] for i in dropped),
+                 sum(full.similar[i] != joined.similar[i] for i in dropped))
     pairs = pairs_scored(len(seeds), full.keep)
-    console.print(f"{args.check_n:,} instructions ({sum(full.keep):,} kept, {pairs:,} pairs): "
-                  f"full scan {full_s:.1f} s, pruned {pruned_s:.1f} s (medians of "
-                  f"{args.repeats}); speed ratio [bold]{full_s / pruned_s:.1f}x[/bold]; "
-                  f"differing decisions: [bold]{differing[0]}[/bold]; differing max scores: "
-                  f"{differing[1]}; differing most similar: {differing[2]}")
+    console.print(f"{args.check_n:,} instructions ({sum(full.keep):,} kept, {pairs:,} pairs; "
+                  f"the join verified {joined.verified:,}): full scan {full_s:.1f} s, join "
+                  f"{join_s:.1f} s (medians of {args.repeats}); speed ratio "
+                  f"[bold]{full_s / join_s:.1f}x[/bold]")
+    console.print(f"differing decisions: [bold]{differing[0]}[/bold]; differing dropped "
+                  f"maxima: {differing[1]}; differing most similar: {differing[2]}")
 
-    growth = Table(title="pruned scan alone, growing streams (threshold 0.7)")
-    for column in ("instructions", "seconds", "kept", "full-scan pairs",
+    growth = Table(title=f"join alone, growing {args.stream} streams (threshold 0.7)")
+    for column in ("instructions", "seconds", "kept", "pairs verified", "full-scan pairs",
                    "full scan, estimated", "ratio, estimated"):
         growth.add_column(column, justify="right")
     rate = pairs / full_s  # the full scan's pairs per second, measured above
@@ -365,17 +404,23 @@ def scale(args: argparse.Namespace, console: Console) -> int:
             predicted = done[-1][1] * size / done[-1][0] if done else 0.0
         if spent + predicted > args.budget:
             growth.add_row(f"{size:,}", f"skipped (predicted {duration(predicted)})", "", "",
-                           "", "")
+                           "", "", "")
             continue
-        result, seconds = timed(pruned_scan, seeds, candidates[:size], 0.7)
+        result, seconds = timed(join, seeds, candidates[:size], 0.7)
         spent += seconds
         done.append((size, seconds))
         full_pairs = pairs_scored(len(seeds), result.keep)
         growth.add_row(f"{size:,}", f"{seconds:.1f}", f"{sum(result.keep):,}",
-                       f"{full_pairs:,}", duration(full_pairs / rate),
+                       f"{result.verified:,}", f"{full_pairs:,}", duration(full_pairs / rate),
                        f"{full_pairs / rate / seconds:.1f}x")
     console.print(growth)
     return int(any(differing))
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 def main() -> None:
@@ -387,9 +432,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the stream")
     parser.add_argument("--quick", action="store_true", help="n=200, big-n=3000: a smoke run")
     parser.add_argument("--scale", action="store_true",
-                        help="full scan against the pruned scan, then the pruned growth curve")
+                        help="full scan against the threshold join, then the join's growth curve")
+    parser.add_argument("--stream", choices=("bench", "zipf"), default="bench",
+                        help="--scale: templated instructions, or novel texts (Zipf words)")
+    parser.add_argument("--dense-pairs", type=int, default=None,
+                        help="--scale: the join runs the dense full scan up to this many "
+                        "pairs (default: the filter's own; 0 always joins)")
     parser.add_argument("--check-n", type=int, default=50000,
-                        help="--scale: stream length where full and pruned scans are compared")
+                        help="--scale: stream length where the full scan and the join are "
+                        "compared")
     parser.add_argument("--repeats", type=int, default=1,
                         help="--scale: interleaved repeats of the comparison (medians)")
     parser.add_argument("--sizes", default="10000,50000,200000,1000000",
@@ -417,7 +468,8 @@ def main() -> None:
     (alpaca_keep, alpaca_max), alpaca_s = timed(alpaca_filter, seeds, compared, cores)
     (ours_keep, ours_max), ours_s = timed(distill_filter, seeds, compared)
     differing = sum(a != b for a, b in zip(alpaca_keep, ours_keep, strict=True))
-    score_diffs = sum(a != b for a, b in zip(alpaca_max, ours_max, strict=True))
+    score_diffs = sum(a != b for a, b, keep in zip(alpaca_max, ours_max, alpaca_keep,
+                                                    strict=True) if not keep)
     pairs = pairs_scored(len(seeds), alpaca_keep)
     near_threshold = sum(0.6 < s <= 0.8 for s in alpaca_max)
 
@@ -432,7 +484,8 @@ def main() -> None:
     console.print(table)
     console.print(f"speed ratio: [bold]{alpaca_s / ours_s:,.0f}x[/bold]; differing decisions: "
                   f"[bold]{differing}[/bold]; differing max scores: {score_diffs} "
-                  f"({pairs:,} pairs; {near_threshold} candidates scored in (0.6, 0.8])")
+                  f"(of the dropped ones, which the filter scores; {pairs:,} pairs; "
+                  f"{near_threshold} candidates scored in (0.6, 0.8])")
 
     # Alpaca's time = a Pool start-up per candidate + the pairs; split them for the estimates.
     startup = pool_startup(cores)
@@ -452,7 +505,7 @@ def main() -> None:
         growth.add_row(f"{size:,}", f"{seconds:.2f}", f"{sum(keeps):,}", f"{pairs:,}",
                        f"{pairs / seconds:,.0f}", duration(estimate))
     console.print(growth)
-    if differing:
+    if differing or score_diffs:
         sys.exit(1)
 
 

@@ -18,16 +18,20 @@ The decisions and scores are exactly those of
   rouge_score, which rejects it, while 7 of 10 and 10 is exactly 0.7, kept); F is 0 when
   either side has no tokens.
 
-What is fast: Alpaca ran a pure-Python dynamic programme per pair, O(N^2) pairs. Here each
-distinct token becomes one character, so an instruction is a short string and the token
-LCS is rapidfuzz's bit-parallel `LCSseq` (a few machine words per pair), computed in C++
-for a block of candidates against the whole pool at once (`process.cdist`, all cores);
-the F-measures follow in numpy (`full_scan`). Every pair is scored, so the recorded
-maximum and most similar instruction are exact, not only the decision.
+How it is fast. By default (`score_kept: false`) the filter runs an exact threshold
+join (`distill.filters.novelty_join`): prefix filtering over the tokens ranked rarest
+first, a positional overlap bound, and only the surviving pairs scored (bit-parallel
+token LCS in numba, on all cores). Its decisions are the full scan's for any threshold,
+and a dropped record's `rouge_l_max`, `most_similar` and `most_similar_id` are exact
+(every pair above the threshold is scored); kept records carry no novelty scores, since
+proving a low maximum exact means scoring most of the pool. A million instructions take
+minutes (docs/perf_novelty.md).
 
-An exact pruned scan that scores only the pool instructions that could hold each maximum
-is in `distill.filters.novelty_pruned`; measured slower on 2 cores, the filter does not
-run it (docs/perf_novelty.md).
+`score_kept: true` runs the full scan (`full_scan`): each distinct token becomes one
+character, so an instruction is a short string and the token LCS is rapidfuzz's
+bit-parallel `LCSseq`, computed in C++ for a block of candidates against the whole pool
+at once (`process.cdist`, all cores). Every pair is scored, so every record gets its
+exact maximum and most similar instruction; the cost is quadratic in the stream.
 
     filters:
       - kind: novelty
@@ -71,6 +75,11 @@ class Config(FilterSettings):
         description="Record fields compared, joined by a space. Self-Instruct compares "
         "instructions; add `input` where instructions are templated and the input carries "
         "the task (the microworld).")
+    score_kept: bool = Field(
+        False, description="Also record `rouge_l_max`, `most_similar` and `most_similar_id` "
+        "for kept records (dropped ones always have them). True scores every pair (the "
+        "full scan: quadratic, hours at a million instructions); false runs an exact "
+        "threshold join with the same decisions (minutes at a million).")
 
     def dependencies(self) -> Dependencies:
         """The seed tasks, which start the pool (unless `include_seed_tasks` is false)."""
@@ -200,7 +209,7 @@ class Replay(NamedTuple):
 
 
 def full_scan(seeds: list[str], texts: list[str], threshold: float) -> Replay:
-    """Score every text against every pool text: the reference the pruned scan must equal.
+    """Score every text against every pool text: the reference the threshold join must equal.
 
     Blocks of texts are scored against the whole pool at once (rapidfuzz's `cdist`, all
     cores), then against the block's earlier kept texts in order, so the result equals a
@@ -273,17 +282,23 @@ class NoveltyFilter:
         """Replay the records in order against a pool of the seeds and what was kept.
 
         Each call starts from the seed pool again, so a call's result depends only on its
-        records.
+        records. Dropped records get their maximum score and most similar text; kept ones
+        too with `score_kept`, otherwise no scores.
         """
+        from distill.filters.novelty_join import threshold_join
+
         threshold = self.config.threshold
         texts = [text for _, text in self._seeds] + [self._text(r) for r in records]
         ids = [seed_id for seed_id, _ in self._seeds] + [r.id for r in records]
-        replay = full_scan(texts[:len(self._seeds)], texts[len(self._seeds):], threshold)
+        seeds, stream = texts[:len(self._seeds)], texts[len(self._seeds):]
+        scan = full_scan if self.config.score_kept else threshold_join
+        keeps, scores, similars = scan(seeds, stream, threshold)[:3]
         return [Verdict(keep=keep, reason="" if keep else f"rouge_l>{threshold:g}",
-                        scores={"rouge_l_max": score,
-                                "most_similar": texts[similar] if similar >= 0 else None,
-                                "most_similar_id": ids[similar] if similar >= 0 else None})
-                for keep, score, similar in zip(*replay, strict=True)]
+                        scores={} if score is None else {
+                            "rouge_l_max": score,
+                            "most_similar": texts[similar] if similar >= 0 else None,
+                            "most_similar_id": ids[similar] if similar >= 0 else None})
+                for keep, score, similar in zip(keeps, scores, similars, strict=True)]
 
 
 def _as_lists(codes: list[Any]) -> list[list[int]]:

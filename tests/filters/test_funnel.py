@@ -27,9 +27,9 @@ RECORDS = [
 ]
 
 
-def funnel():
+def funnel(**novelty):
     context = FilterContext(seed_tasks=lambda: [SEED])
-    configs = [HeuristicsConfig(), NoveltyConfig(), DedupConfig()]
+    configs = [HeuristicsConfig(), NoveltyConfig(**novelty), DedupConfig()]
     filters = [config.build(context) for config in configs]
     seen = []
     result = run_funnel(filters, [r.model_copy(deep=True) for r in RECORDS],
@@ -81,7 +81,11 @@ def test_rejected_records_keep_the_full_record_and_the_filter_scores():
 def test_kept_records_carry_every_filters_scores():
     result, _ = funnel()
     for record in result.kept:
-        assert set(record.scores) == {"heuristics", "novelty"}  # dedup keeps without scores
+        # dedup keeps without scores; novelty scores kept records only with score_kept
+        assert set(record.scores) == {"heuristics"}
+    result, _ = funnel(score_kept=True)
+    for record in result.kept:
+        assert set(record.scores) == {"heuristics", "novelty"}
         assert record.scores["novelty"]["rouge_l_max"] <= 0.7
     assert result.kept[0].scores["novelty"] == {"rouge_l_max": 0.0, "most_similar": None,
                                                 "most_similar_id": None}

@@ -91,9 +91,10 @@ def test_boundary_exactly_threshold_is_kept_and_just_above_dropped():
     seed_13 = " ".join(words(7) + words(6, "v"))
     above = " ".join(words(7))
     assert rouge_f(above, seed_13) == 0.7000000000000001
-    [kept] = run([seed], [at])
+    [kept] = run([seed], [at], score_kept=True)
     [dropped] = run([seed_13], [above])
     assert kept.keep and kept.scores["rouge_l_max"] == 0.7
+    assert run([seed], [at])[0].scores == {}  # by default kept records carry no scores
     assert not dropped.keep and dropped.reason == "rouge_l>0.7"
     assert dropped.scores["rouge_l_max"] == 0.7000000000000001
     assert dropped.scores["most_similar"] == seed_13 and dropped.scores["most_similar_id"] == "s0"
@@ -121,7 +122,7 @@ def test_pool_grows_with_kept_instructions_only():
     a2 = " ".join(words(8) + ["x", "y"])                       # 0.8 to a: dropped
     b = " ".join(words(6) + ["p", "q", "x", "y"])              # 0.8 to a2, 0.6 to a
     assert rouge_f(a2, a) > 0.7 and rouge_f(b, a2) > 0.7 and rouge_f(b, a) <= 0.7
-    verdicts = run([], [a, a2, b])
+    verdicts = run([], [a, a2, b], score_kept=True)
     assert [v.keep for v in verdicts] == [True, False, True]
     assert verdicts[2].scores["most_similar_id"] == "0"
     assert verdicts[2].scores["rouge_l_max"] == pytest.approx(0.6)
@@ -141,11 +142,12 @@ def test_seed_tasks_start_the_pool_unless_disabled():
 
 def test_instructions_without_tokens_score_zero_and_are_kept():
     stream = ["???", "日本語のテキストです", "", "!!!", "Describe a cat in four words."]
-    verdicts = run(["What is 2 + 2?"], stream)
+    verdicts = run(["What is 2 + 2?"], stream, score_kept=True)
     assert [v.keep for v in verdicts] == [True] * 5
     for verdict in verdicts[:4]:
         assert verdict.scores == {"rouge_l_max": 0.0, "most_similar": None,
                                   "most_similar_id": None}
+    assert [v.scores for v in run(["What is 2 + 2?"], stream)] == [{}] * 5
 
 
 def test_each_call_starts_from_the_seed_pool():
@@ -197,7 +199,7 @@ def test_decisions_and_scores_equal_rouge_score(seed, block, monkeypatch):
     """Blocks of 1 and 7 candidates exercise the in-block comparisons and block edges."""
     monkeypatch.setattr(novelty, "_MAX_BLOCK", block)
     seeds, stream, expected = random_case(seed)
-    verdicts = run(seeds, stream)
+    verdicts = run(seeds, stream, score_kept=True)
     assert [(v.keep, v.scores["rouge_l_max"]) for v in verdicts] == expected
     kept = sum(keep for keep, _ in expected)
     assert 20 < kept < 280  # the stream exercises both outcomes
@@ -211,14 +213,15 @@ def test_most_similar_is_the_first_of_equal_maxima():
     pool = ["red green blue one", "red green blue two"]
     [verdict] = run(pool, ["red green blue three"])
     assert verdict.scores["most_similar_id"] == "s0"
-    assert [v.scores["most_similar_id"] for v in run([], [*pool, "red green blue three"])] == \
-        [None, "0", "0"]
+    assert [v.scores.get("most_similar_id") for v in run([], [*pool, "red green blue three"])
+            ] == [None, "0", "0"]
 
 
 def test_integer_codes_past_the_code_point_limit_give_the_same_result(monkeypatch):
     seeds, stream, expected = random_case(0)
     monkeypatch.setattr(novelty._Encoder, "LIMIT", 5)  # overflows within the seeds
-    assert [(v.keep, v.scores["rouge_l_max"]) for v in run(seeds, stream)] == expected
+    assert [(v.keep, v.scores["rouge_l_max"]) for v in run(seeds, stream, score_kept=True)
+            ] == expected
 
 
 def test_bench_script_replays_a_stream_with_no_differences():
