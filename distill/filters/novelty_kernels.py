@@ -84,12 +84,17 @@ def _lcs_bits(masks: np.ndarray, length: int, seq: np.ndarray, start: int, other
         u = v & masks[seq[start + k]]
         v = (v + u) | (v - u)
     low = _ALL if length == 64 else (_ONE << np.uint64(length)) - _ONE
-    zeros = ~v & low
-    count = 0
-    while zeros:
-        zeros &= zeros - _ONE
-        count += 1
-    return count
+    return _popcount(~v & low)
+
+
+@_jit()
+def _popcount(word: np.uint64) -> int:
+    """Set bits of a word (SWAR: a dozen operations, no branches)."""
+    word = word - ((word >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    word = (word & np.uint64(0x3333333333333333)) + (
+        (word >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    word = (word + (word >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return int((word * np.uint64(0x0101010101010101)) >> np.uint64(56))
 
 
 @_jit()
@@ -129,20 +134,6 @@ def _overlap_reaches(ranks: np.ndarray, a: int, la: int, b: int, lb: int, needed
         else:
             j += 1
     return shared >= needed
-
-
-@_jit()
-def _prefixes_meet(ranks: np.ndarray, a: int, pa: int, b: int, pb: int) -> bool:
-    """Whether two texts' prefixes (their rarest elements) share one."""
-    i = j = 0
-    while i < pa and j < pb:
-        if ranks[a + i] == ranks[b + j]:
-            return True
-        if ranks[a + i] < ranks[b + j]:
-            i += 1
-        else:
-            j += 1
-    return False
 
 
 @_jit()
@@ -227,6 +218,21 @@ def _index(text: int, position: int, ranks: np.ndarray, offsets: np.ndarray,
         post_fill[rank] += 1
 
 
+@_jit()
+def _mark_rows(start: int, size: int, ranks: np.ndarray, offsets: np.ndarray,
+               prefix: np.ndarray, block_rows: np.ndarray, bit: np.uint64) -> None:
+    """Set (bit 1) or clear (bit 0) each block row's bit under its prefix elements."""
+    for row in range(size):
+        x = start + row
+        for k in range(prefix[x]):
+            rank = ranks[offsets[x] + k]
+            word = row // 64
+            if bit:
+                block_rows[rank, word] |= _ONE << np.uint64(row % 64)
+            else:
+                block_rows[rank, word] = _ZERO
+
+
 @_jit(parallel=True)
 def join(seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, prefix: np.ndarray,
          post_start: np.ndarray, vocabulary: int, n_seeds: int, threshold: float,
@@ -267,9 +273,13 @@ def join(seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, prefix: np.nda
     best_at = np.empty(block, dtype=np.int64)  # a text index, -1 for none
     inner = np.zeros((block, block))
     kept_here = np.empty(block, dtype=np.int64)
+    # Per element, the block's rows holding it in their prefix, as bits.
+    words = (block + 63) // 64
+    block_rows = np.zeros((len(post_start) - 1, words), dtype=np.uint64)
 
     for start in range(n_seeds, n_texts, block):
         size = min(block, n_texts - start)
+        _mark_rows(start, size, ranks, offsets, prefix, block_rows, _ONE)
         for slot in prange(slots):
             for row in range(slot, size, slots):
                 x = start + row
@@ -285,16 +295,24 @@ def join(seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, prefix: np.nda
                                  count[slot], touched[slot], masks[slot], verified, slot)
                 if at >= 0:
                     best[row], best_at[row] = top, pool_text[at]
-                # The block's earlier texts: counted later, only for those that are kept.
-                for other in range(row):
-                    y = start + other
-                    # Same prefix filter as the pool's, pair by pair (no index).
-                    if _prefixes_meet(ranks, a, prefix[x], offsets[y], prefix[y]):
-                        inner[row, other] = _score(x, y, seq, ranks, offsets, masks[slot],
-                                                   t_low, verified, slot)
+                # The block's earlier texts sharing a prefix element (the pool's filter):
+                # counted later, only for those that are kept.
+                for word in range((row + 63) // 64):
+                    rows = _ZERO
+                    for k in range(prefix[x]):
+                        rows |= block_rows[ranks[a + k], word]
+                    if word == row // 64:  # earlier rows only
+                        rows &= (_ONE << np.uint64(row % 64)) - _ONE
+                    while rows:
+                        lowest = rows & (~rows + _ONE)
+                        other = word * 64 + _popcount(lowest - _ONE)
+                        inner[row, other] = _score(x, start + other, seq, ranks, offsets,
+                                                   masks[slot], t_low, verified, slot)
+                        rows ^= lowest
                 if la <= 64:
                     _clear_masks(masks[slot], seq, a, la)
 
+        _mark_rows(start, size, ranks, offsets, prefix, block_rows, _ZERO)
         n_kept = 0
         for row in range(size):
             top, at = best[row], best_at[row]
