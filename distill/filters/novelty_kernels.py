@@ -98,15 +98,16 @@ def _popcount(word: np.uint64) -> int:
 
 
 @_jit()
-def _lcs_table(seq: np.ndarray, a: int, la: int, b: int, lb: int) -> int:
+def _lcs_table(x_seq: np.ndarray, a: int, la: int, y_seq: np.ndarray, b: int, lb: int
+               ) -> int:
     """Token LCS by dynamic programming, for texts past one machine word."""
     row = np.zeros(lb + 1, dtype=np.int32)
     for i in range(la):
         diagonal = 0
-        token = seq[a + i]
+        token = x_seq[a + i]
         for j in range(lb):
             above = row[j + 1]
-            if token == seq[b + j]:
+            if token == y_seq[b + j]:
                 row[j + 1] = diagonal + 1
             elif row[j] > above:
                 row[j + 1] = row[j]
@@ -115,8 +116,8 @@ def _lcs_table(seq: np.ndarray, a: int, la: int, b: int, lb: int) -> int:
 
 
 @_jit()
-def _overlap_reaches(ranks: np.ndarray, a: int, la: int, b: int, lb: int, needed: int
-                     ) -> bool:
+def _overlap_reaches(x_ranks: np.ndarray, a: int, la: int, y_ranks: np.ndarray, b: int,
+                     lb: int, needed: int) -> bool:
     """Whether two texts' sorted rank lists share at least `needed` elements.
 
     Stops as soon as the shared elements so far plus the shorter remainder fall short.
@@ -125,11 +126,11 @@ def _overlap_reaches(ranks: np.ndarray, a: int, la: int, b: int, lb: int, needed
     while i < la and j < lb:
         if shared + min(la - i, lb - j) < needed:
             return False
-        if ranks[a + i] == ranks[b + j]:
+        if x_ranks[a + i] == y_ranks[b + j]:
             shared += 1
             i += 1
             j += 1
-        elif ranks[a + i] < ranks[b + j]:
+        elif x_ranks[a + i] < y_ranks[b + j]:
             i += 1
         else:
             j += 1
@@ -137,8 +138,9 @@ def _overlap_reaches(ranks: np.ndarray, a: int, la: int, b: int, lb: int, needed
 
 
 @_jit()
-def _score(x: int, y: int, seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray,
-           masks: np.ndarray, t_low: float, verified: np.ndarray, slot: int) -> float:
+def _score(seq: np.ndarray, ranks: np.ndarray, a: int, la: int, y_seq: np.ndarray,
+           y_ranks: np.ndarray, b: int, lb: int, masks: np.ndarray, t_low: float,
+           verified: np.ndarray, slot: int) -> float:
     """The F-measure of x with y if the length bound lets it exceed the threshold, else 0.
 
     x's match masks must be set when x has at most 64 tokens: then the bit-parallel LCS
@@ -146,15 +148,13 @@ def _score(x: int, y: int, seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarr
     it runs directly; longer texts merge first and run the table only when the overlap
     can reach the threshold.
     """
-    a, la = offsets[x], offsets[x + 1] - offsets[x]
-    b, lb = offsets[y], offsets[y + 1] - offsets[y]
     needed = needed_overlap(la, lb, t_low)
     if min(la, lb) < needed:
         return 0.0
     if la <= 64:
-        lcs = _lcs_bits(masks, la, seq, b, lb)
-    elif _overlap_reaches(ranks, a, la, b, lb, needed):
-        lcs = _lcs_table(seq, a, la, b, lb)
+        lcs = _lcs_bits(masks, la, y_seq, b, lb)
+    elif _overlap_reaches(ranks, a, la, y_ranks, b, lb, needed):
+        lcs = _lcs_table(seq, a, la, y_seq, b, lb)
     else:
         return 0.0
     verified[slot] += 1
@@ -165,7 +165,8 @@ def _score(x: int, y: int, seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarr
 def _probe(x: int, seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray,
            prefix: np.ndarray, post_start: np.ndarray, post_fill: np.ndarray,
            post_pool: np.ndarray, post_length: np.ndarray, post_at: np.ndarray,
-           pool_text: np.ndarray, threshold: float, t_low: float, count: np.ndarray,
+           pool_seq: np.ndarray, pool_ranks: np.ndarray, pool_offsets: np.ndarray,
+           threshold: float, t_low: float, count: np.ndarray,
            touched: np.ndarray, masks: np.ndarray, verified: np.ndarray, slot: int
            ) -> tuple[float, int]:
     """The best score of x above the threshold against the indexed pool, and its pool position.
@@ -197,7 +198,9 @@ def _probe(x: int, seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray,
     for k in range(n_touched):
         y = touched[k]
         if count[y] > 0:
-            score = _score(x, pool_text[y], seq, ranks, offsets, masks, t_low, verified, slot)
+            b = pool_offsets[y]
+            score = _score(seq, ranks, a, la, pool_seq, pool_ranks, b, pool_offsets[y + 1] - b,
+                           masks, t_low, verified, slot)
             if score > threshold and (score > best or (score == best and y < best_at)):
                 best, best_at = score, y
         count[y] = 0
@@ -205,10 +208,21 @@ def _probe(x: int, seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray,
 
 
 @_jit()
-def _index(text: int, position: int, ranks: np.ndarray, offsets: np.ndarray,
-           prefix: np.ndarray, post_start: np.ndarray, post_fill: np.ndarray,
-           post_pool: np.ndarray, post_length: np.ndarray, post_at: np.ndarray) -> None:
-    """Add a pool text's prefix ranks to the postings (each list stays in pool order)."""
+def _add(text: int, position: int, seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray,
+         prefix: np.ndarray, post_start: np.ndarray, post_fill: np.ndarray,
+         post_pool: np.ndarray, post_length: np.ndarray, post_at: np.ndarray,
+         pool_text: np.ndarray, pool_seq: np.ndarray, pool_ranks: np.ndarray,
+         pool_offsets: np.ndarray) -> None:
+    """Add a text to the pool: its copy, and its prefix ranks to the postings.
+
+    Each postings list stays in pool order.
+    """
+    pool_text[position] = text
+    start = pool_offsets[position]
+    end = start + offsets[text + 1] - offsets[text]
+    pool_seq[start:end] = seq[offsets[text]:offsets[text + 1]]
+    pool_ranks[start:end] = ranks[offsets[text]:offsets[text + 1]]
+    pool_offsets[position + 1] = end
     for k in range(prefix[text]):
         rank = ranks[offsets[text] + k]
         at = post_start[rank] + post_fill[rank]
@@ -255,11 +269,15 @@ def join(seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, prefix: np.nda
     post_pool = np.empty(post_start[-1], dtype=np.int32)
     post_length = np.empty(post_start[-1], dtype=np.int32)
     post_at = np.empty(post_start[-1], dtype=np.int32)
+    # The pool's texts: which they are, and their tokens and ranks copied in pool order
+    # (verifying reads them at random: a compact copy stays in cache longer).
     pool_text = np.empty(n_texts, dtype=np.int64)
+    pool_seq = np.empty(len(seq), dtype=np.int32)
+    pool_ranks = np.empty(len(seq), dtype=np.int32)
+    pool_offsets = np.zeros(n_texts + 1, dtype=np.int64)
     for s in range(n_seeds):
-        pool_text[s] = s
-        _index(s, s, ranks, offsets, prefix, post_start, post_fill, post_pool, post_length,
-               post_at)
+        _add(s, s, seq, ranks, offsets, prefix, post_start, post_fill, post_pool,
+             post_length, post_at, pool_text, pool_seq, pool_ranks, pool_offsets)
     pool_size = n_seeds
 
     keep = np.zeros(n_stream, dtype=np.bool_)
@@ -291,7 +309,8 @@ def join(seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, prefix: np.nda
                 if la <= 64:
                     _set_masks(masks[slot], seq, a, la)
                 top, at = _probe(x, seq, ranks, offsets, prefix, post_start, post_fill,
-                                 post_pool, post_length, post_at, pool_text, threshold, t_low,
+                                 post_pool, post_length, post_at, pool_seq, pool_ranks,
+                                 pool_offsets, threshold, t_low,
                                  count[slot], touched[slot], masks[slot], verified, slot)
                 if at >= 0:
                     best[row], best_at[row] = top, pool_text[at]
@@ -306,8 +325,10 @@ def join(seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, prefix: np.nda
                     while rows:
                         lowest = rows & (~rows + _ONE)
                         other = word * 64 + _popcount(lowest - _ONE)
-                        inner[row, other] = _score(x, start + other, seq, ranks, offsets,
-                                                   masks[slot], t_low, verified, slot)
+                        y = start + other
+                        inner[row, other] = _score(
+                            seq, ranks, a, la, seq, ranks, offsets[y],
+                            offsets[y + 1] - offsets[y], masks[slot], t_low, verified, slot)
                         rows ^= lowest
                 if la <= 64:
                     _clear_masks(masks[slot], seq, a, la)
@@ -328,8 +349,8 @@ def join(seq: np.ndarray, ranks: np.ndarray, offsets: np.ndarray, prefix: np.nda
                 n_kept += 1
         for k in range(n_kept):
             text = start + kept_here[k]
-            pool_text[pool_size] = text
-            _index(text, pool_size, ranks, offsets, prefix, post_start, post_fill,
-                   post_pool, post_length, post_at)
+            _add(text, pool_size, seq, ranks, offsets, prefix, post_start, post_fill,
+                 post_pool, post_length, post_at, pool_text, pool_seq, pool_ranks,
+                 pool_offsets)
             pool_size += 1
     return keep, score, similar, verified
