@@ -39,6 +39,7 @@ runs never compile.
 from __future__ import annotations
 
 import os
+from array import array
 from typing import NamedTuple
 
 import numpy as np
@@ -124,13 +125,20 @@ def _slots() -> int:
 
 
 def _token_ids(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """rouge_score's tokens of every text as int32 ids: flat ids, offsets, vocabulary."""
+    """rouge_score's tokens of every text as int32 ids: flat ids, offsets, vocabulary.
+
+    The ids go straight into a C array: a million texts' tokens kept as Python lists of
+    strings and ints would take over a gigabyte.
+    """
     ids: dict[str, int] = {}
-    tokens = [rouge_tokens(text) for text in texts]
-    flat = [ids.setdefault(token, len(ids)) for text in tokens for token in text]
-    lengths = np.fromiter((len(text) for text in tokens), dtype=np.int64, count=len(texts))
+    flat = array("i")
+    lengths = np.empty(len(texts), dtype=np.int64)
+    for at, text in enumerate(texts):
+        tokens = rouge_tokens(text)
+        flat.extend([ids.setdefault(token, len(ids)) for token in tokens])
+        lengths[at] = len(tokens)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return np.array(flat, dtype=np.int32), offsets, len(ids)
+    return np.frombuffer(flat, dtype=np.int32).copy(), offsets, len(ids)
 
 
 def _sorted_ranks(seq: np.ndarray, offsets: np.ndarray) -> np.ndarray:
