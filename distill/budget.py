@@ -13,6 +13,14 @@ the chunks already running when it is reached. The stopped stage is not committe
 work directory keeps the finished chunks, which the next run reuses, so a run stopped by
 a budget and resumed produces the same bytes as one never stopped.
 
+Every request the run sends through a generation context counts: the teacher's, and
+those of the models that answer or judge beside it (the preference method's answer models
+and judge, the LLM-judge filter), each priced at its own model's `price` (a judge with no
+`model` is the teacher, at `teacher.price`). A committed stage's manifest records what it
+spent (`spent`), so a resumed run counts finished stages at the prices they ran at.
+The decontamination gate's paraphrase judge asks all its questions in one call that no
+chunk boundary splits: a recipe with both a cap and that judge is refused.
+
 Caps change where a run stops, never what it produces: the section is left out of every
 fingerprint (the runner never puts it in a stage's config).
 """
@@ -83,18 +91,41 @@ class Budget:
     """What the run has spent on generation, against its caps (one per run)."""
 
     settings: BudgetSettings
-    price: Price | None = None
     requests: int = 0
     tokens: int = 0
     spent_cost: float = 0.0
     where: str = ""  # the stage generating now, for the message
 
-    def spend(self, requests: int, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count answered requests and their tokens (generated now, or found on disk)."""
-        self.requests += requests
-        self.tokens += prompt_tokens + completion_tokens
-        if self.price is not None:
-            self.spent_cost += self.price.cost(prompt_tokens, completion_tokens)
+    def spend(self, requests: int, prompt_tokens: int, completion_tokens: int,
+              price: Price | None) -> None:
+        """Count answered requests and their tokens (generated now, or found on disk).
+
+        Args:
+            requests: Requests answered.
+            prompt_tokens: Their prompt tokens.
+            completion_tokens: Their completion tokens.
+            price: The price of the model that answered them; None: it costs nothing
+                known (validation refuses max_cost unless every model has a price).
+        """
+        self.add({"requests": requests, "tokens": prompt_tokens + completion_tokens,
+                  "cost": price.cost(prompt_tokens, completion_tokens) if price else 0.0})
+
+    def add(self, spent: dict[str, float]) -> None:
+        """Count what a committed stage recorded it spent (`snapshot` differences)."""
+        self.requests += int(spent.get("requests", 0))
+        self.tokens += int(spent.get("tokens", 0))
+        self.spent_cost += float(spent.get("cost", 0.0))
+
+    def snapshot(self) -> dict[str, float]:
+        """What has been spent so far; a stage's manifest keeps its difference (`since`)."""
+        return {"requests": self.requests, "tokens": self.tokens, "cost": self.spent_cost}
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        """What was spent since `before` (a `snapshot`)."""
+        now = self.snapshot()
+        return {"requests": now["requests"] - before["requests"],
+                "tokens": now["tokens"] - before["tokens"],
+                "cost": round(now["cost"] - before["cost"], 9)}
 
     def fits(self, requests: int) -> bool:
         """Whether a chunk of `requests` may start: no cap reached, the request cap kept."""
@@ -114,8 +145,8 @@ class Budget:
     def stop(self, key: str, next_requests: int) -> BudgetReached:
         """The exception that stops generation before a chunk of `next_requests`."""
         cap, limit = self.exceeded(next_requests) or ("max_requests", 0)
-        spent = {"requests": self.requests, "tokens": self.tokens}
-        if self.price is not None:
+        spent: dict[str, float] = {"requests": self.requests, "tokens": self.tokens}
+        if self.settings.max_cost is not None or self.spent_cost:
             spent["cost"] = round(self.spent_cost, 6)
         return BudgetReached(cap, limit, spent, f"{self.where} {key}".strip())
 

@@ -377,9 +377,10 @@ def open_judge_backend(model: ServedModel, seed: int):
                         chat_template=model.chat_template, seed=seed, **engine)
 
 
-def judge_context(ctx: GenerationContext, backend) -> GenerationContext:
-    """`ctx` with another backend, run in this process (same checkpoints and seed).
+def judge_context(ctx: GenerationContext, backend, model: ServedModel) -> GenerationContext:
+    """`ctx` with `model`'s backend, run in this process (same checkpoints, seed, budget).
 
-    The stage's executor serves the teacher alone: judges stay in the orchestrator.
+    The stage's executor serves the teacher alone: judges stay in the orchestrator. What
+    the model's requests cost counts against the run's budget at its own price.
     """
-    return dataclasses.replace(ctx, backend=backend, executor=None)
+    return dataclasses.replace(ctx, backend=backend, executor=None, price=model.price)

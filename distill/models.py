@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from distill.budget import Price
 from distill.engine_options import check_engine_options, relocated
 from distill.registry import BACKENDS, MODEL_SCHEMES
 from distill.settings import Strict, base_dir, resolve_path
@@ -136,9 +137,13 @@ class ServedModel(ModelSpec):
         "are rejected and asked again on the next run; when more than this share of a "
         "stage's requests (and at least 10) fail, the server is taken for down and the "
         "stage stops, its finished chunks saved.")
+    price: Price | None = Field(None, description="What the model costs per million tokens "
+                                "(API backends): budget.max_cost counts its requests at it "
+                                "(`distill plan` prices every request at teacher.price). Not "
+                                "part of any fingerprint.")
 
-    # how patiently a server is asked, not what it answers
-    OPERATIONAL: ClassVar[frozenset[str]] = LICENCE_FIELDS | {"max_failed_fraction"}
+    # how patiently a server is asked and what it costs, not what it answers
+    OPERATIONAL: ClassVar[frozenset[str]] = LICENCE_FIELDS | {"max_failed_fraction", "price"}
 
     def loads_weights(self) -> bool:
         """False for a backend that sends the name to a server (`openai`)."""

@@ -17,7 +17,7 @@ import difflib
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from distill.budget import BudgetSettings, Price
+from distill.budget import BudgetSettings
 from distill.cards import CardSettings
 from distill.evaluate.contamination import Config as DecontaminationConfig
 from distill.evaluate.harness import Config as EvalConfig
@@ -76,13 +76,6 @@ class TeacherSpec(ServedModel):
         None, ge=1, description="Requests per generation checkpoint chunk; chunks are also "
         "the unit of work an executor's replicas share. Default: 1024 with vLLM, 64 "
         "otherwise.")
-    price: Price | None = Field(None, description="What the teacher costs per million "
-                                "tokens (API backends): `distill plan` prices the run with "
-                                "it and budget.max_cost counts against it. Not part of any "
-                                "fingerprint.")
-
-    # what a model costs is not what it writes
-    OPERATIONAL: ClassVar[frozenset[str]] = ServedModel.OPERATIONAL | {"price"}
 
     @model_validator(mode="after")
     def _default_chunk(self) -> TeacherSpec:
@@ -272,11 +265,32 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
-    def _budget_has_prices(self) -> Recipe:
-        if self.budget.max_cost is not None and self.teacher.price is None:
-            raise ValueError("budget.max_cost counts money from teacher.price: declare "
-                             "teacher.price {prompt_per_million, completion_per_million}")
+    def _budget_counts_every_request(self) -> Recipe:
+        if not self.budget.capped:
+            return self
+        if self.budget.max_cost is not None:
+            for field, model in self._priced_models().items():
+                if model.price is None:
+                    raise ValueError(f"budget.max_cost counts money from {field}: declare "
+                                     f"{field} {{prompt_per_million, completion_per_million}}")
+        decon = self.decontamination
+        if decon.enabled and decon.paraphrase is not None and decon.paraphrase.judge is not None:
+            raise ValueError("budget caps count every request, and "
+                             "decontamination.paraphrase.judge asks all its questions in one "
+                             "call no cap can stop between chunks: remove the budget caps or "
+                             "the paraphrase judge")
         return self
+
+    def _priced_models(self) -> dict[str, ServedModel]:
+        """Every served model the run sends generation requests to, by its price's field."""
+        models: dict[str, ServedModel] = {"teacher.price": self.teacher}
+        components = [("generate", self.generate),
+                      *((f"filters.{i}", f) for i, f in enumerate(self.filters))]
+        for where, component in components:
+            for role, spec in component.dependencies().models.items():
+                if isinstance(spec, ServedModel):  # not "teacher", not a scoring model
+                    models[_price_field(where, role)] = spec
+        return models
 
     @model_validator(mode="after")
     def _distinct_filter_names(self) -> Recipe:
@@ -355,6 +369,15 @@ class Recipe(Strict):
                 if not key or key.split(".")[0] == "profiles" or "" in key.split("."):
                     raise ValueError(f"{name}: {key!r} is not a dotted key of the recipe")
         return value
+
+
+def _price_field(where: str, role: str) -> str:
+    """The recipe field of a component's model's price (roles as `dependencies()` names them)."""
+    if role.startswith("answers:"):  # the preference method's answer models
+        return f"{where}.models.{role.partition(':')[2]}.price"
+    if role == "judge":  # the preference method's judge, or a judge filter's model
+        return f"{where}.judge.model.price" if where == "generate" else f"{where}.model.price"
+    return f"{where} ({role}) price"
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

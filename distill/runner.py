@@ -84,7 +84,7 @@ class Runner:
         self._forcing: set[str] = set()
         self._models: dict[str, ModelRef] = {}  # resolved once per run
         # what the run's generation spent, against budget: (distill.budget)
-        self.budget = Budget(recipe.budget, price=recipe.teacher.price)
+        self.budget = Budget(recipe.budget)
         self.tracking: LoopTracking | None = None  # opened by run()
 
     # -- the loop -------------------------------------------------------------------------
@@ -251,8 +251,8 @@ class Runner:
             self._forcing.update(STAGES[STAGES.index(name):])
         if stage.is_done() and name not in self._forcing:
             log.info("%s/%s: done (fingerprint %s), skipped", label, name, stage.fingerprint[:12])
-            if name == "generate":  # what it spent counts against the budget
-                self.budget.spend(*checkpoint_usage(stage.path / "checkpoints"))
+            if name in SPENDING_STAGES:  # what it spent counts against the budget
+                self._count_spent(stage)
             self._track(label, name, stage)
             if name == self.options.stop_after:
                 raise _StopAfter
@@ -262,11 +262,26 @@ class Runner:
             log.info("%s/%s: asking the %d request(s) that failed last time again", label,
                      name, stage.failed_requests())
         stage.begin()
-        stage.commit(work(stage.work))
+        before = self.budget.snapshot()  # resumed chunks count as they are found
+        summary = work(stage.work)
+        if name in SPENDING_STAGES:
+            summary["spent"] = self.budget.since(before)
+        stage.commit(summary)
         self._track(label, name, stage)
         if name == self.options.stop_after:
             raise _StopAfter
         return stage
+
+    def _count_spent(self, stage: Stage) -> None:
+        """Count what a committed stage spent: its manifest's `spent`, at its run's prices."""
+        spent = (stage.manifest() or {}).get("spent")
+        if spent is not None:
+            self.budget.add(spent)
+        elif stage.name == "generate":  # committed before manifests recorded it
+            self.budget.spend(*checkpoint_usage(stage.path / "checkpoints"),
+                              self.recipe.teacher.price)
+        else:  # a filter stage from then: its judges' requests and tokens, cost unknown
+            self.budget.spend(*checkpoint_usage(stage.path / "judge-checkpoints"), None)
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -319,7 +334,8 @@ class Runner:
                 chunk_size=recipe.teacher.checkpoint_every, executor=executor,
                 progress=self._progress(f"{label} generate"),
                 failures=FailedRequests(max_fraction=recipe.teacher.max_failed_fraction),
-                top_logprobs=top_logprobs, budget=self.budget, **loaders)
+                top_logprobs=top_logprobs, budget=self.budget,
+                price=recipe.teacher.price, **loaders)
             self.budget.where = f"{label}/generate"
 
             try:
@@ -364,11 +380,12 @@ class Runner:
                 declared = settings.dependencies().inputs
                 loaders = {"seed_tasks": self._seed_tasks} if "seed_tasks" in declared else {}
                 return FilterContext(seed=recipe.seed, work_dir=out, teacher=recipe.teacher,
-                                     failures=failures, **loaders)
+                                     failures=failures, budget=self.budget, **loaders)
 
             candidates = read_records(generated.path / "candidates.jsonl")
             filters = [settings.create(context(settings)) for settings in recipe.filters]
             report = self._progress(f"{label} filter")
+            self.budget.where = f"{label}/filter"  # judges' requests count too
             result = run_funnel(filters, candidates,
                                 progress=lambda name, n: report and report(name, n, n))
             write_jsonl(out / "kept.jsonl", result.kept)
@@ -643,6 +660,8 @@ def gather_teacher_tokens(path: Path, records: list[Any], sources: list[Path]) -
 
 # Written to the run directory when a budget cap stopped the run (distill.budget).
 BUDGET_FILE = "budget.json"
+# The stages whose requests count against the budget (a filter's: its LLM judges').
+SPENDING_STAGES = ("generate", "filter")
 
 
 def checkpoint_usage(checkpoint_dir: Path) -> tuple[int, int, int]:

@@ -62,10 +62,10 @@ def test_a_request_cap_stops_before_the_chunk_that_would_pass_it_and_resumes(bac
 
 
 def test_a_token_cap_stops_once_reached_and_counts_money(backend, tmp_path):
-    budget = Budget(BudgetSettings(max_tokens=1), price=Price(prompt_per_million=1e6,
-                                                              completion_per_million=0))
+    budget = Budget(BudgetSettings(max_tokens=1))
     ctx = GenerationContext(backend=backend, checkpoint_dir=tmp_path, chunk_size=4,
-                            budget=budget)
+                            budget=budget, price=Price(prompt_per_million=1e6,
+                                                       completion_per_million=0))
     with pytest.raises(BudgetReached) as stopped:
         ctx.generate("key", REQUESTS)
     assert stopped.value.cap == "max_tokens"

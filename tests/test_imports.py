@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "distill.settings": 0, "distill.registry": 0, "distill.records": 0,
     "distill.identity": 0, "distill.prompts": 0, "distill.store": 0,
     "distill.data": 0, "distill.tinymodel": 0, "distill.runlock": 0,
+    "distill.budget": 0,  # caps and prices: settings only (a served model has a price)
     # 1: model references, backends' engine options and the component contract
     "distill.models": 1, "distill.engine_options": 1, "distill.component": 1,
     # 2: components (backends, generators, filters, training, evaluation, metrics, ...)

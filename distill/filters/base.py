@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
+from distill.budget import Budget
 from distill.component import Component, undeclared
 from distill.generate.failures import FailedRequests
 from distill.records import Example, Rejected
@@ -48,6 +49,8 @@ class FilterContext:
     seed_tasks: Callable[[], list[Example]] = undeclared("seed_tasks")
     # the stage's requests to a judge that ran out of retries (distill.generate.failures)
     failures: FailedRequests = field(default_factory=lambda: FailedRequests(stage="filter"))
+    # the run's budget caps (distill.budget): a judge's requests count against them
+    budget: Budget | None = None
 
 
 class Filter(Protocol):

@@ -14,7 +14,9 @@ Verdicts: kept, `judge_score<threshold`, or `judge_malformed` (the judge's answe
 no usable score; kept instead with `keep_unjudged: true`). Every record's
 `scores["judge"]` holds the mean, the per-aspect scores and the judge's rationales (or
 the malformed reason). Judgements are checkpointed in the filter stage's directory, so a
-killed filter stage resumes without asking again.
+killed filter stage resumes without asking again. The judge's requests count against the
+run's `budget:` caps, at the judge model's `price` (the teacher's when it is the teacher),
+checked between chunks of 64: a cap stops the filter stage uncommitted and resumable.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class JudgeFilter:
         self.context.failures.max_fraction = choice.max_failed_fraction  # the judge's server
         try:
             ctx = GenerationContext(backend=backend, checkpoint_dir=work / "judge-checkpoints",
-                                    seed=self.context.seed, failures=self.context.failures)
+                                    seed=self.context.seed, failures=self.context.failures,
+                                    budget=self.context.budget, price=choice.price)
             ratings = LLMJudge(self.config, ctx, choice.model).rate(records, key=key)
         finally:
             backend.close()

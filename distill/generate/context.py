@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.backends.base import FAILED, Backend, Generation, GenerationRequest
-from distill.budget import Budget
+from distill.budget import Budget, Price
 from distill.component import undeclared
 from distill.executors.base import Executor
 from distill.executors.local import LocalExecutor
@@ -94,6 +94,9 @@ class GenerationContext:
     # The run's budget caps (distill.budget): chunks found on disk and chunks generated
     # count against it, and no chunk starts once a cap is reached. None: no caps.
     budget: Budget | None = None
+    # What this context's model costs (its ServedModel's price); what it spends counts at
+    # it. None: nothing known (validation refuses budget.max_cost without prices).
+    price: Price | None = None
 
     def _shard_path(self, key: str, chunk: int) -> Path:
         # The chunk size is in the name: a resume with another size regenerates instead of
@@ -126,7 +129,7 @@ class GenerationContext:
                 continue
             saved[index] = loaded
             if self.budget is not None:
-                self.budget.spend(*_usage(loaded))  # spent by an earlier run
+                self.budget.spend(*_usage(loaded), self.price)  # spent by an earlier run
             again = [r for r in chunk if _failed(loaded[r.id]) and retried_later(loaded[r.id][0])]
             if again:
                 todo.append((index, again))
@@ -154,7 +157,7 @@ class GenerationContext:
                 self.progress(key, finished, len(requests))
             self.failures.count(key, sent[index], generations)
             if self.budget is not None:
-                self.budget.spend(*_usage(by_request))
+                self.budget.spend(*_usage(by_request), self.price)
                 if self.budget.exceeded() is not None and finished < len(requests):
                     held_back = True  # the chunks still running are not waited for
                     break

@@ -237,7 +237,7 @@ def _generate_responses(config: Config, ctx: GenerationContext, tasks: list[Exam
     responses: list[Example] = []
     for m, model in enumerate(config.models):
         backend = None if model == "teacher" else open_judge_backend(model, ctx.seed)
-        model_ctx = ctx if backend is None else judge_context(ctx, backend)
+        model_ctx = ctx if backend is None else judge_context(ctx, backend, model)
         name = ctx.teacher_name if model == "teacher" else model.model
         try:
             requests, sources = [], {}
@@ -289,8 +289,8 @@ def _judge(config: Config, ctx: GenerationContext, tasks: list[Example],
     choice = config.judge.model
     backend = None if choice is None else open_judge_backend(choice, ctx.seed)
     name = ctx.teacher_name if choice is None else model_path(choice.model)
-    judge = LLMJudge(config.judge, ctx if backend is None else judge_context(ctx, backend),
-                     name)
+    judge_ctx = ctx if backend is None else judge_context(ctx, backend, choice)
+    judge = LLMJudge(config.judge, judge_ctx, name)
     try:
         if config.judge.mode == "rubric":
             ratings = judge.rate(responses, key="judge-rubric")
