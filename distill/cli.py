@@ -17,8 +17,9 @@ Bad input exits with code 2 and one line per problem; nothing is printed as a tr
 unless the failure is a bug, and then the traceback goes to the run's log file. `run` and
 `validate` make the same checks (`_load`), so `run` refuses bad input before any stage;
 `run` then holds the run directory's lock (`distill.runlock`) until it exits, and a
-second `run` of the same directory exits with 2, naming the holder. A run that a `budget:` cap
-stopped exits with 4 (distill.budget); rerunning with a higher cap resumes it.
+second `run` of the same directory exits with 2, naming the holder. A run (or a `sweep`
+cell) that a `budget:` cap stopped exits with 4 (distill.budget); rerunning with a higher
+cap resumes it.
 """
 
 from __future__ import annotations
@@ -386,6 +387,7 @@ def sweep(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
     """Run a grid of flywheel runs (arms x seeds) and write the comparison report."""
+    from distill.budget import BudgetReached
     from distill.flywheel.sweep import StudyError, load_study, run_sweep
     from distill.runlock import RunLocked
     from distill.runner import RunOptions, refuse_launched_ranks
@@ -405,6 +407,10 @@ def sweep(
                                 options=RunOptions(quiet=quiet))
     except (StudyError, RunLocked) as error:  # RunLocked: a cell's run is in use
         raise _fail(str(error)) from None
+    except BudgetReached as stop:  # a clean stop, as `distill run` makes it; names the cell
+        console.print(f"[bold yellow]stopped by the budget:[/] {stop}", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(EXIT_BUDGET) from None
     except Exception as error:  # one readable line here; the traceback goes to the log
         with log_path.open("a", encoding="utf-8") as handle:
             handle.write(traceback.format_exc())

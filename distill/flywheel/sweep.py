@@ -19,7 +19,9 @@ e.g. a data policy and its real fraction), the seeds and the number of rounds:
     metrics: [held_out_perplexity.mean, microworld.tail_mass]
 
 Every cell is a normal run (`Runner`), so the sweep resumes where it stopped and a cell
-can be inspected with `distill show`. The report (`report.md`, `report.html`, `plots/`)
+can be inspected with `distill show`. A cell stopped by a `budget:` cap (one per cell's
+run directory) stops the sweep with exit code 4 and a message naming the cell; rerunning
+with a higher cap resumes it. The report (`report.md`, `report.html`, `plots/`)
 plots each metric against the round, one line per arm, the mean over seeds with a min-max
 band, and the per-round histograms of generated data's perplexity under the reference
 model (Shumailov et al.'s figure).
@@ -184,6 +186,7 @@ def run_sweep(path: str | Path, *, only: list[str] | None = None, report_only: b
         if problem and not report_only:
             raise StudyError(f"cell {cell.name}: output_dir: {problem}")
     if not report_only:
+        from distill.budget import BudgetReached
         from distill.runner import Runner
 
         for index, (cell, recipe) in enumerate(zip(grid, recipes, strict=True), start=1):
@@ -193,7 +196,11 @@ def run_sweep(path: str | Path, *, only: list[str] | None = None, report_only: b
             with run_lock(run_dir, f"distill sweep {path} (cell {cell.name})") as previous:
                 if previous is not None:
                     log.warning(taken_over(run_dir, previous))
-                Runner(recipe, options).run()
+                try:
+                    Runner(recipe, options).run()
+                except BudgetReached as stop:  # the sweep stops there; a rerun resumes it
+                    raise BudgetReached(stop.cap, stop.limit, stop.spent,
+                                        f"cell {cell.name} {stop.where}") from None
     return write_sweep_report(study, study_dir, cells(study, study_dir))
 
 
