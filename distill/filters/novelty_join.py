@@ -88,7 +88,7 @@ def threshold_join(seeds: list[str], texts: list[str], threshold: float,
     from distill.filters.novelty_kernels import join
 
     seq, offsets, vocabulary = _token_ids([*seeds, *texts])
-    ranks = _sorted_ranks(seq, offsets)
+    ranks = _sorted_ranks(seq, offsets, vocabulary)
     lengths = np.diff(offsets)
     t_low = threshold - _MARGIN
     prefix = lengths - np.maximum(1, np.ceil(t_low * lengths / (2 - t_low))) + 1
@@ -141,25 +141,21 @@ def _token_ids(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     return np.frombuffer(flat, dtype=np.int32).copy(), offsets, len(ids)
 
 
-def _sorted_ranks(seq: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _sorted_ranks(seq: np.ndarray, offsets: np.ndarray, vocabulary: int) -> np.ndarray:
     """Every text's elements (token, occurrence) as ranks, rarest first, sorted per text.
 
-    An element is held at most once per text, so its count is how many texts hold it.
-    Ties are broken by element id, so the order is one fixed total order.
+    Element ids run token by token, then by occurrence; an element is held at most once
+    per text, so its count is how many texts hold it. Ties keep the id order, so the order
+    is one fixed total order.
     """
-    lengths = np.diff(offsets)
-    owner = np.repeat(np.arange(len(lengths)), lengths)
-    order = np.lexsort((np.arange(len(seq)), seq, owner))
-    run = np.r_[True, (owner[order][1:] != owner[order][:-1]) | (seq[order][1:] != seq[
-        order][:-1])] if len(seq) else np.zeros(0, dtype=bool)
-    starts = np.flatnonzero(run)
-    occurrence = np.empty(len(seq), dtype=np.int64)
-    occurrence[order] = np.arange(len(seq)) - np.repeat(starts, np.diff(np.r_[starts,
-                                                                             len(seq)]))
-    key = seq.astype(np.int64) * (int(occurrence.max(initial=0)) + 1) + occurrence
-    elements, element = np.unique(key, return_inverse=True)
-    rank = np.empty(len(elements), dtype=np.int64)
-    rank[np.argsort(np.bincount(element, minlength=len(elements)), kind="stable")] = \
-        np.arange(len(elements))
+    from distill.filters.novelty_kernels import occurrences, sort_each
+
+    occurrence, per_token = occurrences(seq, offsets, vocabulary)
+    first = np.concatenate([[0], np.cumsum(per_token)[:-1]]).astype(np.int64)
+    element = first[seq] + occurrence
+    held = np.bincount(element, minlength=int(per_token.sum()))
+    rank = np.empty(len(held), dtype=np.int32)
+    rank[np.argsort(held, kind="stable")] = np.arange(len(held), dtype=np.int32)
     ranks = rank[element]
-    return ranks[np.lexsort((ranks, owner))].astype(np.int32)
+    sort_each(ranks, offsets)
+    return ranks

@@ -39,6 +39,33 @@ _ALL = ~np.uint64(0)
 
 
 @_jit()
+def occurrences(seq: np.ndarray, offsets: np.ndarray, vocabulary: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Each token's occurrence number within its text, and its most in one text.
+
+    "a b a" gives occurrences 0, 0, 1, and "a" is held at most twice.
+    """
+    seen = np.zeros(vocabulary, dtype=np.int32)
+    most = np.zeros(vocabulary, dtype=np.int64)
+    out = np.empty(len(seq), dtype=np.int32)
+    for x in range(len(offsets) - 1):
+        for k in range(offsets[x], offsets[x + 1]):
+            out[k] = seen[seq[k]]
+            seen[seq[k]] += 1
+        for k in range(offsets[x], offsets[x + 1]):
+            most[seq[k]] = max(most[seq[k]], seen[seq[k]])
+            seen[seq[k]] = 0
+    return out, most
+
+
+@_jit()
+def sort_each(values: np.ndarray, offsets: np.ndarray) -> None:
+    """Sort each text's slice of `values` in place."""
+    for x in range(len(offsets) - 1):
+        values[offsets[x]:offsets[x + 1]].sort()
+
+
+@_jit()
 def fmeasure(lcs: int, target_length: int, prediction_length: int) -> float:
     """rouge_score's F-measure with its float operations (`novelty.rouge_l_fmeasure`)."""
     precision = lcs / max(prediction_length, 1)

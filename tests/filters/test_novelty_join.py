@@ -195,6 +195,17 @@ def test_join_verifies_far_fewer_pairs_than_the_full_scan():
     assert joined.verified < 0.01 * sum(kept_before), (joined.verified, sum(kept_before))
 
 
+def test_elements_are_ranked_rarest_first_with_occurrence_numbers():
+    seq, offsets, vocabulary = novelty_join._token_ids(["a b a", "a", "a c"])
+    ranks = novelty_join._sorted_ranks(seq, offsets, vocabulary)
+    per_text = [ranks[offsets[i]:offsets[i + 1]].tolist() for i in range(3)]
+    # ("a", 0) is in all three texts, ("a", 1), "b" and "c" in one each.
+    assert [len(t) for t in per_text] == [3, 1, 2]
+    assert per_text[1] == [3] and max(ranks) == 3
+    assert all(t == sorted(t) for t in per_text)
+    assert sorted(set(ranks.tolist())) == [0, 1, 2, 3]
+
+
 def records_run(stream: list[str], seeds: list[str], **config):
     seed_tasks = [Example(id=f"s{i}", instruction=t) for i, t in enumerate(seeds)]
     records = [Example(id=str(i), instruction=t) for i, t in enumerate(stream)]
