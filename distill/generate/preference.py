@@ -116,6 +116,14 @@ class Config(GeneratorSettings):
         if self.responses_per_prompt < 2:
             raise ValueError("a preference pair needs at least two responses per prompt: "
                              "give more models, temperatures, system_prompts or samples")
+        greedy = self.temperatures.count(0.0)
+        if greedy and (self.samples > 1 or greedy > 1):
+            # greedy decoding ignores the seed: the copies are identical, and identical
+            # answers make no pair (ties are dropped); vLLM refuses greedy n > 1 outright
+            raise ValueError(f"{self.samples * greedy} answers per model and system prompt "
+                             f"at temperature 0 (samples {self.samples} x temperatures "
+                             f"{self.temperatures}) are one greedy answer repeated: use "
+                             "samples 1 and temperature 0 once, or temperatures above 0")
         return self
 
     @property

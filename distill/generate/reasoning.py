@@ -295,6 +295,11 @@ class Config(GeneratorSettings):
         if self.keep > self.samples:
             raise ValueError(f"keep ({self.keep}) is more traces than the {self.samples} "
                              "samples per problem")
+        if self.samples > 1 and self.sampling.temperature == 0:
+            # vLLM refuses n > 1 when greedy; other backends return n identical traces,
+            # and the pass rate of one answer copied N times measures nothing
+            raise ValueError(f"samples ({self.samples}) at sampling.temperature 0 are one "
+                             "greedy trace repeated: use samples 1 or a temperature above 0")
         return self
 
     def dependencies(self) -> Dependencies:
