@@ -11,7 +11,9 @@ For each round whose train stage is committed:
 The dataset card's front matter holds the licence, language, task categories, size and
 source datasets, and `generated_by`: every model that wrote or chose the data, with its
 revision, commit, licence and terms; its text gives the generation method and settings,
-the funnel, the contamination check and the expert review's error rate. The model card
+the funnel, the contamination check and the expert review's error rate. A round that
+trained on several rounds' data (`data_policy: accumulate`) gets each of those rounds'
+funnel and contamination check, with the rows of each in its data. The model card
 names the base model, adapter and merged checkpoints, the training method and arguments,
 the scores before and after, and the contamination status.
 
@@ -273,9 +275,36 @@ def _generation_section(run: _Run) -> list[str]:
             ""]
 
 
+def _data_rounds(run: _Run, label: str) -> list[tuple[str, int | None]]:
+    """The rounds whose generated data `label` trained on, with their rows in it.
+
+    Read from the train stage's `data_mix` (`round_<r>` keys: the data policy's choice, so
+    `accumulate` names every round so far); None rows: a run that recorded no mix.
+    """
+    mix = run.manifest(label, "train").get("data_mix") or {}
+    rounds = sorted((key for key in mix if key.startswith("round_")),
+                    key=lambda key: int(key.removeprefix("round_")))
+    return [(key, mix[key]) for key in rounds] or [(label, None)]
+
+
 def _funnel_section(run: _Run, label: str) -> list[str]:
+    rounds = _data_rounds(run, label)
+    if len(rounds) == 1 and rounds[0][0] == label:  # the round's own data alone
+        return ["## Funnel", "", *_funnel_table(run, label), ""]
+    policy = _policy(run.recipe["rounds"]["data_policy"])
+    lines = ["## Funnel", "",
+             f"The data policy `{policy}` trained {label} on the data of "
+             f"{', '.join(key for key, _ in rounds)}: each round's funnel below, and how many "
+             "of the records it kept are in this data.", ""]
+    for key, rows in rounds:
+        lines += [f"### {key}", "", *_funnel_table(run, key), "",
+                  f"In this data: {rows} of {key}'s records.", ""]
+    return lines
+
+
+def _funnel_table(run: _Run, label: str) -> list[str]:
     generated = run.manifest(label, "generate").get("counts", {})
-    lines = ["## Funnel", "", "| step | in | out | dropped by reason |", "|---|---|---|---|",
+    lines = ["| step | in | out | dropped by reason |", "|---|---|---|---|",
              f"| generate | | {generated.get('candidates', 0)} | "
              f"{generated.get('rejected', 0)} teacher outputs not parsed |"]
     funnel = run.dir / label / "filter" / "funnel.json"
@@ -286,21 +315,27 @@ def _funnel_section(run: _Run, label: str) -> list[str]:
     if decon:
         lines.append(f"| decontaminate | {decon.get('in', 0)} | {decon.get('clean', 0)} | "
                      f"contaminated {decon.get('contaminated', 0)} |")
-    return lines + [""]
+    return lines
 
 
 def _contamination_section(run: _Run, label: str) -> list[str]:
-    decon = run.manifest(label, "decontaminate")
-    if not decon.get("policy"):
-        return ["## Contamination", "", "Not checked: decontamination was disabled.", ""]
-    counts = decon.get("counts", {})
-    per_task = {task: n for task, n in (decon.get("per_task") or {}).items() if n}
-    tasks = ", ".join(f"{task} {n}" for task, n in per_task.items()) or "none"
-    return ["## Contamination", "",
-            f"Checked against the evaluation tasks' own texts (method `{decon.get('method')}`, "
-            f"policy `{decon['policy']}`): {counts.get('contaminated', 0)} of "
-            f"{counts.get('in', 0)} examples overlapped ({tasks}), "
-            f"{counts.get('suspect', 0)} suspect; {counts.get('clean', 0)} kept.", ""]
+    rounds = [key for key, _ in _data_rounds(run, label)]
+    lines = ["## Contamination", ""]
+    for key in rounds:
+        decon = run.manifest(key, "decontaminate")
+        where = f"{key}: " if len(rounds) > 1 else ""
+        if not decon.get("policy"):
+            lines += [f"{where}Not checked: decontamination was disabled.", ""]
+            continue
+        counts = decon.get("counts", {})
+        per_task = {task: n for task, n in (decon.get("per_task") or {}).items() if n}
+        tasks = ", ".join(f"{task} {n}" for task, n in per_task.items()) or "none"
+        lines += [f"{where}Checked against the evaluation tasks' own texts (method "
+                  f"`{decon.get('method')}`, policy `{decon['policy']}`): "
+                  f"{counts.get('contaminated', 0)} of {counts.get('in', 0)} examples "
+                  f"overlapped ({tasks}), {counts.get('suspect', 0)} suspect; "
+                  f"{counts.get('clean', 0)} kept.", ""]
+    return lines
 
 
 def _review_section(run_dir: Path, label: str) -> list[str]:
