@@ -26,7 +26,8 @@ alike. Model FLOPs utilisation (GPU): per example of L tokens, (4N + 6A) L for t
 weights, 6A with their weight gradient) plus 6 x layers x d_q x L(L+1) for causal
 attention scores (QK^T and AV, 2 d_q FLOPs per visible query-key pair each, forward, and
 twice that backward), over the timed seconds and the GPU's dense bf16 peak
-(scripts/gpu_check.py's table). Padding is not counted: it is waste, not model FLOPs.
+(scripts/gpu_check.py's table and its `train_flops_per_token`, the one formula both use).
+Padding is not counted: it is waste, not model FLOPs.
 """
 
 from __future__ import annotations
@@ -86,17 +87,6 @@ def write_chats(path: Path, work: dict[str, Any], words_pool: list[str], seed: i
     return path
 
 
-def example_lengths(model_dir: Path, data: Path) -> list[int]:
-    """Tokens of each example as SFT renders it (the chat template), for the FLOP count."""
-    from transformers import AutoTokenizer
-
-    from distill.train.sft import read_conversations
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return [len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])
-            for c in read_conversations(data)]
-
-
 def fitting_chats(path: Path, model_dir: Path, work: dict[str, Any],
                   words_pool: list[str]) -> tuple[Path, list[int]]:
     """The chats that fit max_length whole, and their lengths: every arm trains them all.
@@ -107,7 +97,7 @@ def fitting_chats(path: Path, model_dir: Path, work: dict[str, Any],
     from distill.records import iter_jsonl, write_jsonl
 
     write_chats(path, work, words_pool, seed=7)
-    lengths = example_lengths(model_dir, path)
+    lengths = gpu_check.example_lengths(model_dir, path)
     rows = list(iter_jsonl(path))
     kept = [(row, n) for row, n in zip(rows, lengths, strict=True) if n <= work["max_length"]]
     write_jsonl(path, [row for row, _ in kept])
@@ -186,13 +176,6 @@ def run_arm(arm: str, base: dict[str, Any], work_dir: Path, repeat: int,
     return json.loads((out / "result.json").read_text())
 
 
-def flops_per_token(matmul: int, adapters: int, layers: int, d_q: int,
-                    lengths: list[int]) -> float:
-    """Model FLOPs per trained token, the dataset's causal attention averaged in."""
-    attention = 6 * layers * d_q * sum(n * (n + 1) for n in lengths) / sum(lengths)
-    return 4 * matmul + 6 * adapters + attention
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", choices=["tiny", *gpu_check.MODELS],
@@ -242,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{steady_rate(runs[arm][-1])[0]:,.0f} tokens/s", flush=True)
     peak = gpu_check.peak_bf16_flops(meta["device"]) if cuda else None
     adapters = runs["padded"][0]["trainable_params"]
-    per_token = flops_per_token(matmul, adapters, shape.layers, shape.hidden, lengths)
+    per_token = gpu_check.train_flops_per_token(matmul, adapters, shape.layers, shape.hidden,
+                                                lengths)
     rows = summarize(runs, cuda, per_token, peak)
     report = {"meta": {**meta, "model": shape.__dict__, "attention": attention, "work": work,
                        "repeats": repeats, "matmul_params": matmul, "adapter_params": adapters,

@@ -18,15 +18,19 @@ nothing comes from a hub. For each model, within the time left:
    training tokens/s (non-padding tokens, all ranks, steps after the warm-up), peak GPU
    memory (the largest rank's) and MFU.
 
-MFU counts model FLOPs, not hardware FLOPs. Per trained token a matrix of P weights costs
-2P forward, 2P backward to the activations (needed to reach earlier adapters) and 2P more
+MFU counts model FLOPs, not hardware FLOPs (`train_flops_per_token`, which
+scripts/bench_train.py uses too). Per trained token a matrix of P weights costs 2P
+forward, 2P backward to the activations (needed to reach earlier adapters) and 2P more
 for its weight gradient only if it trains. So a LoRA step costs 4*N + 6*A FLOPs per token,
 N = the base's matmul weights (every linear layer, lm_head once even though tied; the
 embedding lookup is free), A = the adapters' weights; a full fine-tune is the usual 6*N.
-Gradient checkpointing's recomputed forward and the attention-score FLOPs are not counted
-(so MFU is a lower bound of the hardware's use), and neither are padding tokens. MFU =
-those FLOPs per second / (processes x the GPU's dense bf16 peak): H100 SXM and H200 989
-TFLOPS (PEAK_BF16_TFLOPS); an unknown device or the CPU prints n/a.
+Causal attention adds, per example of L tokens, 6 x layers x d_q x L(L+1): QK^T and AV,
+2 d_q FLOPs per visible query-key pair each (L(L+1)/2 pairs) forward, twice that backward;
+averaged over the trained examples' token lengths (the chat template's, cut at
+max_length). Gradient checkpointing's recomputed forward is not counted (so MFU is a
+lower bound of the hardware's use), and neither are padding tokens. MFU = those FLOPs per
+second / (processes x the GPU's dense bf16 peak): H100 SXM and H200 989 TFLOPS
+(PEAK_BF16_TFLOPS); an unknown device or the CPU prints n/a.
 
 Each section has its own time budget and is skipped, with a note, when less time is left
 than it needs; a training subprocess that overruns its budget is stopped, so the whole
@@ -111,13 +115,43 @@ def peak_bf16_flops(device_name: str) -> float | None:
     return None
 
 
-def train_flops_per_token(matmul_params: int, adapter_params: int) -> int:
-    """Model FLOPs of one trained token with frozen base weights and trained adapters.
+def train_flops_per_token(matmul_params: int, adapter_params: int, layers: int, d_q: int,
+                          lengths: list[int]) -> float:
+    """Model FLOPs of one trained token: frozen matmuls, trained weights, causal attention.
 
-    4 per frozen matmul weight (forward, backward to the activations), 6 per adapter
-    weight (its weight gradient too); see the module docstring.
+    The one MFU formula of gpu_check.py and bench_train.py (see the module docstring).
+
+    Args:
+        matmul_params: frozen matmul weights, 4 FLOPs each (forward, backward to the
+            activations); 0 for a full fine-tune.
+        adapter_params: trained weights, 6 each (their weight gradient too): the adapters,
+            or every matmul weight of a full fine-tune.
+        layers: decoder layers.
+        d_q: query width (heads x head size).
+        lengths: the trained examples' token counts; their causal attention,
+            6 x layers x d_q x L(L+1) per example, is averaged over their tokens.
     """
-    return 4 * matmul_params + 6 * adapter_params
+    attention = 6 * layers * d_q * sum(n * (n + 1) for n in lengths) / sum(lengths)
+    return 4 * matmul_params + 6 * adapter_params + attention
+
+
+def example_lengths(model_dir: Path, data: Path) -> list[int]:
+    """Tokens of each example as SFT renders it (the chat template), for the FLOP count."""
+    from transformers import AutoTokenizer
+
+    from distill.train.sft import read_conversations
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return [len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])
+            for c in read_conversations(data)]
+
+
+def attention_shape(model_dir: Path) -> tuple[int, int]:
+    """(layers, d_q) of a checkpoint, from its config.json."""
+    config = json.loads((model_dir / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return config["num_hidden_layers"], heads * head_dim
 
 
 def qwen2_config(shape: Shape, tokenizer: Any):
@@ -367,8 +401,11 @@ def run_training(section: Section, model_dir: Path, work_dir: Path, work: Worklo
     args = {"max_steps": work.train_steps, "per_device_train_batch_size": work.batch_size,
             "max_length": work.max_length, "save_strategy": "no", **train_args,
             "logging_steps": 1}  # the throughput is read from every step's token count
+    data = write_chats(job / "train.jsonl", work, examples, seed=3)
+    # what attention costs depends on the lengths trained: TRL cuts at max_length
+    lengths = [min(n, work.max_length) for n in example_lengths(model_dir, data)]
     spec = TrainSpec(model=str(model_dir), lora=LoraSettings(), args=args,
-                     data_path=str(write_chats(job / "train.jsonl", work, examples, seed=3)),
+                     data_path=str(data),
                      output_dir=str(job / "out"), progress_path=str(job / "progress.jsonl"),
                      seed=0, quiet=True)
     spec_path = spec.save(job / "train_spec.json")
@@ -399,7 +436,9 @@ def run_training(section: Section, model_dir: Path, work_dir: Path, work: Worklo
     (t0, n0), (t1, n1) = steps[first], steps[last]
     result = main["result"]
     adapter_params = int(result["trainable_params"])
-    flops = train_flops_per_token(matmul_params, adapter_params) * (n1 - n0) / (t1 - t0)
+    layers, d_q = attention_shape(model_dir)
+    per_token = train_flops_per_token(matmul_params, adapter_params, layers, d_q, lengths)
+    flops = per_token * (n1 - n0) / (t1 - t0)
     section.tokens_per_s = (n1 - n0) / (t1 - t0)
     peaks = [r["peak_bytes"] for r in ranks if r["peak_bytes"] is not None]
     section.peak_memory_gib = max(peaks) / 2**30 if peaks else None
@@ -411,7 +450,8 @@ def run_training(section: Section, model_dir: Path, work_dir: Path, work: Worklo
         "num_processes": result["num_processes"], "ranks_in_sync": result["ranks_in_sync"],
         "first_loss": result["first_loss"], "final_loss": result["final_loss"],
         "trainable_params": adapter_params, "matmul_params": matmul_params,
-        "flops_per_token": train_flops_per_token(matmul_params, adapter_params),
+        "flops_per_token": per_token, "attention_layers": layers, "attention_d_q": d_q,
+        "mean_example_tokens": round(sum(lengths) / len(lengths), 1),
         "train_args": result["args"],
     }
     section.status = "ok"
@@ -541,8 +581,9 @@ def table(meta: dict[str, Any], sections: list[Section]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
               for r in rows]
-    lines.append("MFU: (4 x base matmul weights + 6 x adapter weights) x tokens/s / "
-                 "(processes x dense bf16 peak); see scripts/gpu_check.py")
+    lines.append("MFU: (4 x base matmul weights + 6 x adapter weights + causal attention "
+                 "6 x layers x d_q x mean L(L+1)/L) x tokens/s / (processes x dense bf16 "
+                 "peak); see scripts/gpu_check.py")
     return "\n".join(lines)
 
 

@@ -30,8 +30,10 @@ def load_script():
 
 def test_flops_per_token_counts_matmuls_adapters_and_causal_attention():
     bench = load_script()
-    # 4 x 10 frozen + 6 x 2 adapter weights; attention 6 x 2 layers x d_q 4 x (1*2 + 3*4) / 4
-    assert bench.flops_per_token(10, 2, layers=2, d_q=4, lengths=[1, 3]) == 40 + 12 + 168
+    # gpu_check's formula (tests/test_gpu_check.py checks it by hand): 4 x 10 frozen +
+    # 6 x 2 adapter weights; attention 6 x 2 layers x d_q 4 x (1*2 + 3*4) / 4
+    assert bench.gpu_check.train_flops_per_token(10, 2, layers=2, d_q=4,
+                                                 lengths=[1, 3]) == 40 + 12 + 168
 
 
 def test_padding_share_of_padded_batches():

@@ -92,8 +92,15 @@ def test_training_goes_through_distill_with_the_stated_flops(tiny_run):
         assert details["trainable_params"] == lora_params(shape, rank=16)
         assert details["matmul_params"] == data["meta"]["models"][section["model"]][
             "matmul_params"]
-        assert details["flops_per_token"] == (4 * details["matmul_params"]
-                                              + 6 * details["trainable_params"])
+        # the shared formula, on the trained examples' lengths (cut at max_length 96)
+        attention = details["flops_per_token"] - (4 * details["matmul_params"]
+                                                  + 6 * details["trainable_params"])
+        assert (details["attention_layers"], details["attention_d_q"]) == (
+            shape.layers, shape.hidden)
+        mean = details["mean_example_tokens"]
+        # 6 x layers x d_q x mean(L(L+1))/mean(L) lies between the mean and the max length
+        assert 6 * shape.layers * shape.hidden * (mean + 1) <= attention * 1.001
+        assert attention <= 6 * shape.layers * shape.hidden * 97
         # distill's SFT defaults reached TRL, with the check's bounded run on top
         args = details["train_args"]
         assert args["assistant_only_loss"] is True and args["max_steps"] == 6
@@ -141,7 +148,20 @@ def test_peak_flops_table():
     assert script.peak_bf16_flops("NVIDIA H200") == 989e12
     assert script.peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
     assert script.peak_bf16_flops("Tesla T4") is None
-    assert script.train_flops_per_token(100, 10) == 4 * 100 + 6 * 10
+
+
+def test_one_flop_formula_on_a_known_config():
+    """Qwen2.5-0.5B's attention (24 layers, d_q 896), checked by hand (bench_train.py
+    calls the same function: tests/test_bench_train.py)."""
+    script = load_script()
+    # a full fine-tune of N weights on one 2048-token example: PaLM's 6N + 12 x layers x
+    # d_q x T per token, with causal attention's T(T+1)/2 visible pairs in place of T^2:
+    # 6N + 12 x 24 x 896 x 2049 / 2 = 6N + 264,370,176
+    n = 494_032_768
+    assert script.train_flops_per_token(0, n, 24, 896, [2048]) == 6 * n + 264_370_176
+    # LoRA: 4 per frozen weight, 6 per adapter weight; two examples, the mean over tokens:
+    # attention 6 x 2 x 4 x (1 x 2 + 3 x 4) / (1 + 3) = 168
+    assert script.train_flops_per_token(10, 2, 2, 4, [1, 3]) == 40 + 12 + 168
 
 
 def test_the_budget_skips_what_it_cannot_fit(tmp_path):
