@@ -29,11 +29,11 @@ Why it is exact (prefix filtering, PPJoin, Xiao et al. 2008):
   when above the threshold, is the exact maximum, its first pool text the full scan's.
 
 Blocks of texts probe the pool as it stood before the block on all cores, score the
-block's earlier texts, then are resolved one by one in order (as `full_scan`), so the
-result equals a one-by-one replay. The kernels are numba (`novelty_kernels`), compiled
-on first use and cached on disk; inputs small enough for the dense full scan to take
-about a second run that instead (same outputs for what this reports), so quickstart-size
-runs never compile.
+block's earlier texts that share a prefix element with them (the same filter), then are
+resolved one by one in order (as `full_scan`), so the result equals a one-by-one replay.
+The kernels are numba (`novelty_kernels`), compiled on first use and cached on disk;
+inputs small enough for the dense full scan to take about a second run that instead
+(same outputs for what this reports), so quickstart-size runs never compile.
 """
 
 from __future__ import annotations
