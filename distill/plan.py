@@ -13,7 +13,8 @@ What depends on the teacher's answers (how many tasks a Self-Instruct list yield
 many evolutions survive, how long answers are) is an assumption, printed with the plan:
 a fill ratio of `max_tokens` by default, or what a previous run measured (`--from`),
 read from its generation checkpoints and manifests. Wall time comes from `--throughput`
-or the previous run's tokens per second; money from `teacher.price`.
+or the previous run's tokens per second; money from the `price` of the model each request
+goes to (`teacher.price`, a judge filter's `model.price`, a preference model's).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Line:
     prompt_tokens: int
     completion_tokens: int
     completion_basis: str  # how completion_tokens was estimated
+    priced_by: str = "teacher.price"  # the recipe field of the answering model's price
 
     @property
     def tokens(self) -> int:
@@ -63,17 +65,23 @@ class Plan:
     lines: list[Line]
     assumptions: list[str]
     throughput: float | None = None  # tokens (prompt + completion) per second
-    price: dict[str, float] | None = None  # teacher.price
+    # each line's `priced_by` field -> that price (None: the recipe gives none)
+    prices: dict[str, dict[str, float] | None] = field(default_factory=dict)
 
     def totals(self, stage: str | None = None) -> dict[str, float | None]:
-        """Requests, tokens, wall time (s) and cost, over all lines or one stage's."""
+        """Requests, tokens, wall time (s) and cost, over all lines or one stage's.
+
+        The cost is None unless every line's model has a price: a partial sum is no total.
+        """
         lines = [line for line in self.lines if stage is None or line.stage == stage]
         prompt = sum(line.prompt_tokens for line in lines)
         completion = sum(line.completion_tokens for line in lines)
         cost = None
-        if self.price is not None:
-            cost = (prompt * self.price["prompt_per_million"]
-                    + completion * self.price["completion_per_million"]) / 1e6
+        prices = [self.prices.get(line.priced_by) for line in lines]
+        if all(price is not None for price in prices):
+            cost = sum((line.prompt_tokens * price["prompt_per_million"]
+                        + line.completion_tokens * price["completion_per_million"]) / 1e6
+                       for line, price in zip(lines, prices, strict=True))
         return {"requests": sum(line.requests for line in lines), "prompt_tokens": prompt,
                 "completion_tokens": completion, "tokens": prompt + completion,
                 "wall_time_s": (prompt + completion) / self.throughput if self.throughput
@@ -83,7 +91,7 @@ class Plan:
         """The plan for `--json`."""
         return {"recipe": self.recipe, "lines": [asdict(line) for line in self.lines],
                 "totals": self.totals(), "generate": self.totals("generate"),
-                "throughput": self.throughput, "price": self.price,
+                "throughput": self.throughput, "prices": self.prices,
                 "assumptions": self.assumptions}
 
 
@@ -205,6 +213,7 @@ class _Asked:
     prompt_mean: float
     max_tokens: int  # per request, all samples together
     stage: str = "generate"
+    priced_by: str = "teacher.price"  # the recipe field of the answering model's price
 
 
 # -- the planner --------------------------------------------------------------------------
@@ -255,15 +264,17 @@ class Planner:
                                     "generate stages, model loading included")
         else:
             self.assumptions.append("wall time: not estimated (give --throughput or --from)")
-        price = recipe.teacher.price
-        if price is None:
-            self.assumptions.append("cost: not estimated (no teacher.price in the recipe)")
-        else:
-            self.assumptions.append(f"cost: teacher.price, {price.prompt_per_million:g} per "
-                                    f"million prompt and {price.completion_per_million:g} per "
-                                    "million completion tokens, judges included")
+        models = recipe.priced_models()
+        prices = {}
+        for where in dict.fromkeys(line.priced_by for line in lines):
+            price = models[where].price if where in models else None
+            prices[where] = price and price.model_dump()
+            self.assumptions.append(
+                f"cost: {where}, {price.prompt_per_million:g} per million prompt and "
+                f"{price.completion_per_million:g} per million completion tokens" if price
+                else f"cost: not estimated (no {where} in the recipe)")
         return Plan(recipe=recipe.name, lines=lines, assumptions=self.assumptions,
-                    throughput=throughput, price=price and price.model_dump())
+                    throughput=throughput, prices=prices)
 
     def _line(self, round_index: int, asked: _Asked) -> Line:
         measured = self.measured.completion.get(asked.family) if self.measured else None
@@ -276,7 +287,7 @@ class Planner:
                     requests=asked.requests,
                     prompt_tokens=round(asked.requests * asked.prompt_mean),
                     completion_tokens=round(asked.requests * completion),
-                    completion_basis=basis)
+                    completion_basis=basis, priced_by=asked.priced_by)
 
     # -- generation -------------------------------------------------------------------
 
@@ -339,7 +350,7 @@ class Planner:
         from distill.judge import LLMJudge
         from distill.records import Example
 
-        judges = [f for f in self.recipe.filters if f.kind == "judge"]
+        judges = [(i, f) for i, f in enumerate(self.recipe.filters) if f.kind == "judge"]
         if not judges:
             return []
         candidates = self._candidates(generated)
@@ -347,13 +358,14 @@ class Planner:
         seeds = [Example(id=f"plan-{i}", instruction=s.instruction, input=s.input,
                          output=s.output) for i, s in enumerate(seeds[:64])]
         asked = []
-        for index, settings in enumerate(judges):
+        for index, settings in judges:
             recorder = self._recorder()
             LLMJudge(settings, recorder, "judge").rate(seeds, key="judge")
             prompt = self._asked(recorder)[0].prompt_mean if seeds else 0.0
-            asked.append(_Asked("judge", candidates, prompt, settings.max_tokens, "filter"))
+            asked.append(_Asked("judge", candidates, prompt, settings.max_tokens, "filter",
+                                _price_field(self.recipe, f"filters.{index}.model.price")))
             self.assumptions.append(
-                f"filters judge #{index}: one request per candidate ({candidates}, none "
+                f"filters.{index} (judge): one request per candidate ({candidates}, none "
                 "dropped by earlier filters); prompts rendered on the seed tasks (their "
                 "outputs standing in for the teacher's answers)")
         return asked
@@ -455,19 +467,30 @@ def _plan_preference(planner: Planner, round_index: int) -> list[_Asked]:
     with contextlib.suppress(ValueError):  # no answers to pair: the requests are recorded
         teacher_only.run(recorder)
     asked = planner._asked(recorder)
+    for item in asked:  # "responses-m1": what generate.models[1] answers
+        index = item.family.rpartition("-m")[2]
+        if index.isdigit():
+            item.priced_by = _price_field(planner.recipe, f"generate.models.{index}.price")
     if any(model != "teacher" for model in config.models):
         planner.assumptions.append("preference: other answer models' prompts counted with "
-                                   "the teacher's tokenizer, priced at teacher.price")
+                                   "the teacher's tokenizer, priced at their own price")
     if config.judge.kind == "llm":
         answers = sum(a.requests for a in asked)
         calls = answers if config.judge.mode == "rubric" else answers * (
             config.responses_per_prompt - 1)
         prompt = statistics.fmean(a.prompt_mean for a in asked) if asked else 0.0
         asked.append(_Asked("judge", calls, prompt + config.sampling.max_tokens * planner.fill,
-                            config.judge.max_tokens))
+                            config.judge.max_tokens,
+                            priced_by=_price_field(planner.recipe,
+                                                   "generate.judge.model.price")))
         planner.assumptions.append("preference: the LLM judge's prompt is the task and "
                                    "answer(s) without the rubric's own text (rough)")
     return asked
+
+
+def _price_field(recipe: Recipe, field: str) -> str:
+    """`field` when the recipe names a model of its own there, else the teacher's price."""
+    return field if field in recipe.priced_models() else "teacher.price"
 
 
 METHOD_PLANNERS: dict[str, Callable[[Planner, int], list[_Asked]]] = {
@@ -497,7 +520,7 @@ def print_plan(plan: Plan, console: Any) -> None:
     if totals["wall_time_s"] is not None:
         summary += f", about {totals['wall_time_s'] / 60:.1f} min of teacher time"
     if totals["cost"] is not None:
-        summary += f", cost {totals['cost']:.4g} (teacher.price's currency)"
+        summary += f", cost {totals['cost']:.4g} (the prices' currency)"
     console.print(summary)
     console.print("assumptions:")
     for assumption in plan.assumptions:

@@ -269,7 +269,7 @@ class Recipe(Strict):
         if not self.budget.capped:
             return self
         if self.budget.max_cost is not None:
-            for field, model in self._priced_models().items():
+            for field, model in self.priced_models().items():
                 if model.price is None:
                     raise ValueError(f"budget.max_cost counts money from {field}: declare "
                                      f"{field} {{prompt_per_million, completion_per_million}}")
@@ -281,7 +281,7 @@ class Recipe(Strict):
                              "the paraphrase judge")
         return self
 
-    def _priced_models(self) -> dict[str, ServedModel]:
+    def priced_models(self) -> dict[str, ServedModel]:
         """Every served model the run sends generation requests to, by its price's field."""
         models: dict[str, ServedModel] = {"teacher.price": self.teacher}
         components = [("generate", self.generate),

@@ -106,6 +106,44 @@ def test_plan_counts_the_requests_the_method_makes_and_prices_them():
     assert any("cost: teacher.price" in a for a in estimate["assumptions"])
 
 
+def test_each_request_is_priced_at_the_model_it_goes_to(tmp_path):
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes/quickstart.yaml").read_text())
+    for section, key in (("data", "seed_tasks"), ("train", "accelerate_config")):
+        recipe[section][key] = str(ROOT / "recipes" / recipe[section][key])  # from its folder
+    recipe["teacher"]["price"] = {"prompt_per_million": 2.0, "completion_per_million": 6.0}
+    judge = {"kind": "judge", "max_tokens": 8, "aspects": ["helpfulness"],
+             "model": {"model": "microworld:teacher", "backend": "hf"}}
+    recipe["filters"].append(judge)
+    path = tmp_path / "judged.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    index = len(recipe["filters"]) - 1
+
+    unpriced = json.loads(plan(str(path), "rounds.count=1", "--json").stdout)
+    # a partial sum is no total: the judge's own model has no price
+    assert unpriced["totals"]["cost"] is None
+    assert unpriced["generate"]["cost"] is not None  # the teacher's lines are priced
+    assert any(f"no filters.{index}.model.price" in a for a in unpriced["assumptions"])
+
+    judge["model"]["price"] = {"prompt_per_million": 100.0, "completion_per_million": 300.0}
+    path.write_text(yaml.safe_dump(recipe))
+    result = plan(str(path), "rounds.count=1", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    estimate = json.loads(result.stdout)
+    by = {line["key"]: line for line in estimate["lines"]}
+    assert by["judge"]["priced_by"] == f"filters.{index}.model.price"
+    assert by["responses"]["priced_by"] == "teacher.price"
+    rates = {"teacher.price": (2.0, 6.0), f"filters.{index}.model.price": (100.0, 300.0)}
+    expected = sum((line["prompt_tokens"] * rates[line["priced_by"]][0]
+                    + line["completion_tokens"] * rates[line["priced_by"]][1]) / 1e6
+                   for line in estimate["lines"])
+    assert estimate["totals"]["cost"] == pytest.approx(expected)
+    at_teacher = (estimate["totals"]["prompt_tokens"] * 2.0
+                  + estimate["totals"]["completion_tokens"] * 6.0) / 1e6
+    assert estimate["totals"]["cost"] > at_teacher  # the judge's dearer tokens count
+
+
 def test_plan_refuses_a_run_directory_without_checkpoints(tmp_path):
     result = plan("recipes/quickstart.yaml", "--from", str(tmp_path))
     assert result.returncode == 2
