@@ -2,12 +2,15 @@
 
 The cold quickstart is bound by the build (docs/performance.md), and the build by the
 teacher's and student's training steps. This times one step of the teacher's shape
-(`BuildConfig().teacher`: 2 layers, hidden 128, a batch of 16 x 64 tokens) as the build
-runs it (AdamW, fp32, every usable core) against the alternatives one might try, each in
-a fresh process, interleaved, and prints the ratio of each to the build's way:
+(`BuildConfig().teacher`: 2 layers, hidden 128, a batch of 16 x 64 tokens) as build 6 ran
+it (AdamW, fp32, every usable core, one model after the other) against the alternatives
+one might try, each in a fresh process, interleaved, and prints the ratio of each to
+build 6's way, then the throughput of two steps side by side against it:
 
 - one thread (so two models could train side by side, one per core);
-- AdamW with `fused=True`;
+- one thread, with a second such process training beside it (what the build does since
+  build 7: teacher and student side by side), timed in the first;
+- AdamW with `fused=True` (the build's since build 7), on all cores and on one thread;
 - bfloat16 autocast (AMX or AVX-512 BF16 where the CPU has them).
 
     .venv/bin/python scripts/bench_build_step.py            # about a minute on 2 cores
@@ -24,11 +27,13 @@ import sys
 import time
 
 WAYS = {  # name: (threads, fused AdamW, bf16 autocast); threads 0 = every usable core
-    "build (fp32, all cores)": (0, False, False),
+    "build 6 (fp32, all cores)": (0, False, False),
     "one thread": (1, False, False),
     "fused AdamW": (0, True, False),
+    "fused AdamW, one thread": (1, True, False),
     "bf16 autocast": (0, False, True),
 }
+BESIDE = "fused, one thread, beside"  # WAYS' "fused AdamW, one thread", two at once
 
 
 def step_ms(threads: int, fused: bool, bf16: bool, steps: int) -> float:
@@ -76,20 +81,28 @@ def main() -> int:
     if options.worker:
         print(json.dumps(step_ms(*json.loads(options.worker), options.steps)))
         return 0
-    times: dict[str, list[float]] = {name: [] for name in WAYS}
+    times: dict[str, list[float]] = {name: [] for name in [*WAYS, BESIDE]}
     for repeat in range(options.repeats):
-        order = list(WAYS)[repeat % len(WAYS):] + list(WAYS)[:repeat % len(WAYS)]
-        for name in order:
-            out = subprocess.run([sys.executable, __file__, "--steps", str(options.steps),
-                                  "--worker", json.dumps(WAYS[name])],
-                                 check=True, capture_output=True, text=True).stdout
-            times[name].append(float(out.strip().splitlines()[-1]))
-    base = statistics.median(times["build (fp32, all cores)"])
+        names = list(times)
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            way = WAYS.get(name, WAYS["fused AdamW, one thread"])
+            workers = [subprocess.Popen([sys.executable, __file__, "--steps",
+                                         str(options.steps), "--worker", json.dumps(way)],
+                                        stdout=subprocess.PIPE, text=True)
+                       for _ in range(2 if name == BESIDE else 1)]
+            outs = [worker.communicate()[0] for worker in workers]
+            if any(worker.returncode for worker in workers):
+                raise SystemExit(f"the {name!r} worker failed")
+            times[name].append(float(outs[0].strip().splitlines()[-1]))
+    base = statistics.median(times["build 6 (fp32, all cores)"])
     print(f"teacher step, {options.steps} steps x {options.repeats} repeats (medians)")
-    print(f"{'way':<26}{'ms/step':>10}{'speed vs build':>16}")
+    print(f"{'way':<26}{'ms/step':>10}{'speed vs build 6':>18}")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<26}{median:>10.1f}{base / median:>15.2f}x")
+        print(f"{name:<26}{median:>10.1f}{base / median:>17.2f}x")
+    beside = statistics.median(times[BESIDE])
+    print(f"two steps side by side, one thread each: {2 * base / beside:.2f}x build 6's "
+          "throughput")
     return 0
 
 

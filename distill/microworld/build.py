@@ -60,7 +60,7 @@ def _reasoning_system_prompt() -> str:
 
 
 # Bump when a change to the generators, corpus or training changes what a build produces.
-BUILD_VERSION = 6
+BUILD_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,12 @@ class BuildConfig:
         hidden_size=128, layers=2, heads=2, intermediate_size=256, steps=3000,
         batch_tokens=1024, lr=1e-3))
     student_documents: int = 20000
+    # The two train side by side, on a share of the cores each; after this many steps the
+    # teacher waits for the student and goes on on every core. The student is done about
+    # then on 2 cores (student 3,000 x 48 ms, teacher 2,300 x 62 ms: docs/performance.md).
+    # A fixed step, not "when the student is done", so that the weights do not depend on
+    # timing.
+    teacher_steps_beside_student: int = 2300
     # The thinker: the teacher above, trained on reasoning chats (the worked solutions
     # of the multi-step families as <think> traces, under the reasoning method's system
     # prompt, loss on the answer only) mixed with fresh chats and task lists, so that it
@@ -135,6 +141,7 @@ class BuildConfig:
                           batch_tokens=1024)
         return cls(seed=seed, vocab_size=400, tokenizer_tasks=200, teacher=small,
                    teacher_chats=60, teacher_task_lists=6, student=small, student_documents=20,
+                   teacher_steps_beside_student=2,
                    thinker=small, thinker_reasoning_chats=20, thinker_replay_chats=20,
                    thinker_replay_task_lists=2)
 
@@ -223,7 +230,8 @@ def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
 
     from distill.microworld.benchmark import benchmark_keys
     from distill.microworld.corpus import student_documents, teacher_documents, tokenizer_texts
-    from distill.microworld.train import train_model, train_tokenizer
+    from distill.microworld.side_by_side import ChildTraining
+    from distill.microworld.train import train_model, train_tokenizer, usable_cpus
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -246,23 +254,61 @@ def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
         progress.advance(step)
         timings["data"] = time.perf_counter() - started
 
-        stats = {}
         teacher_masked = set() if config.teacher_learns_user_turns else {"chat"}
-        for name, docs, spec, masked in (("teacher", teacher_docs, config.teacher, teacher_masked),
-                                         ("student", student_docs, config.student, set())):
-            bar = progress.add_task(name, total=spec.steps, loss="")
+        jobs = {"teacher": dict(documents=teacher_docs, spec=config.teacher,
+                                mask_prompts=teacher_masked),
+                "student": dict(documents=student_docs, spec=config.student, mask_prompts=set())}
+        reports = {name: _bar_report(progress, name, job["spec"].steps)
+                   for name, job in jobs.items()}
+        threads = side_by_side_threads(usable_cpus())
+        if threads is None:  # one core: one model after the other
+            stats = {name: train_model(tokenizer=tokenizer, out_dir=out / name,
+                                       seed=config.seed, progress=reports[name], **job)
+                     for name, job in jobs.items()}
+        else:
+            with ChildTraining(out / ".student-job", reports["student"], tokenizer=tokenizer,
+                               out_dir=out / "student", seed=config.seed,
+                               threads=threads["student"], **jobs["student"]) as child:
 
-            def report(done: int, total: int, loss: float, bar=bar) -> None:
-                progress.update(bar, completed=done, loss=f"loss {loss:.3f}")
+                def teacher_threads(step: int) -> int:
+                    if step < config.teacher_steps_beside_student:
+                        return threads["teacher"]
+                    child.result()  # wait for the student's cores (or its error)
+                    return threads["teacher"] + threads["student"]
 
-            stats[name] = train_model(docs, tokenizer, spec, out / name, seed=config.seed,
-                                      mask_prompts=masked, progress=report)
-            timings[name] = stats[name]["seconds"]
+                stats = {"teacher": train_model(tokenizer=tokenizer, out_dir=out / "teacher",
+                                                seed=config.seed, progress=reports["teacher"],
+                                                threads=teacher_threads, **jobs["teacher"]),
+                         "student": child.result()}
+            shutil.rmtree(out / ".student-job")
+        timings.update({name: s["seconds"] for name, s in stats.items()})
     timings["total"] = time.perf_counter() - started
     return {"fingerprint": config.fingerprint(), "build_version": BUILD_VERSION,
             "config": config.as_dict(), "stats": stats,
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "cpus": _cpus(), "held_out_items": len(held_out)}
+
+
+def side_by_side_threads(cpus: int) -> dict[str, int] | None:
+    """Threads of the teacher and the student training side by side; None on one CPU.
+
+    Training each model on its share of the cores at the same time is faster than each on
+    every core in turn (docs/performance.md); the teacher, twice the student's MLP, gets
+    the odd core. The thread counts are part of what determines the weights.
+    """
+    if cpus < 2:
+        return None
+    return {"teacher": cpus - cpus // 2, "student": cpus // 2}
+
+
+def _bar_report(progress: Any, name: str, steps: int) -> Any:
+    """A `train_model` progress callback that moves a bar of its own."""
+    bar = progress.add_task(name, total=steps, loss="")
+
+    def report(done: int, total: int, loss: float) -> None:
+        progress.update(bar, completed=done, loss=f"loss {loss:.3f}")
+
+    return report
 
 
 def _build_thinker(config: BuildConfig, base: Path, out: Path, *, quiet: bool) -> None:
@@ -278,14 +324,10 @@ def _build_thinker(config: BuildConfig, base: Path, out: Path, *, quiet: bool) -
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TextColumn("{task.fields[loss]}"), TimeElapsedColumn())
     with Progress(*columns, disable=quiet, transient=False) as progress:
-        bar = progress.add_task("thinker", total=config.thinker.steps, loss="")
-
-        def report(done: int, total: int, loss: float) -> None:
-            progress.update(bar, completed=done, loss=f"loss {loss:.3f}")
-
         stats = train_model(reasoning_documents(config, benchmark_keys(), tokenizer), tokenizer,
                             config.thinker, out, seed=config.seed, mask_prompts=masked,
-                            progress=report, init_dir=base / "teacher")
+                            progress=_bar_report(progress, "thinker", config.thinker.steps),
+                            init_dir=base / "teacher")
     (out / "build.json").write_text(json.dumps({"fingerprint": config.fingerprint(),
                                                 "stats": stats, "cpus": _cpus()}, indent=2) + "\n")
 

@@ -117,10 +117,15 @@ def batches(encoded: list[tuple[list[int], list[int]]], batch_tokens: int,
 def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_dir: Path, *,
                 seed: int, mask_prompts: set[str],
                 progress: Callable[[int, int, float], None] | None = None,
-                init_dir: Path | None = None) -> dict[str, Any]:
+                init_dir: Path | None = None,
+                threads: int | Callable[[int], int] | None = None) -> dict[str, Any]:
     """Pretrain a Llama from scratch (or go on from `init_dir`) on `documents`; save it.
 
-    Returns training statistics (steps, tokens, first and last loss, seconds).
+    `threads`: a count (default: every usable CPU), or the count for each step, which may
+    wait until cores are free. It is part of what determines the weights: the matrix
+    products sum in another order on another thread count.
+    Returns training statistics (steps, tokens, first and last loss, seconds, and
+    `threads`, {first step: count} for each change).
     """
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
@@ -129,7 +134,9 @@ def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_d
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    torch.set_num_threads(usable_cpus())
+    count = threads or usable_cpus()
+    threads_at = threads if callable(threads) else lambda step: count
+    used: dict[int, int] = {}
     config = llama_config(len(tokenizer), hidden_size=spec.hidden_size, layers=spec.layers,
                           heads=spec.heads, intermediate_size=spec.intermediate_size,
                           max_positions=spec.max_length, tokenizer=tokenizer)
@@ -138,10 +145,11 @@ def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_d
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    # fused: one kernel for every parameter's update, 1.07x a step on one thread
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": spec.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.lr, betas=(0.9, 0.98), eps=1e-8)
+        lr=spec.lr, betas=(0.9, 0.98), eps=1e-8, fused=True)
     warmup = max(1, int(spec.warmup * spec.steps))
 
     def schedule(step: int) -> float:
@@ -157,29 +165,37 @@ def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_d
     losses: list[float] = []
     tokens = 0
     started = time.perf_counter()
-    for step in range(spec.steps):
-        if not plan:
-            plan = batches(encoded, spec.batch_tokens, rng)
-        group = plan.pop()
-        width = max(len(encoded[i][0]) for i in group)
-        ids = torch.full((len(group), width), pad, dtype=torch.long)
-        labels = torch.full((len(group), width), IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(group), width), dtype=torch.long)
-        for row, index in enumerate(group):
-            seq, lab = encoded[index]
-            ids[row, : len(seq)] = torch.tensor(seq)
-            labels[row, : len(lab)] = torch.tensor(lab)
-            attention[row, : len(seq)] = 1
-        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        tokens += int(attention.sum())
-        if progress is not None:
-            progress(step + 1, spec.steps, losses[-1])
+    before = torch.get_num_threads()  # the caller's, given back at the end
+    try:
+        for step in range(spec.steps):
+            wanted = threads_at(step)
+            if not used or wanted != used[max(used)]:
+                torch.set_num_threads(wanted)
+                used[step] = wanted
+            if not plan:
+                plan = batches(encoded, spec.batch_tokens, rng)
+            group = plan.pop()
+            width = max(len(encoded[i][0]) for i in group)
+            ids = torch.full((len(group), width), pad, dtype=torch.long)
+            labels = torch.full((len(group), width), IGNORE, dtype=torch.long)
+            attention = torch.zeros((len(group), width), dtype=torch.long)
+            for row, index in enumerate(group):
+                seq, lab = encoded[index]
+                ids[row, : len(seq)] = torch.tensor(seq)
+                labels[row, : len(lab)] = torch.tensor(lab)
+                attention[row, : len(seq)] = 1
+            loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            tokens += int(attention.sum())
+            if progress is not None:
+                progress(step + 1, spec.steps, losses[-1])
+    finally:
+        torch.set_num_threads(before)
     seconds = time.perf_counter() - started
 
     model.eval()
@@ -191,7 +207,7 @@ def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_d
     tokenizer.save_pretrained(out_dir)
     window = max(1, min(50, len(losses) // 10))
     return {"steps": spec.steps, "documents": len(documents), "tokens": tokens,
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 1), "threads": used,
             "loss_first": round(sum(losses[:window]) / window, 4),
             "loss_last": round(sum(losses[-window:]) / window, 4),
             "parameters": sum(p.numel() for p in model.parameters())}
