@@ -58,6 +58,11 @@ class ChildTraining:
             elif kind == "stats":
                 self._stats = json.loads(rest)
 
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._process.pid
+
     def result(self) -> dict[str, Any]:
         """Wait for the child; its training statistics, or RuntimeError with its stderr."""
         code = self._process.wait()
@@ -84,6 +89,7 @@ def main(job_file: str) -> int:
     job = pickle.loads(Path(job_file).read_bytes())
 
     def report(done: int, total: int, loss: float) -> None:
+        # If the parent was killed outright, this write fails (broken pipe) and ends us.
         print(f"step {done} {total} {loss}", flush=True)
 
     stats = train_model(**job, progress=report)

@@ -37,9 +37,46 @@ def test_child_trains_the_same_weights_as_this_process(job, tmp_path) -> None:
 
 def test_child_failure_raises_with_its_error(job, tmp_path) -> None:
     broken = {**job, "documents": []}  # nothing to batch: the child's loop fails
-    with ChildTraining(tmp_path / "job", None, out_dir=tmp_path / "out", **broken) as child:
-        with pytest.raises(RuntimeError, match="child process failed.*\n(.*\n)*.*IndexError"):
-            child.result()
+    with (ChildTraining(tmp_path / "job", None, out_dir=tmp_path / "out", **broken) as child,
+          pytest.raises(RuntimeError, match="child process failed.*\n(.*\n)*.*IndexError")):
+        child.result()
+
+
+def test_child_stops_when_its_parent_is_killed(job, tmp_path) -> None:
+    """SIGKILL leaves no `with` block to kill the child: its next report hits a dead pipe."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import time
+
+    long_job = {**job, "spec": ModelSpec(hidden_size=128, layers=1, heads=2,
+                                         intermediate_size=256, steps=100_000)}
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps(long_job))
+    parent = (  # starts the child, waits for its first step, then dies without cleaning up
+        "import os, pickle, signal, sys, threading\n"
+        "from pathlib import Path\n"
+        "from distill.microworld.side_by_side import ChildTraining\n"
+        "stepped = threading.Event()\n"
+        f"job = pickle.loads(Path({str(tmp_path / 'job.pkl')!r}).read_bytes())\n"
+        f"child = ChildTraining(Path({str(tmp_path / 'work')!r}), lambda *a: stepped.set(),\n"
+        f"                      out_dir=Path({str(tmp_path / 'out')!r}), **job)\n"
+        "stepped.wait(120)\n"
+        "print(child.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                         timeout=180).stdout
+    pid = int(out.split()[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the orphaned child went on training")
 
 
 def test_thread_schedule_is_followed_recorded_and_undone(job, tmp_path) -> None:
