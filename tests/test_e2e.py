@@ -170,10 +170,10 @@ def test_ray_replicas_and_two_training_processes_match_one_process(quickstart_ru
 def test_full_quickstart_student_learns_what_its_teacher_writes(microworld_models, tmp_path):
     """The shipped quickstart, unshortened (about 70 s once the models are built).
 
-    Measured on 2 cores, seeds 0 / 1 / 2 (docs/results.md, "Quickstart"): overall 0.038 ->
-    0.117 / 0.138 / 0.157 after round 1; the families the teacher writes most (add,
-    compare, list_ops) gain 0.17 / 0.19 / 0.27 on average. Sums have no chance level to
-    hide behind.
+    Measured on build 7, 2 cores (docs/results.md, "Quickstart"): overall 0.021 -> 0.105
+    after round 1 on seed 0 (seeds 1 / 2: 0.102 / 0.057); the families the teacher writes
+    most (add, compare, list_ops) gain 0.20 on average (seeds 1 / 2: 0.21 / 0.08, so seed
+    2 would not pass). Sums have no chance level to hide behind.
     """
     distill("run", str(QUICKSTART), f"output_dir={tmp_path}", "--quiet")
     run = tmp_path / "quickstart"
