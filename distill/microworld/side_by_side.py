@@ -1,9 +1,9 @@
 """Train one of the build's models in a child process while this process trains another.
 
 The build is compute-bound, and its models are small: one thread per model gets more out
-of two cores than two threads on each model in turn (a teacher step is 1.73x faster on
-two threads than on one, not 2x; docs/performance.md). The child is a plain
-`python -m distill.microworld.side_by_side JOB` rather than a multiprocessing spawn,
+of two cores than two threads on each model in turn (a teacher step is 1.71x faster on
+two threads than on one, not 2x: scripts/bench_build_step.py, docs/performance.md). The
+child is a plain `python -m distill.microworld.side_by_side JOB` rather than a spawn,
 which would import the caller's `__main__` again: a user's script without a main guard
 would start a second build. It reads its job (the arguments of `train.train_model`) from
 a pickle the parent wrote, prints each step on stdout and its statistics as the last
