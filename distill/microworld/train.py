@@ -168,12 +168,16 @@ def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_d
     losses: list[float] = []
     tokens = 0
     started = time.perf_counter()
+    # torch's own function: vLLM's CPU worker, once started in this process, replaces
+    # `torch.set_num_threads` with a no-op for good (vllm/v1/worker/cpu_worker.py), and
+    # the weights must not quietly come out of another thread count.
+    set_threads = torch._C.set_num_threads
     before = torch.get_num_threads()  # the caller's, given back at the end
     try:
         for step in range(spec.steps):
             wanted = threads_at(step)
             if not used or wanted != used[max(used)]:
-                torch.set_num_threads(wanted)
+                set_threads(wanted)
                 used[step] = wanted
             if not plan:
                 plan = batches(encoded, spec.batch_tokens, rng)
@@ -198,7 +202,7 @@ def train_model(documents: Sequence[Document], tokenizer, spec: ModelSpec, out_d
             if progress is not None:
                 progress(step + 1, spec.steps, losses[-1])
     finally:
-        torch.set_num_threads(before)
+        set_threads(before)
     seconds = time.perf_counter() - started
 
     model.eval()

@@ -95,6 +95,22 @@ def test_thread_schedule_is_followed_recorded_and_undone(job, tmp_path) -> None:
     assert torch.get_num_threads() == before
 
 
+def test_thread_schedule_holds_after_vllm_disabled_set_num_threads(job, tmp_path,
+                                                                    monkeypatch) -> None:
+    """vLLM's CPU worker, started in a process, makes `torch.set_num_threads` a no-op."""
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # as cpu_worker.py does
+    seen = []
+
+    def schedule(step: int) -> int:
+        seen.append(torch.get_num_threads())
+        return 1 if step < 2 else 2
+
+    train_model(out_dir=tmp_path / "out", threads=schedule, **job)
+    assert seen[1:] == [1, 1, 2]
+
+
 def test_side_by_side_needs_two_cores() -> None:
     assert side_by_side_threads(1) is None
     assert side_by_side_threads(2) == {"teacher": 1, "student": 1}
