@@ -58,11 +58,13 @@ def test_kd_lowers_the_kl_to_the_teacher_on_held_out_prompts(microworld, kd_data
     before = mean_token_kl(microworld["teacher"], microworld["student"], held_out)
 
     spec = kd_spec(microworld, kd_data, tmp_path / "out", progress_path=str(tmp_path / "p.jsonl"),
-                   args={"per_device_train_batch_size": 16})  # 8 steps
+                   args={"per_device_train_batch_size": 8})  # 16 steps
     result = train_kd(spec)
 
     after = mean_token_kl(microworld["teacher"], result.merged_dir, held_out)
-    assert after < 0.6 * before, (before, after)  # measured: 8.27 -> 4.01 nats per token
+    # measured on microworld build 7: 7.57 -> 4.07 nats per token (in 8 steps 5.11; build 6's
+    # models went 8.27 -> 4.01 in 8)
+    assert after < 0.6 * before, (before, after)
     # every record trained, on every teacher token (none dropped or cut)
     assert result.method == "kd" and result.loss_mask == "completion"
     assert result.num_examples == len(tokens) == sum(1 for _ in iter_jsonl(records))
