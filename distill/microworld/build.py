@@ -231,8 +231,6 @@ class _lock:
 
 
 def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from distill.microworld.benchmark import benchmark_keys
     from distill.microworld.corpus import student_documents, teacher_documents, tokenizer_texts
     from distill.microworld.side_by_side import ChildTraining
@@ -241,9 +239,7 @@ def _build(config: BuildConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     held_out = benchmark_keys()
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-               "{task.total}"), TextColumn("{task.fields[loss]}"), TimeElapsedColumn())
-    with Progress(*columns, disable=quiet, transient=False) as progress:
+    with _progress(quiet) as progress:
         step = progress.add_task("tokenizer + data", total=3, loss="")
         rng = random.Random(config.seed)
         tokenizer = train_tokenizer(tokenizer_texts(rng, config.tokenizer_tasks),
@@ -306,6 +302,15 @@ def side_by_side_threads(cpus: int) -> dict[str, int] | None:
     return {"teacher": cpus - cpus // 2, "student": cpus // 2}
 
 
+def _progress(quiet: bool) -> Any:
+    """The build's progress display: a bar, steps done and the loss per model."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[loss]}"),
+                    TimeElapsedColumn(), disable=quiet, transient=False)
+
+
 def _bar_report(progress: Any, name: str, steps: int) -> Any:
     """A `train_model` progress callback that moves a bar of its own."""
     bar = progress.add_task(name, total=steps, loss="")
@@ -318,7 +323,6 @@ def _bar_report(progress: Any, name: str, steps: int) -> Any:
 
 def _build_thinker(config: BuildConfig, base: Path, out: Path, *, quiet: bool) -> None:
     """The thinker: the base build's teacher, trained on to think; stats in build.json."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers import AutoTokenizer
 
     from distill.microworld.benchmark import benchmark_keys
@@ -326,9 +330,7 @@ def _build_thinker(config: BuildConfig, base: Path, out: Path, *, quiet: bool) -
 
     tokenizer = AutoTokenizer.from_pretrained(base / "teacher")
     masked = {"reasoning"} | (set() if config.teacher_learns_user_turns else {"chat"})
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-               "{task.total}"), TextColumn("{task.fields[loss]}"), TimeElapsedColumn())
-    with Progress(*columns, disable=quiet, transient=False) as progress:
+    with _progress(quiet) as progress:
         stats = train_model(reasoning_documents(config, benchmark_keys(), tokenizer), tokenizer,
                             config.thinker, out, seed=config.seed, mask_prompts=masked,
                             progress=_bar_report(progress, "thinker", config.thinker.steps),
